@@ -1,0 +1,310 @@
+"""Generated data: cluttered shape scenes in COCO format, and an ImageFolder classification set.
+
+The detection set has one category per shape; colour, texture, scale, aspect, rotation and occlusion vary freely,
+so only the outline identifies the category. The classification set (the stand-in for ImageNet) has more
+categories — shape × texture — over single, centred objects: related to the detection task, not the same.
+
+Every image is a pure function of (seed, split, index), so the output is byte-identical for a seed however many
+worker processes draw it. Masks are exactly the painted pixels that stay visible after later objects are drawn
+over them; boxes are the tight boxes of those masks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from faster_coco_eval.core import mask as mask_utils
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from scratchdet.io import atomic_write_text
+
+DETECTION_SHAPES = ("circle", "square", "triangle", "star", "hexagon", "cross")
+CLASSIFICATION_SHAPES = (*DETECTION_SHAPES, "pentagon", "rhombus")
+TEXTURES = ("solid", "stripes", "dots")
+SPLIT_CODES = {"train": 1, "val": 2, "classification/train": 3, "classification/val": 4}
+MIN_VISIBLE_FRACTION = 0.4  # objects hidden more than this are dropped: their boxes would be ill-defined
+MIN_VISIBLE_PIXELS = 12
+
+
+@dataclass(frozen=True)
+class SynthSpec:
+    """Everything that determines a generated dataset; saved as `synth.json` beside it."""
+
+    train_images: int = 2000
+    val_images: int = 300
+    image_size: int = 128
+    classification_train_per_class: int = 150
+    classification_val_per_class: int = 30
+    classification_image_size: int = 64
+    seed: int = 0
+
+
+# ------------------------------------------------------------------------------------------------ shapes
+
+
+def _regular(n: int, phase: float = 0.0) -> np.ndarray:
+    angles = phase + 2 * math.pi * np.arange(n) / n
+    return np.stack([np.cos(angles), np.sin(angles)], axis=1)
+
+
+def _star(points: int = 5, inner: float = 0.45) -> np.ndarray:
+    outer = _regular(2 * points, -math.pi / 2)
+    radii = np.where(np.arange(2 * points) % 2 == 0, 1.0, inner)
+    return outer * radii[:, None]
+
+
+_CROSS = np.array(
+    [[-0.3, -1], [0.3, -1], [0.3, -0.3], [1, -0.3], [1, 0.3], [0.3, 0.3],
+     [0.3, 1], [-0.3, 1], [-0.3, 0.3], [-1, 0.3], [-1, -0.3], [-0.3, -0.3]]
+)  # fmt: skip
+
+OUTLINES: dict[str, np.ndarray] = {
+    "circle": _regular(40),
+    "square": _regular(4, math.pi / 4) * math.sqrt(2) * 0.8,
+    "triangle": _regular(3, -math.pi / 2),
+    "star": _star(),
+    "hexagon": _regular(6),
+    "cross": _CROSS,
+    "pentagon": _regular(5, -math.pi / 2),
+    "rhombus": _regular(4) * np.array([1.0, 0.55]),
+}
+
+
+def _place(outline: np.ndarray, cx: float, cy: float, radius: float, aspect: float, angle: float) -> np.ndarray:
+    """Outline scaled, stretched, rotated and moved: an (N, 2) array of pixel coordinates."""
+    stretched = outline * np.array([radius * aspect, radius / aspect])
+    rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    return stretched @ rotation.T + np.array([cx, cy])
+
+
+def _polygon_mask(points: np.ndarray, height: int, width: int) -> np.ndarray:
+    canvas = Image.new("L", (width, height), 0)
+    ImageDraw.Draw(canvas).polygon([(float(x), float(y)) for x, y in points], fill=1)
+    return np.asarray(canvas, dtype=bool)
+
+
+# ------------------------------------------------------------------------------------------ appearance
+
+
+def _random_colour(rng: np.random.Generator) -> np.ndarray:
+    return rng.uniform(20, 235, size=3)
+
+
+def _texture(kind: str, rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A (H, W) modulation in [0, 1] multiplying the object's colour."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    if kind == "solid":
+        return np.ones((height, width), np.float32)
+    if kind == "stripes":
+        angle, period = rng.uniform(0, math.pi), rng.uniform(3, 7)
+        phase = (xx * math.cos(angle) + yy * math.sin(angle)) / period
+        return np.where((phase % 1.0) < 0.5, 1.0, 0.45).astype(np.float32)
+    if kind == "dots":
+        period = rng.uniform(4, 7)
+        dx, dy = (xx % period) - period / 2, (yy % period) - period / 2
+        return np.where(dx * dx + dy * dy < (period / 3.2) ** 2, 0.4, 1.0).astype(np.float32)
+    raise ValueError(f"unknown texture {kind!r}")
+
+
+def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """Gradient between two colours, low-contrast clutter strokes, and pixel noise: float (H, W, 3)."""
+    start, end = _random_colour(rng), _random_colour(rng)
+    t = np.linspace(0, 1, width if rng.random() < 0.5 else height, dtype=np.float32)
+    ramp = t[None, :, None] if t.size == width else t[:, None, None]
+    image = start * (1 - ramp) + end * ramp
+    image = np.broadcast_to(image, (height, width, 3)).copy()
+    clutter = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(clutter)
+    for _ in range(int(rng.integers(3, 9))):
+        x0, y0, x1, y1 = rng.uniform(0, 1, 4) * [width, height, width, height]
+        draw.line([(x0, y0), (x1, y1)], fill=int(rng.integers(20, 60)), width=int(rng.integers(1, 3)))
+    image += np.asarray(clutter, np.float32)[:, :, None] * (rng.choice([-1.0, 1.0]))
+    image += rng.normal(0, rng.uniform(3, 12), size=(height, width, 3))
+    return image
+
+
+def _paint(image: np.ndarray, mask: np.ndarray, colour: np.ndarray, modulation: np.ndarray) -> None:
+    image[mask] = colour * modulation[mask][:, None]
+
+
+def _to_uint8(image: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.clip(np.rint(image), 0, 255).astype(np.uint8), "RGB")
+
+
+def _save_png(image: Image.Image, path: Path) -> None:
+    # Fixed settings and no metadata: the bytes depend on the pixels only.
+    image.save(path, format="PNG", compress_level=6, optimize=False)
+
+
+# ------------------------------------------------------------------------------------ detection scenes
+
+
+def _scene_size(rng: np.random.Generator, size: int) -> tuple[int, int]:
+    """(height, width): half square, a quarter landscape, a quarter portrait; `size` is the longer side."""
+    short = int(round(size * 0.75))
+    return [(size, size), (size, size), (short, size), (size, short)][int(rng.integers(0, 4))]
+
+
+def render_scene(seed: int, split: str, index: int, size: int) -> tuple[Image.Image, list[dict[str, Any]]]:
+    """One cluttered scene and its objects (category index, RLE of the visible mask, box, area)."""
+    rng = np.random.default_rng([seed, SPLIT_CODES[split], index])
+    height, width = _scene_size(rng, size)
+    image = _background(rng, height, width)
+    count = int(rng.integers(2, 8))
+    # Log-uniform radii give every COCO size bucket; large objects are drawn first so small ones sit on top.
+    radii = np.sort(np.exp(rng.uniform(math.log(size * 0.025), math.log(size * 0.45), count)))[::-1]
+    # COCO's "large" starts at 96x96 pixels of visible area: a third of the scenes get one near-image-sized,
+    # roughly centred object so that bucket is populated at 128 px too.
+    backdrop = rng.random() < 0.35
+    if backdrop:
+        radii[0] = size * rng.uniform(0.45, 0.6)
+    painted: list[tuple[int, np.ndarray]] = []
+    for order, radius in enumerate(radii):
+        category = int(rng.integers(0, len(DETECTION_SHAPES)))
+        spread = 0.2 if backdrop and order == 0 else 0.5
+        points = _place(
+            OUTLINES[DETECTION_SHAPES[category]],
+            cx=width * rng.uniform(0.5 - spread, 0.5 + spread), cy=height * rng.uniform(0.5 - spread, 0.5 + spread),
+            radius=float(radius),
+            aspect=math.exp(rng.uniform(-0.35, 0.35)), angle=rng.uniform(0, 2 * math.pi),
+        )  # fmt: skip
+        mask = _polygon_mask(points, height, width)
+        texture = TEXTURES[int(rng.integers(0, len(TEXTURES)))]
+        _paint(image, mask, _random_colour(rng), _texture(texture, rng, height, width))
+        painted.append((category, mask))
+    objects = []
+    covered = np.zeros((height, width), bool)
+    for category, mask in reversed(painted):  # front to back: what later objects cover is hidden
+        visible = mask & ~covered
+        covered |= mask
+        full_area = int(mask.sum())
+        area = int(visible.sum())
+        if area < MIN_VISIBLE_PIXELS or area < MIN_VISIBLE_FRACTION * max(full_area, 1):
+            continue
+        rle = mask_utils.encode(np.asfortranarray(visible[:, :, None].astype(np.uint8)))[0]
+        ys, xs = np.nonzero(visible)
+        box = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+        objects.append({"category": category, "rle": rle, "bbox": box, "area": area})
+    objects.reverse()
+    return _to_uint8(image), objects
+
+
+def _write_scene(args: tuple[int, str, int, int, str]) -> tuple[int, int, int, list[dict[str, Any]]]:
+    seed, split, index, size, folder = args
+    image, objects = render_scene(seed, split, index, size)
+    _save_png(image, Path(folder) / f"{index:06d}.png")
+    for obj in objects:
+        obj["rle"] = {"size": obj["rle"]["size"], "counts": obj["rle"]["counts"].decode("ascii")}
+    return index, image.height, image.width, objects
+
+
+def _coco_json(split: str, rows: list[tuple[int, int, int, list[dict[str, Any]]]]) -> dict[str, Any]:
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    for index, height, width, objects in rows:
+        image_id = index + 1
+        images.append({"id": image_id, "file_name": f"{index:06d}.png", "height": height, "width": width})
+        for obj in objects:
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": obj["category"] + 1,
+                    "bbox": obj["bbox"],
+                    "area": obj["area"],
+                    "segmentation": obj["rle"],
+                    "iscrowd": 0,
+                }
+            )
+    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(DETECTION_SHAPES)]
+    info = {"description": f"scratchdet generated shapes ({split})", "version": "1"}
+    return {"info": info, "licenses": [], "images": images, "annotations": annotations, "categories": categories}
+
+
+# ------------------------------------------------------------------------------------- classification
+
+
+def classification_classes() -> list[str]:
+    return [f"{shape}_{texture}" for shape in CLASSIFICATION_SHAPES for texture in TEXTURES]
+
+
+def render_classification_image(seed: int, split: str, index: int, size: int, class_index: int) -> Image.Image:
+    """One object of class `class_index` (shape × texture), centred, on a cluttered background."""
+    rng = np.random.default_rng([seed, SPLIT_CODES[split], class_index, index])
+    shape, texture = divmod(class_index, len(TEXTURES))
+    image = _background(rng, size, size)
+    points = _place(
+        OUTLINES[CLASSIFICATION_SHAPES[shape]],
+        cx=size / 2 + rng.uniform(-0.1, 0.1) * size, cy=size / 2 + rng.uniform(-0.1, 0.1) * size,
+        radius=size * rng.uniform(0.28, 0.45), aspect=math.exp(rng.uniform(-0.25, 0.25)),
+        angle=rng.uniform(0, 2 * math.pi),
+    )  # fmt: skip
+    mask = _polygon_mask(points, size, size)
+    _paint(image, mask, _random_colour(rng), _texture(TEXTURES[texture], rng, size, size))
+    return _to_uint8(image)
+
+
+def _write_classification_image(args: tuple[int, str, int, int, int, str]) -> None:
+    seed, split, index, size, class_index, path = args
+    _save_png(render_classification_image(seed, split, index, size, class_index), Path(path))
+
+
+# ---------------------------------------------------------------------------------------------- driver
+
+
+def _run_parallel(
+    function: Callable[[Any], Any], jobs: list[Any], workers: int, description: str, quiet: bool
+) -> list[Any]:
+    """`map` over worker processes in input order, with a progress bar."""
+    chunk = max(1, len(jobs) // (workers * 16))
+    if workers <= 1:
+        results: Iterable[Any] = map(function, jobs)
+        return list(tqdm(results, total=len(jobs), desc=description, disable=quiet))
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        results = pool.map(function, jobs, chunksize=chunk)
+        return list(tqdm(results, total=len(jobs), desc=description, disable=quiet))
+
+
+def generate(out: Path, spec: SynthSpec, workers: int | None = None, quiet: bool = False) -> None:
+    """Write the detection set (COCO JSON + PNGs) and the classification set (ImageFolder) under `out`."""
+    workers = workers if workers is not None else (os.cpu_count() or 1)
+    (out / "annotations").mkdir(parents=True, exist_ok=True)
+    for split, count in (("train", spec.train_images), ("val", spec.val_images)):
+        (out / split).mkdir(exist_ok=True)
+        scenes = [(spec.seed, split, i, spec.image_size, str(out / split)) for i in range(count)]
+        rows = _run_parallel(_write_scene, scenes, workers, f"scenes/{split}", quiet)
+        text = json.dumps(_coco_json(split, rows), separators=(",", ":"))
+        atomic_write_text(out / "annotations" / f"instances_{split}.json", text)
+    classes = classification_classes()
+    for split, per_class in (
+        ("classification/train", spec.classification_train_per_class),
+        ("classification/val", spec.classification_val_per_class),
+    ):
+        jobs: list[tuple[int, str, int, int, int, str]] = []
+        for class_index, name in enumerate(classes):
+            (out / split / name).mkdir(parents=True, exist_ok=True)
+            path = out / split / name
+            jobs += [
+                (spec.seed, split, i, spec.classification_image_size, class_index, str(path / f"{i:05d}.png"))
+                for i in range(per_class)
+            ]
+        _run_parallel(_write_classification_image, jobs, workers, split, quiet)
+    # Written last: its presence says the set is complete (an interrupted generation is redone).
+    atomic_write_text(out / "synth.json", json.dumps(asdict(spec), indent=2))
+
+
+def existing_spec(out: Path) -> SynthSpec | None:
+    """The spec of a complete generated dataset at `out`, or None."""
+    try:
+        return SynthSpec(**json.loads((out / "synth.json").read_text()))
+    except (OSError, ValueError, TypeError):
+        return None

@@ -1,0 +1,85 @@
+"""Shared fixtures: a small generated dataset (made once per test session) and a hand-built COCO folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from scratchdet.data.synthetic import SynthSpec, generate
+
+SMALL_SPEC = SynthSpec(
+    train_images=80,
+    val_images=12,
+    image_size=128,
+    classification_train_per_class=2,
+    classification_val_per_class=1,
+    seed=0,
+)
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("synth") / "data"
+    generate(out, SMALL_SPEC, workers=2, quiet=True)
+    return out
+
+
+def write_image(path: Path, width: int, height: int, mode: str = "RGB", value: int = 128) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    channels = {"RGB": 3, "RGBA": 4, "CMYK": 4}.get(mode)
+    shape = (height, width, channels) if channels else (height, width)
+    Image.fromarray(np.full(shape, value, np.uint8), "RGB" if mode == "RGB" else None).convert(mode).save(path)
+
+
+def square_polygon(x: float, y: float, size: float) -> list[float]:
+    return [x, y, x + size, y, x + size, y + size, x, y + size]
+
+
+def tiny_coco(root: Path) -> dict[str, Any]:
+    """Three 40x30 images: polygon + uncompressed RLE + crowd on image 1, compressed RLE on 2, nothing on 3."""
+    from faster_coco_eval.core import mask as mask_utils
+
+    for name in ("a.png", "b.png", "c.png"):
+        write_image(root / "images" / name, 40, 30)
+    rle_mask = np.zeros((30, 40), np.uint8)
+    rle_mask[5:15, 20:30] = 1  # 10x10 at x=20, y=5
+    compressed = mask_utils.encode(np.asfortranarray(rle_mask[:, :, None]))[0]
+    column_major = rle_mask.flatten(order="F")
+    runs, current, length = [], 0, 0
+    for value in column_major:
+        if value != current:
+            runs.append(length)
+            current, length = value, 0
+        length += 1
+    runs.append(length)
+    data = {
+        "images": [
+            {"id": 1, "file_name": "a.png", "width": 40, "height": 30},
+            {"id": 2, "file_name": "b.png", "width": 40, "height": 30},
+            {"id": 3, "file_name": "c.png", "width": 40, "height": 30},
+        ],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 7, "bbox": [2, 3, 8, 8], "area": 64, "iscrowd": 0,
+             "segmentation": [square_polygon(2, 3, 8)]},
+            {"id": 2, "image_id": 1, "category_id": 9, "bbox": [20, 5, 10, 10], "area": 100, "iscrowd": 0,
+             "segmentation": {"size": [30, 40], "counts": runs}},
+            {"id": 3, "image_id": 1, "category_id": 7, "bbox": [0, 20, 40, 10], "area": 400, "iscrowd": 1,
+             "segmentation": {"size": [30, 40], "counts": [20, 10] * 39 + [20, 10 + 0]}},
+            {"id": 4, "image_id": 2, "category_id": 9, "bbox": [20, 5, 10, 10], "area": 100, "iscrowd": 0,
+             "segmentation": {"size": [30, 40], "counts": compressed["counts"].decode("ascii")}},
+        ],
+        "categories": [{"id": 7, "name": "seven"}, {"id": 9, "name": "nine"}],
+    }  # fmt: skip
+    (root / "instances.json").write_text(json.dumps(data))
+    return data
+
+
+@pytest.fixture
+def tiny_coco_dir(tmp_path: Path) -> Path:
+    tiny_coco(tmp_path)
+    return tmp_path
