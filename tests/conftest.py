@@ -64,17 +64,45 @@ def tiny_coco(root: Path) -> dict[str, Any]:
             {"id": 3, "file_name": "c.png", "width": 40, "height": 30},
         ],
         "annotations": [
-            {"id": 1, "image_id": 1, "category_id": 7, "bbox": [2, 3, 8, 8], "area": 64, "iscrowd": 0,
-             "segmentation": [square_polygon(2, 3, 8)]},
-            {"id": 2, "image_id": 1, "category_id": 9, "bbox": [20, 5, 10, 10], "area": 100, "iscrowd": 0,
-             "segmentation": {"size": [30, 40], "counts": runs}},
-            {"id": 3, "image_id": 1, "category_id": 7, "bbox": [0, 20, 40, 10], "area": 400, "iscrowd": 1,
-             "segmentation": {"size": [30, 40], "counts": [20, 10] * 39 + [20, 10 + 0]}},
-            {"id": 4, "image_id": 2, "category_id": 9, "bbox": [20, 5, 10, 10], "area": 100, "iscrowd": 0,
-             "segmentation": {"size": [30, 40], "counts": compressed["counts"].decode("ascii")}},
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 7,
+                "bbox": [2, 3, 8, 8],
+                "area": 64,
+                "iscrowd": 0,
+                "segmentation": [square_polygon(2, 3, 8)],
+            },
+            {
+                "id": 2,
+                "image_id": 1,
+                "category_id": 9,
+                "bbox": [20, 5, 10, 10],
+                "area": 100,
+                "iscrowd": 0,
+                "segmentation": {"size": [30, 40], "counts": runs},
+            },
+            {
+                "id": 3,
+                "image_id": 1,
+                "category_id": 7,
+                "bbox": [0, 20, 40, 10],
+                "area": 400,
+                "iscrowd": 1,
+                "segmentation": {"size": [30, 40], "counts": [20, 10] * 39 + [20, 10 + 0]},
+            },
+            {
+                "id": 4,
+                "image_id": 2,
+                "category_id": 9,
+                "bbox": [20, 5, 10, 10],
+                "area": 100,
+                "iscrowd": 0,
+                "segmentation": {"size": [30, 40], "counts": compressed["counts"].decode("ascii")},
+            },
         ],
         "categories": [{"id": 7, "name": "seven"}, {"id": 9, "name": "nine"}],
-    }  # fmt: skip
+    }
     (root / "instances.json").write_text(json.dumps(data))
     return data
 

@@ -21,8 +21,10 @@ def test_data_check_exit_codes(tmp_path: Path, capsys) -> None:  # type: ignore[
 def test_user_error_is_printed_without_traceback(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "scratchdet", "config", "show", "demo/mask_rcnn", "solver.lr=1"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 2
     assert "unknown key 'solver.lr'" in result.stderr and "Traceback" not in result.stderr
 
@@ -33,8 +35,18 @@ def test_config_show_prints_resolved_yaml(capsys) -> None:  # type: ignore[no-un
 
 
 def test_synth_command(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
-    arguments = ["--train-images", "3", "--val-images", "2", "--classification-train-per-class", "1",
-                 "--classification-val-per-class", "1", "--workers", "1"]  # fmt: skip
+    arguments = [
+        "--train-images",
+        "3",
+        "--val-images",
+        "2",
+        "--classification-train-per-class",
+        "1",
+        "--classification-val-per-class",
+        "1",
+        "--workers",
+        "1",
+    ]
     assert main(["data", "synth", "--out", str(tmp_path / "d"), *arguments]) == 0
     assert (tmp_path / "d" / "annotations" / "instances_val.json").is_file()
     assert "wrote" in capsys.readouterr().out

@@ -7,8 +7,12 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from scratchdet.errors import ScratchdetError
+
+if TYPE_CHECKING:
+    from scratchdet.config import Config
 
 DEMO_DATA = Path("data/demo")
 EPILOG = """examples:
@@ -51,8 +55,10 @@ def _data_synth(args: argparse.Namespace) -> int:
     )
     started = time.perf_counter()
     generate(args.out, spec, workers=args.workers)
-    print(f"wrote {args.out} ({spec.train_images} + {spec.val_images} scenes, classification set) "
-          f"in {time.perf_counter() - started:.1f} s")  # fmt: skip
+    print(
+        f"wrote {args.out} ({spec.train_images} + {spec.val_images} scenes, classification set) "
+        f"in {time.perf_counter() - started:.1f} s"
+    )
     return 0
 
 
@@ -62,6 +68,41 @@ def _data_check(args: argparse.Namespace) -> int:
     report = check_dataset(args.annotations, args.images, deep=not args.quick)
     print(report.format(max_problems=args.max_problems))
     return 0 if report.ok else 1
+
+
+def _num_classes(config: Config) -> int:
+    """From the config, else from the training annotations, else COCO's 80 (said aloud)."""
+    from scratchdet.data.coco import read_coco_json
+
+    if config.model.num_classes:
+        return config.model.num_classes
+    path = config.data.path(config.data.train_annotations)
+    if path.is_file():
+        return len(read_coco_json(path)["categories"])
+    print(f"note: {path} not found; assuming 80 categories (set model.num_classes to change)")
+    return 80
+
+
+def _model_summary(args: argparse.Namespace) -> int:
+    from scratchdet.config import load_config
+    from scratchdet.modeling.detector import build_model
+    from scratchdet.modeling.summary import format_summary
+
+    config = load_config(args.config, args.overrides)
+    model = build_model(
+        config.model,
+        num_classes=_num_classes(config),
+        test_size=config.data.test_size,
+        max_size=config.data.max_size,
+    )
+    height = max(config.data.min_size)
+    width = min(config.data.max_size, round(height * 4 / 3))  # a 4:3 image, COCO's most common shape
+    print(
+        f"{args.config}: {config.model.arch} {config.model.backbone}-FPN, norm={config.model.norm}, "
+        f"box head {config.model.box_head}, init={config.model.init}"
+    )
+    print(format_summary(model, height, width))
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -123,23 +164,40 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = commands.add_parser("data", help="generate or check datasets")
     data_commands = _subparsers(data, "data commands")
-    synth = _command(data_commands, "synth", _data_synth,
-                     "generate a COCO-format shapes dataset and an ImageFolder classification set")  # fmt: skip
+    synth = _command(
+        data_commands,
+        "synth",
+        _data_synth,
+        "generate a COCO-format shapes dataset and an ImageFolder classification set",
+    )
     synth.add_argument("--out", type=Path, required=True, help="output folder")
     synth.add_argument("--train-images", type=int, default=2000)
     synth.add_argument("--val-images", type=int, default=300)
-    synth.add_argument("--image-size", type=int, default=128, help="longer side in pixels (>=128 fills COCO's "
-                       "'large' bucket)")  # fmt: skip
+    synth.add_argument(
+        "--image-size", type=int, default=128, help="longer side in pixels (>=128 fills COCO's 'large' bucket)"
+    )
     synth.add_argument("--classification-train-per-class", type=int, default=150)
     synth.add_argument("--classification-val-per-class", type=int, default=30)
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
-    check = _command(data_commands, "check", _data_check,
-                     "summarize a COCO instances file and list every problem (exit 1 on errors)")  # fmt: skip
+    check = _command(
+        data_commands, "check", _data_check, "summarize a COCO instances file and list every problem (exit 1 on errors)"
+    )
     check.add_argument("annotations", type=Path, help="COCO instances JSON")
     check.add_argument("--images", type=Path, required=True, help="folder holding the images")
     check.add_argument("--quick", action="store_true", help="read image headers only (misses truncated files)")
     check.add_argument("--max-problems", type=int, default=200, help="problems to print at most")
+
+    model = commands.add_parser("model", help="inspect models")
+    model_commands = _subparsers(model, "model commands")
+    _add_config_arguments(
+        _command(
+            model_commands,
+            "summary",
+            _model_summary,
+            "parameters per stage, norm layers, and FLOPs of the configured model",
+        )
+    )
 
     demo = _command(commands, "demo", _demo, "the demo: generate the demo dataset (if absent) and check it")
     demo.add_argument("--data", type=Path, default=DEMO_DATA)

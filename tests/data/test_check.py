@@ -169,11 +169,19 @@ def test_training_refuses_errors_or_skips_exactly_the_bad_items(tmp_path: Path) 
     _check(tmp_path, mutate)
     arguments: dict[str, Any] = {
         "transforms": build_train_transforms([30], 100, 0.0, [0, 0, 0], [1, 1, 1]),
-        "with_masks": True, "keep_empty_images": True, "subset": None, "subset_seed": 0, "quiet": True,
-    }  # fmt: skip
+        "with_masks": True,
+        "keep_empty_images": True,
+        "subset": None,
+        "subset_seed": 0,
+        "quiet": True,
+    }
     with pytest.raises(ScratchdetError, match=r"set data\.skip_bad_items=true(.|\n)*category_id 8"):
         prepare_train_dataset(tmp_path / "instances.json", tmp_path / "images", skip_bad_items=False, **arguments)
     prepared = prepare_train_dataset(tmp_path / "instances.json", tmp_path / "images", skip_bad_items=True, **arguments)
     assert prepared.dataset.image_ids == [1, 3]
     assert [a["id"] for a in prepared.dataset.index.annotations[1]] == [2, 3]
-    assert {(s["image_id"], s["annotation_id"]) for s in prepared.skipped_items} == {(1, 1), (2, None), (2, 4)}  # 4: its RLE no longer fits the width
+    assert {(s["image_id"], s["annotation_id"]) for s in prepared.skipped_items} == {
+        (1, 1),
+        (2, None),
+        (2, 4),
+    }  # 4: its RLE no longer fits the width

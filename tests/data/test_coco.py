@@ -16,9 +16,16 @@ IDENTITY = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
 def _dataset(root: Path, flip: float = 0.0, sizes: tuple[int, ...] = (30,), keep_empty: bool = True) -> CocoDetection:
     transforms = build_train_transforms(sizes, 1000, flip, **IDENTITY)
     return prepare_train_dataset(
-        root / "instances.json", root / "images", transforms, with_masks=True, keep_empty_images=keep_empty,
-        subset=None, subset_seed=0, skip_bad_items=False, quiet=True,
-    ).dataset  # fmt: skip
+        root / "instances.json",
+        root / "images",
+        transforms,
+        with_masks=True,
+        keep_empty_images=keep_empty,
+        subset=None,
+        subset_seed=0,
+        skip_bad_items=False,
+        quiet=True,
+    ).dataset
 
 
 def _mask_box(mask: torch.Tensor) -> list[float]:
@@ -48,10 +55,12 @@ def test_images_without_annotations_kept_or_dropped(tiny_coco_dir: Path) -> None
 
 def test_flip_keeps_boxes_equal_to_mask_boxes(synth_dir: Path) -> None:
     index = CocoIndex.from_json(synth_dir / "annotations" / "instances_train.json")
-    plain = CocoDetection(index, synth_dir / "train", list(index.images)[:20],
-                          build_train_transforms([128], 128, 0.0, **IDENTITY))  # fmt: skip
-    flipped = CocoDetection(index, synth_dir / "train", list(index.images)[:20],
-                            build_train_transforms([128], 128, 1.0, **IDENTITY))  # fmt: skip
+    plain = CocoDetection(
+        index, synth_dir / "train", list(index.images)[:20], build_train_transforms([128], 128, 0.0, **IDENTITY)
+    )
+    flipped = CocoDetection(
+        index, synth_dir / "train", list(index.images)[:20], build_train_transforms([128], 128, 1.0, **IDENTITY)
+    )
     checked = 0
     for i in range(20):
         image, target = plain[i]
@@ -75,8 +84,12 @@ def test_resize_scales_boxes_and_masks(tiny_coco_dir: Path) -> None:
 
 def test_item_seed_fixes_the_random_transform(synth_dir: Path) -> None:
     index = CocoIndex.from_json(synth_dir / "annotations" / "instances_train.json")
-    dataset = CocoDetection(index, synth_dir / "train", list(index.images)[:4],
-                            build_train_transforms([64, 80, 96, 112], 200, 0.5, **IDENTITY))  # fmt: skip
+    dataset = CocoDetection(
+        index,
+        synth_dir / "train",
+        list(index.images)[:4],
+        build_train_transforms([64, 80, 96, 112], 200, 0.5, **IDENTITY),
+    )
     shapes = {dataset[(0, seed)][0].shape for seed in range(12)}
     assert len(shapes) > 1  # the seed changes the drawn size
     torch.manual_seed(5)
@@ -118,9 +131,16 @@ def test_every_image_is_visited_each_epoch_without_grouping() -> None:
 def test_subset_cut_in_prepare(synth_dir: Path) -> None:
     transforms = build_train_transforms([64], 128, 0.5, **IDENTITY)
     prepared = prepare_train_dataset(
-        synth_dir / "annotations" / "instances_train.json", synth_dir / "train", transforms, with_masks=False,
-        keep_empty_images=False, subset=10, subset_seed=0, skip_bad_items=False, quiet=True,
-    )  # fmt: skip
+        synth_dir / "annotations" / "instances_train.json",
+        synth_dir / "train",
+        transforms,
+        with_masks=False,
+        keep_empty_images=False,
+        subset=10,
+        subset_seed=0,
+        skip_bad_items=False,
+        quiet=True,
+    )
     assert len(prepared.dataset) == 10
     assert "masks" not in prepared.dataset[0][1]
     assert np.all(np.diff(prepared.dataset.image_ids) > 0)

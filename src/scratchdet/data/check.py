@@ -24,8 +24,18 @@ from scratchdet.data.coco import read_coco_json, segmentation_to_rle
 from scratchdet.errors import ScratchdetError
 
 Severity = Literal["error", "warning", "note"]
-CONVERTED_MODES = {"L": "grey", "LA": "grey with alpha", "P": "palette", "RGBA": "RGBA", "CMYK": "CMYK",
-                   "I;16": "16-bit", "I;16B": "16-bit", "I;16L": "16-bit", "I": "32-bit integer", "1": "1-bit"}  # fmt: skip
+CONVERTED_MODES = {
+    "L": "grey",
+    "LA": "grey with alpha",
+    "P": "palette",
+    "RGBA": "RGBA",
+    "CMYK": "CMYK",
+    "I;16": "16-bit",
+    "I;16B": "16-bit",
+    "I;16L": "16-bit",
+    "I": "32-bit integer",
+    "1": "1-bit",
+}
 SMALL_AREA, LARGE_AREA = 32**2, 96**2  # COCO's size buckets
 EDGE_TOLERANCE = 1.0  # pixels a box may exceed the image by before it is reported (rounding in annotation tools)
 
@@ -38,8 +48,10 @@ class Problem:
     annotation_id: int | None = None
 
     def __str__(self) -> str:
-        where = [f"image {self.image_id}" if self.image_id is not None else "",
-                 f"annotation {self.annotation_id}" if self.annotation_id is not None else ""]  # fmt: skip
+        where = [
+            f"image {self.image_id}" if self.image_id is not None else "",
+            f"annotation {self.annotation_id}" if self.annotation_id is not None else "",
+        ]
         prefix = ", ".join(w for w in where if w)
         return f"{self.severity.upper():7s} {prefix + ': ' if prefix else ''}{self.message}"
 
@@ -154,8 +166,15 @@ def _check_image_files(
 ) -> None:
     paths = [images_dir / image["file_name"] for image in images]
     with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(tqdm(pool.map(lambda p: _inspect_image_file(p, deep), paths), total=len(paths),
-                            desc="checking images", disable=quiet, leave=False))  # fmt: skip
+        results = list(
+            tqdm(
+                pool.map(lambda p: _inspect_image_file(p, deep), paths),
+                total=len(paths),
+                desc="checking images",
+                disable=quiet,
+                leave=False,
+            )
+        )
     for image, path, (error, size, mode) in zip(images, paths, results, strict=True):
         if error or size is None:
             report.add("error", f"{path}: {error}", image_id=image["id"])
@@ -181,17 +200,24 @@ def _check_box(report: CheckReport, annotation: dict[str, Any], image: dict[str,
         return
     x, y, w, h = box
     if w <= 0 or h <= 0:
-        report.add("error", f"bbox {box} has non-positive width or height; fix or remove the annotation",
-                   image_id, ann_id)  # fmt: skip
+        report.add(
+            "error", f"bbox {box} has non-positive width or height; fix or remove the annotation", image_id, ann_id
+        )
         return
     if image is None or not _is_number(image.get("width")) or not _is_number(image.get("height")):
         return
     width, height = image["width"], image["height"]
     if x >= width or y >= height or x + w <= 0 or y + h <= 0:
         report.add("error", f"bbox {box} lies entirely outside the {width}x{height} image", image_id, ann_id)
-    elif x < -EDGE_TOLERANCE or y < -EDGE_TOLERANCE or x + w > width + EDGE_TOLERANCE or y + h > height + EDGE_TOLERANCE:
-        report.add("warning", f"bbox {box} extends outside the {width}x{height} image; it is clipped in training",
-                   image_id, ann_id)  # fmt: skip
+    elif (
+        x < -EDGE_TOLERANCE or y < -EDGE_TOLERANCE or x + w > width + EDGE_TOLERANCE or y + h > height + EDGE_TOLERANCE
+    ):
+        report.add(
+            "warning",
+            f"bbox {box} extends outside the {width}x{height} image; it is clipped in training",
+            image_id,
+            ann_id,
+        )
 
 
 def _check_segmentation(report: CheckReport, annotation: dict[str, Any], image: dict[str, Any] | None) -> None:
@@ -211,8 +237,12 @@ def _check_segmentation(report: CheckReport, annotation: dict[str, Any], image: 
                 report.add("error", "a polygon must be a flat list of numbers [x1, y1, x2, y2, ...]", image_id, ann_id)
                 return
             if len(polygon) < 6 or len(polygon) % 2:
-                report.add("error", f"polygon with {len(polygon) / 2:g} points; a polygon needs at least 3 (x, y) "
-                           "points", image_id, ann_id)  # fmt: skip
+                report.add(
+                    "error",
+                    f"polygon with {len(polygon) / 2:g} points; a polygon needs at least 3 (x, y) points",
+                    image_id,
+                    ann_id,
+                )
                 return
         if not segmentation:
             report.add("error", "empty polygon list: the mask is empty", image_id, ann_id)
@@ -220,14 +250,20 @@ def _check_segmentation(report: CheckReport, annotation: dict[str, Any], image: 
     elif isinstance(segmentation, dict):
         size = segmentation.get("size")
         if size != [height, width]:
-            report.add("error", f"RLE size {size} differs from the image's [height, width] = [{height}, {width}]",
-                       image_id, ann_id)  # fmt: skip
+            report.add(
+                "error",
+                f"RLE size {size} differs from the image's [height, width] = [{height}, {width}]",
+                image_id,
+                ann_id,
+            )
             return
         if not isinstance(segmentation.get("counts"), list | str):
             report.add("error", "RLE 'counts' must be a list (uncompressed) or a string (compressed)", image_id, ann_id)
             return
     else:
-        report.add("error", f"segmentation must be polygons or RLE, got {type(segmentation).__name__}", image_id, ann_id)
+        report.add(
+            "error", f"segmentation must be polygons or RLE, got {type(segmentation).__name__}", image_id, ann_id
+        )
         return
     try:
         area = float(mask_utils.area(segmentation_to_rle(segmentation, height, width)))
@@ -235,8 +271,9 @@ def _check_segmentation(report: CheckReport, annotation: dict[str, Any], image: 
         report.add("error", f"segmentation cannot be decoded ({exc})", image_id, ann_id)
         return
     if area == 0:
-        report.add("error", "the mask is empty (no pixel inside the image); fix or remove the annotation",
-                   image_id, ann_id)  # fmt: skip
+        report.add(
+            "error", "the mask is empty (no pixel inside the image); fix or remove the annotation", image_id, ann_id
+        )
 
 
 def _check_annotations(
@@ -252,8 +289,12 @@ def _check_annotations(
             report.add("error", f"image_id {image_id!r} is not in 'images'", annotation_id=ann_id)
             continue
         if annotation.get("category_id") not in category_ids:
-            report.add("error", f"category_id {annotation.get('category_id')!r} is not in 'categories' "
-                       f"(known: {sorted(category_ids)})", image_id, ann_id)  # fmt: skip
+            report.add(
+                "error",
+                f"category_id {annotation.get('category_id')!r} is not in 'categories' (known: {sorted(category_ids)})",
+                image_id,
+                ann_id,
+            )
         if "area" in annotation and (not _is_number(annotation["area"]) or _has_nan(annotation["area"])):
             report.add("error", f"'area' must be a finite number, got {annotation['area']!r}", image_id, ann_id)
         before = len(report.errors)
@@ -267,7 +308,9 @@ def _check_annotations(
 # --------------------------------------------------------------------------------------------- summary
 
 
-def _summarize(images: list[dict[str, Any]], annotations: list[dict[str, Any]], categories: list[Any]) -> dict[str, Any]:
+def _summarize(
+    images: list[dict[str, Any]], annotations: list[dict[str, Any]], categories: list[Any]
+) -> dict[str, Any]:
     plain = [a for a in annotations if not a.get("iscrowd", 0)]
     per_image = Counter(a["image_id"] for a in plain)
     counts = [per_image.get(image["id"], 0) for image in images]
@@ -329,7 +372,6 @@ def without_bad_items(data: dict[str, Any], report: CheckReport) -> tuple[dict[s
     kept = dict(data)
     kept["images"] = [i for i in data["images"] if i.get("id") not in bad_images]
     kept["annotations"] = [
-        a for a in data["annotations"]
-        if a.get("id") not in bad_annotations and a.get("image_id") not in bad_images
-    ]  # fmt: skip
+        a for a in data["annotations"] if a.get("id") not in bad_annotations and a.get("image_id") not in bad_images
+    ]
     return kept, skipped

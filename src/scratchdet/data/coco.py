@@ -79,9 +79,10 @@ class CocoIndex:
     def trainable_annotations(self, image_id: int) -> list[dict[str, Any]]:
         """Non-crowd annotations with a box of positive size: what becomes a training target."""
         return [
-            a for a in self.annotations.get(image_id, [])
+            a
+            for a in self.annotations.get(image_id, [])
             if not a.get("iscrowd", 0) and a["bbox"][2] > 0 and a["bbox"][3] > 0
-        ]  # fmt: skip
+        ]
 
 
 def segmentation_to_rle(segmentation: Any, height: int, width: int) -> dict[str, Any]:
@@ -177,7 +178,7 @@ class CocoDetection(torch.utils.data.Dataset[tuple[torch.Tensor, dict[str, Any]]
         labels = np.array([self.index.label_of_category[a["category_id"]] for a in annotations], dtype=np.int64)
         target: dict[str, Any] = {"boxes": boxes[keep], "labels": labels[keep]}
         if self.with_masks:
-            masks = [decode_mask(a["segmentation"], height, width) for a, k in zip(annotations, keep) if k]
+            masks = [decode_mask(a["segmentation"], height, width) for a, k in zip(annotations, keep, strict=True) if k]
             target["masks"] = np.stack(masks) if masks else np.zeros((0, height, width), np.uint8)
         return target
 

@@ -63,9 +63,21 @@ def _star(points: int = 5, inner: float = 0.45) -> np.ndarray:
 
 
 _CROSS = np.array(
-    [[-0.3, -1], [0.3, -1], [0.3, -0.3], [1, -0.3], [1, 0.3], [0.3, 0.3],
-     [0.3, 1], [-0.3, 1], [-0.3, 0.3], [-1, 0.3], [-1, -0.3], [-0.3, -0.3]]
-)  # fmt: skip
+    [
+        [-0.3, -1],
+        [0.3, -1],
+        [0.3, -0.3],
+        [1, -0.3],
+        [1, 0.3],
+        [0.3, 0.3],
+        [0.3, 1],
+        [-0.3, 1],
+        [-0.3, 0.3],
+        [-1, 0.3],
+        [-1, -0.3],
+        [-0.3, -0.3],
+    ]
+)
 
 OUTLINES: dict[str, np.ndarray] = {
     "circle": _regular(40),
@@ -150,7 +162,7 @@ def _save_png(image: Image.Image, path: Path) -> None:
 
 def _scene_size(rng: np.random.Generator, size: int) -> tuple[int, int]:
     """(height, width): half square, a quarter landscape, a quarter portrait; `size` is the longer side."""
-    short = int(round(size * 0.75))
+    short = round(size * 0.75)
     return [(size, size), (size, size), (short, size), (size, short)][int(rng.integers(0, 4))]
 
 
@@ -173,10 +185,12 @@ def render_scene(seed: int, split: str, index: int, size: int) -> tuple[Image.Im
         spread = 0.2 if backdrop and order == 0 else 0.5
         points = _place(
             OUTLINES[DETECTION_SHAPES[category]],
-            cx=width * rng.uniform(0.5 - spread, 0.5 + spread), cy=height * rng.uniform(0.5 - spread, 0.5 + spread),
+            cx=width * rng.uniform(0.5 - spread, 0.5 + spread),
+            cy=height * rng.uniform(0.5 - spread, 0.5 + spread),
             radius=float(radius),
-            aspect=math.exp(rng.uniform(-0.35, 0.35)), angle=rng.uniform(0, 2 * math.pi),
-        )  # fmt: skip
+            aspect=math.exp(rng.uniform(-0.35, 0.35)),
+            angle=rng.uniform(0, 2 * math.pi),
+        )
         mask = _polygon_mask(points, height, width)
         texture = TEXTURES[int(rng.integers(0, len(TEXTURES)))]
         _paint(image, mask, _random_colour(rng), _texture(texture, rng, height, width))
@@ -244,10 +258,12 @@ def render_classification_image(seed: int, split: str, index: int, size: int, cl
     image = _background(rng, size, size)
     points = _place(
         OUTLINES[CLASSIFICATION_SHAPES[shape]],
-        cx=size / 2 + rng.uniform(-0.1, 0.1) * size, cy=size / 2 + rng.uniform(-0.1, 0.1) * size,
-        radius=size * rng.uniform(0.28, 0.45), aspect=math.exp(rng.uniform(-0.25, 0.25)),
+        cx=size / 2 + rng.uniform(-0.1, 0.1) * size,
+        cy=size / 2 + rng.uniform(-0.1, 0.1) * size,
+        radius=size * rng.uniform(0.28, 0.45),
+        aspect=math.exp(rng.uniform(-0.25, 0.25)),
         angle=rng.uniform(0, 2 * math.pi),
-    )  # fmt: skip
+    )
     mask = _polygon_mask(points, size, size)
     _paint(image, mask, _random_colour(rng), _texture(TEXTURES[texture], rng, size, size))
     return _to_uint8(image)

@@ -1,0 +1,222 @@
+"""Initialization: random ("from scratch", with the conventions of Detectron) or a backbone weight file.
+
+`init_scratch` sets every parameter explicitly, so what "from scratch" means is written here, not inherited from
+constructors: He/MSRA normal (fan_out) for backbone, box-head and mask-head convs; Xavier-style
+`kaiming_uniform_(a=1)` for FPN convs and box-head FCs; RPN convs N(0, 0.01); predictors N(0, 0.01) for class
+scores and N(0, 0.001) for box deltas and mask logits; every norm weight 1 and bias 0. `zero_init_last` zeroes the
+last norm of each residual block (off by default: detectron2 keeps it off for GN from scratch).
+
+`load_backbone_weights` reads a torchvision ImageNet ResNet state dict or a scratchdet backbone checkpoint (never
+executing code from the file) into the detector's backbone and says what it loaded, missed and could not use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
+from torchvision.ops import FrozenBatchNorm2d
+
+from scratchdet.errors import ScratchdetError
+from scratchdet.modeling.norm import NORM_TYPES
+
+IGNORED_PREFIXES = ("fc.",)  # an ImageNet classifier has no place in a detector
+STRIPPED_PREFIXES = ("module.", "backbone.body.", "body.", "backbone.")
+
+
+def _msra(module: Any) -> None:
+    nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+    _zero_bias(module)
+
+
+def _xavier(module: Any) -> None:
+    nn.init.kaiming_uniform_(module.weight, a=1)
+    _zero_bias(module)
+
+
+def _normal(module: Any, std: float) -> None:
+    nn.init.normal_(module.weight, std=std)
+    _zero_bias(module)
+
+
+def _zero_bias(module: Any) -> None:
+    if getattr(module, "bias", None) is not None:
+        nn.init.zeros_(module.bias)
+
+
+def _init_each(root: nn.Module | None, conv: Any, linear: Any = None) -> None:
+    if root is None:
+        return
+    for module in root.modules():
+        if isinstance(module, nn.Conv2d | nn.ConvTranspose2d):
+            conv(module)
+        elif isinstance(module, nn.Linear) and linear is not None:
+            linear(module)
+
+
+def _optional(model: nn.Module, name: str) -> Any:
+    """A submodule by dotted name, or None (Faster R-CNN has no mask head)."""
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
+
+
+@torch.no_grad()
+def init_scratch(model: nn.Module, zero_init_last: bool = False) -> None:
+    """Random initialization of a detector built by `build_detector` (see the module docstring)."""
+    body = model.get_submodule("backbone.body")
+    _init_each(body, _msra)
+    _init_each(model.get_submodule("backbone.fpn"), _xavier)
+    _init_each(model.get_submodule("rpn.head"), lambda m: _normal(m, 0.01))
+    _init_each(model.get_submodule("roi_heads.box_head"), _msra, _xavier)
+    box_predictor: Any = model.get_submodule("roi_heads.box_predictor")
+    _normal(box_predictor.cls_score, 0.01)
+    _normal(box_predictor.bbox_pred, 0.001)
+    _init_each(_optional(model, "roi_heads.mask_head"), _msra)
+    mask_predictor = _optional(model, "roi_heads.mask_predictor")
+    if mask_predictor is not None:
+        _msra(mask_predictor.conv5_mask)
+        _normal(mask_predictor.mask_fcn_logits, 0.001)
+    for module in model.modules():
+        if isinstance(module, NORM_TYPES):  # affine-free norms have weight None
+            for name, value in (("weight", 1.0), ("bias", 0.0)):
+                tensor = getattr(module, name, None)
+                if tensor is not None:
+                    tensor.fill_(value)
+    if zero_init_last:
+        for block in body.modules():
+            last: Any = (
+                block.bn2 if isinstance(block, BasicBlock) else block.bn3 if isinstance(block, Bottleneck) else None
+            )
+            if last is not None and getattr(last, "weight", None) is not None:
+                last.weight.zero_()
+
+
+# ------------------------------------------------------------------------------------------ weight files
+
+
+@dataclass
+class LoadReport:
+    path: Path
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    shape_mismatches: list[str] = field(default_factory=list)
+    norm_mismatches: list[str] = field(default_factory=list)
+    folded_norms: int = 0
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def format(self, limit: int = 12) -> str:
+        def listing(title: str, items: list[str]) -> str:
+            shown = ", ".join(items[:limit]) + (f", ... (+{len(items) - limit})" if len(items) > limit else "")
+            return f"\n  {title} ({len(items)}): {shown}" if items else ""
+
+        text = f"backbone weights from {self.path}: {len(self.loaded)} tensors loaded"
+        if self.folded_norms:
+            text += f", {self.folded_norms} batch norms folded into frozen affines"
+        text += listing("missing (left as initialized)", self.missing)
+        text += listing("unexpected (not used)", self.unexpected)
+        text += listing("ignored (classifier)", self.ignored)
+        text += listing("shape mismatches", self.shape_mismatches)
+        text += listing("norm mismatches", self.norm_mismatches)
+        return text
+
+
+def read_weight_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(state dict, metadata) of a weight file; `torch.load(weights_only=True)` never runs code from it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ScratchdetError(f"model.init={path}: no such file; give 'scratch' or the path of a weight file")
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt, truncated, or holding objects that weights_only refuses
+        raise ScratchdetError(f"{path}: cannot be read as a weight file ({exc})") from None
+    metadata: dict[str, Any] = {}
+    if isinstance(content, dict) and isinstance(content.get("model"), dict):
+        metadata = content.get("meta") or {}
+        content = content["model"]
+    elif isinstance(content, dict) and isinstance(content.get("state_dict"), dict):
+        content = content["state_dict"]
+    if not isinstance(content, dict) or not all(isinstance(v, torch.Tensor) for v in content.values()):
+        raise ScratchdetError(f"{path}: expected a state dict (names → tensors), found {type(content).__name__}")
+    return content, metadata
+
+
+def _strip(key: str) -> str:
+    for prefix in STRIPPED_PREFIXES:
+        if key.startswith(prefix):
+            return _strip(key[len(prefix) :])
+    return key
+
+
+def _norm_kinds(body: nn.Module) -> dict[str, type[nn.Module]]:
+    return {name: type(m) for name, m in body.named_modules() if isinstance(m, NORM_TYPES)}
+
+
+def _fold_batch_norm(source: dict[str, torch.Tensor], prefix: str, eps: float) -> dict[str, torch.Tensor]:
+    """BN (weight, bias, running mean, running var) → the same affine as a FrozenBN with mean 0 and var 1-eps."""
+    scale = source[f"{prefix}.weight"] * torch.rsqrt(source[f"{prefix}.running_var"] + eps)
+    return {
+        f"{prefix}.weight": scale,
+        f"{prefix}.bias": source[f"{prefix}.bias"] - source[f"{prefix}.running_mean"] * scale,
+        f"{prefix}.running_mean": torch.zeros_like(scale),
+        f"{prefix}.running_var": torch.full_like(scale, 1.0 - eps),
+    }
+
+
+def _check_norm_kinds(report: LoadReport, source: dict[str, torch.Tensor], kinds: dict[str, type[nn.Module]]) -> None:
+    for prefix, kind in kinds.items():
+        has_statistics = f"{prefix}.running_mean" in source
+        if f"{prefix}.weight" not in source:
+            continue
+        if kind is nn.GroupNorm and has_statistics:
+            report.norm_mismatches.append(f"{prefix}: file has batch-norm statistics, model uses GroupNorm")
+        elif kind is not nn.GroupNorm and not has_statistics:
+            report.norm_mismatches.append(f"{prefix}: file has no batch-norm statistics, model uses {kind.__name__}")
+
+
+@torch.no_grad()
+def load_backbone_weights(model: nn.Module, path: Path | str) -> LoadReport:
+    """Load a backbone weight file into `model.backbone.body`; raise when nothing matches or anything conflicts."""
+    raw, metadata = read_weight_file(Path(path))
+    report = LoadReport(Path(path), metadata=metadata)
+    source: dict[str, torch.Tensor] = {}
+    for key, tensor in raw.items():
+        name = _strip(key)
+        if name.startswith(IGNORED_PREFIXES):
+            report.ignored.append(key)
+        elif not name.endswith("num_batches_tracked"):
+            source[name] = tensor
+    body: Any = model.get_submodule("backbone.body")
+    kinds = _norm_kinds(body)
+    _check_norm_kinds(report, source, kinds)
+    for prefix, kind in kinds.items():
+        if kind is FrozenBatchNorm2d and f"{prefix}.running_var" in source:
+            source.update(_fold_batch_norm(source, prefix, body.get_submodule(prefix).eps))
+            report.folded_norms += 1
+    # A BN step counter carries no weight; it is neither loaded nor reported.
+    target = {k: v for k, v in body.state_dict().items() if not k.endswith("num_batches_tracked")}
+    for name, tensor in target.items():
+        if name not in source:
+            report.missing.append(name)
+        elif source[name].shape != tensor.shape:
+            report.shape_mismatches.append(f"{name}: file {tuple(source[name].shape)}, model {tuple(tensor.shape)}")
+        else:
+            report.loaded.append(name)
+    report.unexpected = [name for name in source if name not in target]
+    if not report.loaded:
+        raise ScratchdetError(f"nothing in the weight file matches the backbone\n{report.format()}")
+    if report.shape_mismatches or report.norm_mismatches:
+        raise ScratchdetError(
+            "the weight file does not fit this backbone (another depth, width or norm?); "
+            f"use a file made for model.backbone / model.norm as configured\n{report.format()}"
+        )
+    for name in report.loaded:  # only once everything is known to fit: a refused file changes nothing
+        target[name].copy_(source[name])
+    return report
