@@ -89,7 +89,7 @@ def _model_summary(args: argparse.Namespace) -> int:
     from scratchdet.modeling.summary import format_summary
 
     config = load_config(args.config, args.overrides)
-    model = build_model(
+    model, report = build_model(
         config.model,
         num_classes=_num_classes(config),
         test_size=config.data.test_size,
@@ -101,7 +101,75 @@ def _model_summary(args: argparse.Namespace) -> int:
         f"{args.config}: {config.model.arch} {config.model.backbone}-FPN, norm={config.model.norm}, "
         f"box head {config.model.box_head}, init={config.model.init}"
     )
+    if report is not None:
+        print(report.format())
     print(format_summary(model, height, width))
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from scratchdet.config import load_config
+    from scratchdet.engine.run import load_run_config, train
+
+    if args.resume is not None:
+        if args.config or args.overrides or args.out:
+            raise ScratchdetError("--resume RUN_DIR takes no config, overrides or --out: the run's own config is used")
+        config = load_run_config(args.resume)
+        summary = train(config, args.resume, resume=True)
+    else:
+        if not args.config or args.out is None:
+            raise ScratchdetError("give a config and --out RUN_DIR (or --resume RUN_DIR); see `scratchdet train -h`")
+        summary = train(load_config(args.config, args.overrides), args.out)
+    for task, metrics in (summary.get("final") or {}).items():
+        print(f"{task}: " + "  ".join(f"{name} {value:.2f}" for name, value in metrics.items()))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from scratchdet.engine.run import evaluate_saved, setup_logging
+
+    setup_logging(None)
+    results = evaluate_saved(args.target, args.overrides)
+    for task, metrics in results.items():
+        print(f"{task}: " + "  ".join(f"{name} {value:.2f}" for name, value in metrics.items()))
+    return 0
+
+
+def _schedule_show(args: argparse.Namespace) -> int:
+    from scratchdet.config import load_config
+    from scratchdet.engine.run import schedule_for, training_set_size
+
+    config = load_config(args.config, args.overrides)
+    try:
+        size: int | None = training_set_size(config)
+    except ScratchdetError as exc:
+        if config.solver.base_epochs is not None:
+            raise
+        size = None
+        print(f"note: training set not readable ({str(exc).splitlines()[0]}); epochs unknown")
+    schedule = schedule_for(config, size)
+    images = schedule.total_iterations * schedule.images_per_batch
+    rows = [
+        (
+            "schedule",
+            f"{config.solver.schedule}"
+            + (
+                f" (1x = {config.solver.base_epochs:g} epochs)"
+                if config.solver.base_epochs
+                else " (1x = 90k iterations at 16 images)"
+            ),
+        ),
+        ("total iterations", f"{schedule.total_iterations:,}"),
+        ("lr steps (x0.1)", ", ".join(f"{s:,}" for s in schedule.steps)),
+        ("base lr", f"{schedule.base_lr:g} ({config.solver.base_lr:g} at 16 images, linear scaling)"),
+        ("warm-up", f"{schedule.warmup_iters:,} iterations from {schedule.warmup_factor:g} x lr"),
+        ("images per iteration", f"{schedule.images_per_batch}"),
+        ("training images", f"{size:,}" if size else "unknown"),
+        ("epochs", f"{images / size:.1f}" if size else "unknown"),
+        ("images seen", f"{images:,}"),
+    ]
+    for name, value in rows:
+        print(f"{name:<22s} {value}")
     return 0
 
 
@@ -187,6 +255,24 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--images", type=Path, required=True, help="folder holding the images")
     check.add_argument("--quick", action="store_true", help="read image headers only (misses truncated files)")
     check.add_argument("--max-problems", type=int, default=200, help="problems to print at most")
+
+    train = _command(commands, "train", _train, "train a detector; --resume continues a run exactly")
+    train.add_argument("config", nargs="?", help="a packaged preset or a YAML file")
+    train.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. solver.schedule=2x")
+    train.add_argument("--out", type=Path, help="run directory to create")
+    train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR")
+
+    evaluate = _command(commands, "eval", _eval, "COCO box/mask AP of a run's newest checkpoint or a checkpoint")
+    evaluate.add_argument("target", type=Path, metavar="RUN_DIR_OR_CHECKPOINT")
+    evaluate.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="e.g. data.val_annotations=other.json data.val_images=other/"
+    )
+
+    schedule = commands.add_parser("schedule", help="inspect schedules")
+    schedule_commands = _subparsers(schedule, "schedule commands")
+    _add_config_arguments(
+        _command(schedule_commands, "show", _schedule_show, "iterations, lr steps, warm-up and epochs of a config")
+    )
 
     model = commands.add_parser("model", help="inspect models")
     model_commands = _subparsers(model, "model commands")

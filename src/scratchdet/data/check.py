@@ -171,7 +171,7 @@ def _check_image_files(
                 pool.map(lambda p: _inspect_image_file(p, deep), paths),
                 total=len(paths),
                 desc="checking images",
-                disable=quiet,
+                disable=quiet or None,  # None: only on a terminal
                 leave=False,
             )
         )

@@ -284,10 +284,10 @@ def _run_parallel(
     chunk = max(1, len(jobs) // (workers * 16))
     if workers <= 1:
         results: Iterable[Any] = map(function, jobs)
-        return list(tqdm(results, total=len(jobs), desc=description, disable=quiet))
+        return list(tqdm(results, total=len(jobs), desc=description, disable=quiet or None))
     with ProcessPoolExecutor(max_workers=workers) as pool:
         results = pool.map(function, jobs, chunksize=chunk)
-        return list(tqdm(results, total=len(jobs), desc=description, disable=quiet))
+        return list(tqdm(results, total=len(jobs), desc=description, disable=quiet or None))
 
 
 def generate(out: Path, spec: SynthSpec, workers: int | None = None, quiet: bool = False) -> None:

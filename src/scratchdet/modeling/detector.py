@@ -22,7 +22,7 @@ from torchvision.ops import MultiScaleRoIAlign
 
 from scratchdet.config import ModelConfig
 from scratchdet.modeling.backbone import build_backbone_with_fpn, build_resnet, freeze_stages
-from scratchdet.modeling.init import init_scratch, load_backbone_weights
+from scratchdet.modeling.init import LoadReport, init_scratch, load_backbone_weights
 from scratchdet.modeling.norm import get_norm
 
 FPN_LEVELS = ["0", "1", "2", "3"]
@@ -114,9 +114,13 @@ def build_model(
     max_size: int,
     score_thresh: float = 0.05,
     detections_per_image: int = 100,
-    verbose: bool = True,
-) -> MaskRCNN | FasterRCNN:
-    """The detector described by a `model` config section, initialized as `model.init` says."""
+    load_init_weights: bool = True,
+) -> tuple[MaskRCNN | FasterRCNN, LoadReport | None]:
+    """The detector described by a `model` config section, initialized as `model.init` says.
+
+    Returns the model and, when `model.init` is a weight file, the load report (its metadata carries the
+    pre-training counts). `load_init_weights=False` skips the weight file (a checkpoint is loaded next).
+    """
     detector = build_detector(
         arch=model.arch,
         backbone=model.backbone,
@@ -149,8 +153,6 @@ def build_model(
         box_detections_per_img=detections_per_image,
     )
     init_scratch(detector, zero_init_last=model.zero_init_last)
-    if model.init != "scratch":
-        report = load_backbone_weights(detector, model.init)
-        if verbose:
-            print(report.format())
-    return detector
+    load = load_init_weights and model.init != "scratch"
+    report = load_backbone_weights(detector, model.init) if load else None
+    return detector, report

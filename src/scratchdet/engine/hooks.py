@@ -1,0 +1,189 @@
+"""Hooks of a training run: metrics (JSON lines, TensorBoard, progress), periodic evaluation, checkpoints.
+
+Order matters and is the order they are given in: evaluation, then metrics, then checkpoint, so a checkpoint at
+iteration k is written after everything logged up to k.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from scratchdet.engine.checkpoint import Checkpointer
+from scratchdet.engine.trainer import HookBase
+
+log = logging.getLogger("scratchdet")
+EvaluateFn = Callable[[int, bool], dict[str, dict[str, float]]]  # (iteration, final) → metrics
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """Records of a metrics.jsonl; a torn last line (a crash mid-write) is ignored."""
+    records: list[dict[str, Any]] = []
+    if not path.is_file():
+        return records
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def truncate_metrics(path: Path, iteration: int) -> None:
+    """Keep only the records up to `iteration` (those after it are redone by a resumed run)."""
+    from scratchdet.io import atomic_write_text
+
+    kept = [r for r in read_metrics(path) if r.get("iteration", 0) <= iteration]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+class MetricsWriter:
+    """Appends one JSON object per record to metrics.jsonl, and mirrors scalars to TensorBoard."""
+
+    def __init__(self, run_dir: Path, start_iteration: int) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        self._tensorboard: Any = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step drops events a killed run wrote after its last checkpoint.
+            self._tensorboard = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_iteration or None)
+        except ImportError:  # tensorboard is a dependency; tolerate its absence in stripped installs
+            log.warning("tensorboard is not installed: no event files")
+
+    def write(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a", encoding="utf-8") as file:
+            file.write(json.dumps(record) + "\n")
+            file.flush()
+            os.fsync(file.fileno())
+        if self._tensorboard is not None:
+            for key, value in _flatten(record).items():
+                if key != "iteration" and isinstance(value, int | float):
+                    self._tensorboard.add_scalar(key, value, record["iteration"])
+
+    def close(self) -> None:
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+
+
+def _flatten(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}/"))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    )
+
+
+class MetricsHook(HookBase):
+    """Every `period` steps (and the last): a metrics record, and a progress bar or a plain log line."""
+
+    def __init__(self, writer: MetricsWriter, period: int, pretrain_counts: dict[str, Any] | None = None) -> None:
+        self.writer = writer
+        self.period = period
+        self.pretrain_counts = pretrain_counts
+        self._bar: Any = None
+        self._window: list[tuple[float, float]] = []
+
+    def before_train(self) -> None:
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            schedule = self.trainer.schedule
+            self._bar = tqdm(total=schedule.total_iterations, initial=self.trainer.iteration, desc="train", unit="it")
+
+    def after_step(self) -> None:
+        trainer = self.trainer
+        self._window.append((trainer.last_step_seconds, trainer.last_data_seconds))
+        if self._bar is not None:
+            total = sum(trainer.last_losses.values())
+            images_per_second = trainer.schedule.images_per_batch / max(trainer.last_step_seconds, 1e-9)
+            self._bar.set_postfix(loss=f"{total:.3f}", lr=f"{trainer.last_lr:.4g}", img_s=f"{images_per_second:.1f}")
+            self._bar.update(1)
+        if trainer.iteration % self.period == 0 or trainer.finished:
+            self._write()
+
+    def _write(self) -> None:
+        trainer = self.trainer
+        step = sum(s for s, _ in self._window) / len(self._window)
+        data = sum(d for _, d in self._window) / len(self._window)
+        self._window = []
+        record: dict[str, Any] = {
+            "iteration": trainer.iteration,
+            **trainer.last_losses,
+            "total_loss": sum(trainer.last_losses.values()),
+            "lr": trainer.last_lr,
+            "seconds_per_iteration": step,
+            "data_seconds": data,
+            **{f"{name}_seen": value for name, value in trainer.counts.as_dict().items()},
+        }
+        if self.pretrain_counts:
+            record["pretrain"] = self.pretrain_counts
+        self.writer.write(record)
+        if self._bar is None:
+            total_iterations = trainer.schedule.total_iterations
+            eta = _duration(step * (total_iterations - trainer.iteration))
+            terms = " ".join(f"{k.removeprefix('loss_')} {v:.3f}" for k, v in trainer.last_losses.items())
+            log.info(
+                f"iter {trainer.iteration}/{total_iterations}  loss {record['total_loss']:.3f} ({terms})  "
+                f"lr {trainer.last_lr:.4g}  {step:.3f} s/it  data {data:.3f} s  eta {eta}"
+            )
+
+    def after_train(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+class EvalHook(HookBase):
+    """COCO evaluation every `period` steps (0: never during training) and after the last step."""
+
+    def __init__(self, evaluate: EvaluateFn, writer: MetricsWriter, period: int) -> None:
+        self.evaluate = evaluate
+        self.writer = writer
+        self.period = period
+        self.final_results: dict[str, dict[str, float]] | None = None
+
+    def _run(self, final: bool) -> None:
+        iteration = self.trainer.iteration
+        started = time.perf_counter()
+        results = self.evaluate(iteration, final)
+        seconds = time.perf_counter() - started
+        self.writer.write({"iteration": iteration, "eval": results, "eval_seconds": seconds})
+        summary = "  ".join(f"{task} AP {metrics['AP']:.2f}" for task, metrics in results.items())
+        log.info(f"evaluation at iteration {iteration}: {summary}  ({seconds:.1f} s)")
+        if final:
+            self.final_results = results
+
+    def after_step(self) -> None:
+        if self.trainer.finished:
+            self._run(final=True)
+        elif self.period and self.trainer.iteration % self.period == 0:
+            self._run(final=False)
+
+
+class CheckpointHook(HookBase):
+    """A checkpoint every `period` steps and after the last one; `extra` is stored beside the trainer state."""
+
+    def __init__(self, checkpointer: Checkpointer, period: int, extra: dict[str, Any]) -> None:
+        self.checkpointer = checkpointer
+        self.period = period
+        self.extra = extra
+
+    def after_step(self) -> None:
+        trainer = self.trainer
+        if trainer.iteration % self.period == 0 or trainer.finished:
+            self.checkpointer.save(trainer.iteration, {**trainer.state_dict(), **self.extra})

@@ -1,0 +1,320 @@
+"""One training run from a config, written out plainly: data, model, schedule, hooks, resume, summary.
+
+This is the edge where a whole `Config` is taken apart into the plain arguments of the pieces below it. The run
+directory it writes is the only interface to reporting:
+
+    config.yaml          the resolved config
+    metrics.jsonl        one JSON object per logged step or evaluation
+    tensorboard/         the same scalars as event files
+    log.txt              the log
+    train_image_ids.json the images trained on (after subset and skipped items)
+    skipped_items.json   what `data.skip_bad_items` dropped (only when it dropped something)
+    checkpoints/         model_<iteration>.pth (newest `output.keep_last`) and `last_checkpoint`
+    detections.json      the final detections, COCO results format
+    summary.json         final metrics, totals, wall time, machine — written last: its presence means "finished"
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from scratchdet.config import Config, apply_overrides, build_config, load_config
+from scratchdet.data.batching import TrainingBatches, collate
+from scratchdet.data.build import prepare_eval_dataset, prepare_train_dataset
+from scratchdet.data.coco import CocoIndex, read_coco_json
+from scratchdet.data.transforms import build_test_transforms, build_train_transforms
+from scratchdet.engine.checkpoint import Checkpointer, load_checkpoint
+from scratchdet.engine.hooks import CheckpointHook, EvalHook, MetricsHook, MetricsWriter, truncate_metrics
+from scratchdet.engine.schedule import Schedule, build_optimizer, build_schedule, parameter_groups
+from scratchdet.engine.trainer import Trainer
+from scratchdet.errors import ScratchdetError
+from scratchdet.evaluation.coco import CocoEvaluator
+from scratchdet.evaluation.inference import run_inference
+from scratchdet.io import atomic_write_text
+from scratchdet.modeling.detector import build_model
+
+log = logging.getLogger("scratchdet")
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def setup_logging(run_dir: Path | None) -> None:
+    """INFO lines to stderr and, for a run, to run_dir/log.txt."""
+    logger = logging.getLogger("scratchdet")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    console = logging.StreamHandler()
+    console.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(console)
+    if run_dir is not None:
+        file = logging.FileHandler(run_dir / "log.txt", encoding="utf-8")
+        file.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+        logger.addHandler(file)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def machine_description() -> dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+    }
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def _train_transforms(config: Config) -> Any:
+    data = config.data
+    return build_train_transforms(data.min_size, data.max_size, data.flip_prob, data.pixel_mean, data.pixel_std)
+
+
+def training_set_size(config: Config) -> int:
+    """Images a run would train on, from the annotation file alone (no image is opened)."""
+    index = CocoIndex.from_json(config.data.path(config.data.train_annotations))
+    usable = [i for i in index.images if config.data.keep_empty_images or index.trainable_annotations(i)]
+    return min(len(usable), config.data.train_subset or len(usable))
+
+
+def schedule_for(config: Config, dataset_size: int | None) -> Schedule:
+    solver = config.solver
+    return build_schedule(
+        multiplier=solver.schedule_multiplier,
+        images_per_batch=solver.images_per_batch,
+        base_lr=solver.base_lr,
+        warmup_iters=solver.warmup_iters,
+        warmup_factor=solver.warmup_factor,
+        base_epochs=solver.base_epochs,
+        dataset_size=dataset_size,
+    )
+
+
+def _endless(loader: torch.utils.data.DataLoader) -> Iterator[Any]:
+    yield from loader  # the batch sampler never ends; the trainer stops pulling
+
+
+def train_batches(dataset: Any, config: Config, start_iteration: int) -> Iterator[Any]:
+    """The training batches from `start_iteration` on: order and transforms depend on seed and iteration only."""
+    sampler = TrainingBatches(
+        len(dataset),
+        config.solver.images_per_batch,
+        seed=config.seed,
+        aspect_groups=dataset.aspect_groups() if config.data.group_by_aspect_ratio else None,
+        start_iteration=start_iteration,
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=config.data.num_workers,
+        collate_fn=collate,
+        persistent_workers=config.data.num_workers > 0,
+        # A generator of its own: creating the loader must not draw from the global random stream, or a
+        # resumed run would sample RoIs differently from an uninterrupted one.
+        generator=torch.Generator().manual_seed(config.seed),
+    )
+    return _endless(loader)
+
+
+class Evaluation:
+    """The validation set, loaded once, and a callable that scores a model on it."""
+
+    def __init__(self, config: Config, device: torch.device, quiet: bool = False) -> None:
+        data = config.data
+        annotations = data.path(data.val_annotations)
+        prepared = prepare_eval_dataset(
+            annotations,
+            data.path(data.val_images),
+            build_test_transforms(data.pixel_mean, data.pixel_std),
+            max_images=config.eval.max_images,
+            quiet=quiet,
+        )
+        self.dataset = prepared.dataset
+        category_of_label = {label: category for category, label in self.dataset.index.label_of_category.items()}
+        tasks = ("bbox", "segm") if config.model.arch == "mask_rcnn" else ("bbox",)
+        self.evaluator = CocoEvaluator(annotations, self.dataset.image_ids, category_of_label, tasks)
+        self.loader = torch.utils.data.DataLoader(
+            self.dataset, batch_size=2, num_workers=min(data.num_workers, 2), collate_fn=collate
+        )
+        self.device = device
+        self.quiet = quiet
+
+    def __call__(self, model: nn.Module, detections_path: Path | None = None) -> dict[str, dict[str, float]]:
+        run_inference(model, self.loader, self.evaluator, device=self.device, progress=not self.quiet,
+                      total=len(self.loader))  # fmt: skip
+        if detections_path is not None:
+            self.evaluator.save(detections_path)
+        return self.evaluator.evaluate()
+
+
+# --------------------------------------------------------------------------------------------- training
+
+
+def _prepare_run_dir(run_dir: Path, config: Config, resume: bool) -> None:
+    if resume:
+        return
+    if (run_dir / "config.yaml").exists():
+        raise ScratchdetError(
+            f"{run_dir} already holds a run; continue it with `scratchdet train --resume {run_dir}` "
+            "or choose another --out"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", config.to_yaml())
+
+
+def load_run_config(run_dir: Path) -> Config:
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise ScratchdetError(f"{run_dir} is not a run directory (no config.yaml); start a run with --out")
+    return load_config(str(path))
+
+
+def train(config: Config, run_dir: Path, *, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
+    """Train (or continue training) the run in `run_dir`; returns the summary."""
+    run_dir = Path(run_dir)
+    if resume and (run_dir / "summary.json").is_file():
+        log.info(f"{run_dir} has already finished; nothing to do (its results are in summary.json)")
+        return dict(json.loads((run_dir / "summary.json").read_text()))
+    _prepare_run_dir(run_dir, config, resume)
+    setup_logging(run_dir)
+    started = time.perf_counter()
+    seed_everything(config.seed)
+    device = default_device()
+
+    data = config.data
+    prepared = prepare_train_dataset(
+        data.path(data.train_annotations), data.path(data.train_images), _train_transforms(config),
+        with_masks=config.model.arch == "mask_rcnn", keep_empty_images=data.keep_empty_images,
+        subset=data.train_subset, subset_seed=data.subset_seed, skip_bad_items=data.skip_bad_items, quiet=quiet,
+    )  # fmt: skip
+    dataset = prepared.dataset
+    _write_json(run_dir / "train_image_ids.json", dataset.image_ids)
+    if prepared.skipped_items:
+        _write_json(run_dir / "skipped_items.json", prepared.skipped_items)
+        log.info(f"skipped {len(prepared.skipped_items)} bad items (listed in skipped_items.json)")
+    schedule = schedule_for(config, len(dataset))
+
+    model, report = build_model(
+        config.model, num_classes=len(dataset.index.categories), test_size=data.test_size, max_size=data.max_size,
+        score_thresh=config.eval.score_thresh, detections_per_image=config.eval.detections_per_image,
+    )  # fmt: skip
+    model.to(device)
+    if report is not None:
+        log.info(report.format())
+    pretrain = report.metadata.get("counts") if report is not None else None
+    solver = config.solver
+    optimizer = build_optimizer(
+        parameter_groups(model, weight_decay=solver.weight_decay, weight_decay_norm=solver.weight_decay_norm,
+                         weight_decay_bias=solver.weight_decay_bias),
+        momentum=solver.momentum,
+    )  # fmt: skip
+
+    checkpointer = Checkpointer(run_dir / "checkpoints", keep_last=config.output.keep_last)
+    resumed = checkpointer.latest_loadable() if resume else None
+    start_iteration = int(resumed[1]["iteration"]) if resumed else 0
+    if resume:
+        truncate_metrics(run_dir / "metrics.jsonl", start_iteration)
+    writer = MetricsWriter(run_dir, start_iteration)
+    evaluation = Evaluation(config, device, quiet=quiet)
+
+    def evaluate(iteration: int, final: bool) -> dict[str, dict[str, float]]:
+        return evaluation(model, run_dir / "detections.json" if final else None)
+
+    eval_hook = EvalHook(evaluate, writer, config.eval.period)
+    extra = {"config": config.to_yaml(), "meta": {"kind": "detection", "pretrain": pretrain}}
+    trainer = Trainer(
+        model, optimizer, schedule, train_batches(dataset, config, start_iteration),
+        hooks=[eval_hook, MetricsHook(writer, config.output.log_period, pretrain),
+               CheckpointHook(checkpointer, config.output.checkpoint_period, extra)],
+        clip_grad_norm=solver.clip_grad_norm, device=device,
+    )  # fmt: skip
+    if resumed:
+        trainer.load_state_dict(resumed[1])
+        log.info(f"resumed from {resumed[0]} at iteration {start_iteration}")
+    log.info(
+        f"training {schedule.total_iterations} iterations of {schedule.images_per_batch} images "
+        f"(lr {schedule.base_lr:g}, steps at {list(schedule.steps)}) on {len(dataset)} images, device {device}"
+    )
+    try:
+        trainer.train()
+    finally:
+        writer.close()
+    summary = {
+        "iteration": trainer.iteration,
+        "final": eval_hook.final_results,
+        "counts": trainer.counts.as_dict(),
+        "pretrain": pretrain,
+        "train_seconds": trainer.train_seconds,
+        "wall_seconds_this_session": time.perf_counter() - started,
+        "schedule": schedule.as_dict(),
+        "train_images": len(dataset),
+        "machine": machine_description(),
+    }
+    _write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+
+
+def evaluate_saved(
+    target: Path, overrides: list[str] | None = None, quiet: bool = False
+) -> dict[str, dict[str, float]]:
+    """Score a run directory's newest checkpoint, or a checkpoint file, on its config's validation set.
+
+    `overrides` (`data.val_annotations=…`, `eval.max_images=…`) change the evaluation data or settings.
+    """
+    target = Path(target)
+    if target.is_dir():
+        found = Checkpointer(target / "checkpoints").latest_loadable()
+        if found is None:
+            raise ScratchdetError(f"{target} has no loadable checkpoint in {target / 'checkpoints'}")
+        path, state = found
+    else:
+        path, state = target, load_checkpoint(target)
+    if not isinstance(state.get("config"), str):
+        raise ScratchdetError(f"{path} carries no config; it is not a scratchdet detection checkpoint")
+    config = build_config(apply_overrides(yaml.safe_load(state["config"]), overrides or []), str(path))
+    device = default_device()
+    categories = read_coco_json(config.data.path(config.data.val_annotations))["categories"]
+    model, _ = build_model(
+        config.model, num_classes=len(categories), test_size=config.data.test_size, max_size=config.data.max_size,
+        score_thresh=config.eval.score_thresh, detections_per_image=config.eval.detections_per_image,
+        load_init_weights=False,
+    )  # fmt: skip
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise ScratchdetError(f"{path}: the weights do not fit the model its config describes ({exc})") from None
+    model.to(device)
+    log.info(f"evaluating {path} (iteration {state['iteration']})")
+    return Evaluation(config, device, quiet=quiet)(model)

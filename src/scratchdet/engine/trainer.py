@@ -1,0 +1,176 @@
+"""The training loop: data → losses → backward → SGD step, with hooks for everything else.
+
+The trainer owns the iteration counter, the learning rate (a pure function of the iteration), the counts of what
+has been seen, and the random-number state; hooks (logging, evaluation, checkpoints) are called around each step
+and may contribute their own state, so a checkpoint holds everything needed to continue exactly.
+`trainer.iteration` is the number of completed steps.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from scratchdet.engine.accounting import SeenCounts, batch_counts
+from scratchdet.engine.schedule import Schedule, set_learning_rate
+from scratchdet.errors import ScratchdetError
+
+Batch = tuple[list[torch.Tensor], list[dict[str, Any]]]
+
+
+class TrainingDiverged(ScratchdetError):
+    """A loss became NaN or infinite."""
+
+
+class HookBase:
+    """Called by the trainer around training and each step; `self.trainer` is set before `before_train`."""
+
+    trainer: Trainer
+
+    def before_train(self) -> None: ...
+
+    def after_train(self) -> None: ...
+
+    def before_step(self) -> None: ...
+
+    def after_step(self) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, numpy and torch random states as plain containers and tensors (loadable with weights_only)."""
+    name, keys, position, has_gauss, cached = np.random.get_state(legacy=True)
+    return {
+        "python": random.getstate(),
+        "numpy": [name, torch.from_numpy(np.asarray(keys, dtype=np.int64)), position, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    name, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value: Any) -> Any:
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, list | tuple) else value
+
+
+class Trainer:
+    """Runs `schedule.total_iterations` SGD steps of `model` on `batches`, starting at `start_iteration`."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        schedule: Schedule,
+        batches: Iterator[Batch],
+        *,
+        hooks: Sequence[HookBase] = (),
+        clip_grad_norm: float | None = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.schedule = schedule
+        self.batches = batches
+        self.hooks = list(hooks)
+        self.clip_grad_norm = clip_grad_norm
+        self.device = torch.device(device)
+        self.iteration = 0
+        self.counts = SeenCounts()
+        self.train_seconds = 0.0
+        self.last_losses: dict[str, float] = {}
+        self.last_lr = 0.0
+        self.last_step_seconds = 0.0
+        self.last_data_seconds = 0.0
+        for hook in self.hooks:
+            hook.trainer = self
+
+    @property
+    def finished(self) -> bool:
+        return self.iteration >= self.schedule.total_iterations
+
+    def train(self) -> None:
+        self.model.train()
+        for hook in self.hooks:
+            hook.before_train()
+        while not self.finished:
+            for hook in self.hooks:
+                hook.before_step()
+            self.run_step()
+            for hook in self.hooks:
+                hook.after_step()
+        for hook in self.hooks:
+            hook.after_train()
+
+    def run_step(self) -> None:
+        started = time.perf_counter()
+        images, targets = next(self.batches)
+        images = [image.to(self.device, non_blocking=True) for image in images]
+        targets = [{k: v.to(self.device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
+        data_seconds = time.perf_counter() - started
+        self.last_lr = self.schedule.lr_at(self.iteration)
+        set_learning_rate(self.optimizer, self.last_lr)
+        losses = self.model(images, targets)
+        self._check_finite(losses)
+        total = torch.stack(list(losses.values())).sum()
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if self.clip_grad_norm is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
+        self.optimizer.step()
+        self.counts.add(batch_counts(images, targets))
+        self.last_losses = {name: float(value.detach()) for name, value in losses.items()}
+        self.iteration += 1
+        self.last_data_seconds = data_seconds
+        self.last_step_seconds = time.perf_counter() - started
+        self.train_seconds += self.last_step_seconds
+
+    def _check_finite(self, losses: dict[str, torch.Tensor]) -> None:
+        for name, value in losses.items():
+            if not math.isfinite(float(value.detach())):
+                terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
+                raise TrainingDiverged(
+                    f"training diverged at iteration {self.iteration}: {name} is {float(value.detach())} "
+                    f"({terms}; lr {self.last_lr:.4g}). Lower solver.base_lr, lengthen solver.warmup_iters, "
+                    "or set solver.clip_grad_norm; from scratch, use model.norm=gn or syncbn (without a proper "
+                    "normalization, training from random initialization diverges)"
+                )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "iteration": self.iteration,
+            "counts": self.counts.as_dict(),
+            "train_seconds": self.train_seconds,
+            "rng": rng_state(),
+            "hooks": {type(h).__name__: h.state_dict() for h in self.hooks},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.iteration = int(state["iteration"])
+        self.counts = SeenCounts.from_dict(state["counts"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+        set_rng_state(state["rng"])
+        for hook in self.hooks:
+            hook.load_state_dict(state.get("hooks", {}).get(type(hook).__name__, {}))
