@@ -22,6 +22,36 @@ SMALL_SPEC = SynthSpec(
 )
 
 
+def tiny_training_overrides(data_root: Path) -> list[str]:
+    """A detector small enough to train for a few dozen iterations in seconds on two cores."""
+    return [
+        f"data.root={data_root}",
+        "data.min_size=[64]",
+        "data.max_size=96",
+        "data.test_size=64",
+        "data.num_workers=0",
+        "model.narrow_width=16",
+        "model.narrow_depth=10",
+        "model.fpn_channels=32",
+        "model.gn_groups=8",
+        "model.box_head_conv_dim=32",
+        "model.box_head_fc_dim=64",
+        "model.mask_head_conv_dim=32",
+        "model.anchor_sizes=[8,16,32,64,128]",
+        "model.roi_canonical_scale=32",
+        "model.roi_batch_size_per_image=32",
+        "model.rpn_pre_nms_top_n_train=200",
+        "model.rpn_post_nms_top_n_train=100",
+        "model.rpn_pre_nms_top_n_test=100",
+        "model.rpn_post_nms_top_n_test=50",
+        "solver.images_per_batch=4",
+        "solver.warmup_iters=10",
+        "solver.base_lr=0.04",
+        "eval.detections_per_image=20",
+        "output.log_period=5",
+    ]
+
+
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synth") / "data"

@@ -201,6 +201,7 @@ def load_run_config(run_dir: Path) -> Config:
 def train(config: Config, run_dir: Path, *, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
     """Train (or continue training) the run in `run_dir`; returns the summary."""
     run_dir = Path(run_dir)
+    setup_logging(None)
     if resume and (run_dir / "summary.json").is_file():
         log.info(f"{run_dir} has already finished; nothing to do (its results are in summary.json)")
         return dict(json.loads((run_dir / "summary.json").read_text()))

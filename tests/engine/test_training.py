@@ -1,0 +1,174 @@
+"""Real training runs of a tiny GN Mask R-CNN on the generated data: loss, AP, accounting, resume, divergence."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from scratchdet.config import load_config
+from scratchdet.data.batching import TrainingBatches
+from scratchdet.data.coco import CocoDetection, CocoIndex
+from scratchdet.engine.hooks import read_metrics
+from scratchdet.engine.run import _train_transforms, train
+from tests.conftest import tiny_training_overrides
+
+SHORT = ["solver.base_epochs=null", "solver.schedule=0.000444444x", "eval.max_images=12"]  # 160 iterations at 4
+
+
+def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    pointer = (run_dir / "checkpoints" / "last_checkpoint").read_text()
+    return torch.load(run_dir / "checkpoints" / pointer, weights_only=True)["model"]
+
+
+@pytest.fixture(scope="module")
+def short_run(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("runs") / "short"
+    config = load_config("demo/mask_rcnn", [*tiny_training_overrides(synth_dir), *SHORT, "eval.period=80"])
+    train(config, run_dir, quiet=True)
+    return run_dir
+
+
+def test_short_training_lowers_the_loss_and_reaches_positive_box_ap(short_run: Path) -> None:
+    records = read_metrics(short_run / "metrics.jsonl")
+    steps = [r for r in records if "total_loss" in r]
+    evaluations = [r for r in records if "eval" in r]
+    assert [r["iteration"] for r in evaluations] == [80, 160]
+    first, last = steps[0], steps[-6:]
+    assert sum(r["total_loss"] for r in last) / len(last) < first["total_loss"]
+    assert sum(r["loss_objectness"] for r in last) / len(last) < 0.5 * first["loss_objectness"]
+    summary = json.loads((short_run / "summary.json").read_text())
+    assert summary["final"]["bbox"]["AP"] > 0
+    assert set(summary["final"]) == {"bbox", "segm"}
+    assert summary["counts"]["images"] == 160 * 4
+
+
+def test_run_directory_is_self_describing(short_run: Path) -> None:
+    for name in ("config.yaml", "metrics.jsonl", "log.txt", "train_image_ids.json", "detections.json", "summary.json"):
+        assert (short_run / name).is_file(), name
+    assert list((short_run / "tensorboard").iterdir())
+    detections = json.loads((short_run / "detections.json").read_text())
+    assert detections and {"image_id", "category_id", "bbox", "score", "segmentation"} <= set(detections[0])
+    record = read_metrics(short_run / "metrics.jsonl")[0]
+    for key in (
+        "iteration",
+        "loss_classifier",
+        "loss_box_reg",
+        "loss_mask",
+        "loss_objectness",
+        "loss_rpn_box_reg",
+        "lr",
+        "seconds_per_iteration",
+        "data_seconds",
+        "images_seen",
+        "instances_seen",
+        "pixels_seen",
+    ):
+        assert key in record, key
+
+
+def test_accounting_equals_a_recount_from_the_dataset_and_transform(short_run: Path, synth_dir: Path) -> None:
+    config = load_config(str(short_run / "config.yaml"))
+    index = CocoIndex.from_json(synth_dir / "annotations" / "instances_train.json")
+    ids = json.loads((short_run / "train_image_ids.json").read_text())
+    dataset = CocoDetection(index, synth_dir / "train", ids, _train_transforms(config), with_masks=False)
+    batches = iter(TrainingBatches(len(dataset), 4, seed=config.seed, aspect_groups=dataset.aspect_groups()))
+    images = instances = pixels = 0
+    for _ in range(160):
+        for item in next(batches):
+            image, target = dataset[item]
+            images += 1
+            instances += int(target["boxes"].shape[0])
+            pixels += image.shape[1] * image.shape[2]
+    summary = json.loads((short_run / "summary.json").read_text())
+    assert summary["counts"] == {"images": images, "instances": instances, "pixels": pixels}
+    assert read_metrics(short_run / "metrics.jsonl")[-1]["pixels_seen"] == pixels
+
+
+def test_resuming_a_finished_run_does_nothing(short_run: Path) -> None:
+    before = (short_run / "metrics.jsonl").read_text()
+    result = subprocess.run(
+        [sys.executable, "-m", "scratchdet", "train", "--resume", str(short_run)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0
+    assert "has already finished" in result.stderr
+    assert (short_run / "metrics.jsonl").read_text() == before
+
+
+def _train_command(synth_dir: Path, out: Path, extra: list[str]) -> list[str]:
+    overrides = [
+        *tiny_training_overrides(synth_dir),
+        "solver.base_epochs=null",
+        "solver.schedule=0.000111111x",
+        "eval.max_images=4",
+        "output.checkpoint_period=5",
+        "data.num_workers=1",
+        *extra,
+    ]
+    return [sys.executable, "-m", "scratchdet", "train", "demo/mask_rcnn", *overrides, "--out", str(out)]
+
+
+def test_sigkill_then_resume_ends_with_the_same_weights(synth_dir: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    reference = tmp_path / "reference"
+    subprocess.run(_train_command(synth_dir, reference, []), check=True, capture_output=True, env=env)
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        _train_command(synth_dir, killed, []), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        logged = [r["iteration"] for r in read_metrics(killed / "metrics.jsonl")]
+        if logged and max(logged) >= 22:  # past the checkpoint at 20, before the next
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "summary.json").exists()
+    resumed = subprocess.run(
+        [sys.executable, "-m", "scratchdet", "train", "--resume", str(killed)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stderr
+    ours, theirs = _final_weights(killed), _final_weights(reference)
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        assert torch.equal(ours[name], theirs[name]), name
+    iterations = [r["iteration"] for r in read_metrics(killed / "metrics.jsonl") if "total_loss" in r]
+    assert iterations == sorted(set(iterations))  # nothing logged twice after the resume
+
+
+def test_divergence_stops_with_the_iteration_and_the_loss_term(synth_dir: Path, tmp_path: Path) -> None:
+    result = subprocess.run(
+        _train_command(synth_dir, tmp_path / "nan", ["solver.base_lr=1e12", "solver.warmup_iters=0"]),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "training diverged at iteration" in result.stderr
+    assert "lower solver.base_lr" in result.stderr.lower() and "Traceback" not in result.stderr
+    assert not (tmp_path / "nan" / "summary.json").exists()
+
+
+def test_a_second_run_into_the_same_directory_is_refused(short_run: Path) -> None:
+    config = load_config(str(short_run / "config.yaml"))
+    from scratchdet.errors import ScratchdetError
+
+    with pytest.raises(ScratchdetError, match="already holds a run"):
+        train(config, short_run)
