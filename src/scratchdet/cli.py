@@ -125,6 +125,25 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pretrain(args: argparse.Namespace) -> int:
+    from scratchdet.config import load_config
+    from scratchdet.engine.pretrain import pretrain
+    from scratchdet.engine.run import load_run_config
+
+    if args.resume is not None:
+        if args.config or args.overrides or args.out:
+            raise ScratchdetError("--resume RUN_DIR takes no config, overrides or --out: the run's own config is used")
+        summary = pretrain(load_run_config(args.resume), args.resume, resume=True)
+    else:
+        if not args.config or args.out is None:
+            raise ScratchdetError("give a config and --out DIR (or --resume DIR); see `scratchdet pretrain -h`")
+        summary = pretrain(load_config(args.config, args.overrides), args.out)
+    accuracy = (summary.get("final") or {}).get("classification", {})
+    print(f"top-1 {accuracy.get('top1', float('nan')):.2f}  top-5 {accuracy.get('top5', float('nan')):.2f}")
+    print(f"backbone: {summary.get('backbone')}  (use it with model.init={summary.get('backbone')})")
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
     from scratchdet.engine.run import evaluate_saved, setup_logging
 
@@ -170,6 +189,27 @@ def _schedule_show(args: argparse.Namespace) -> int:
     ]
     for name, value in rows:
         print(f"{name:<22s} {value}")
+    return 0
+
+
+def _weights_inspect(args: argparse.Namespace) -> int:
+    from scratchdet.modeling.weights import describe_weight_file
+
+    print(describe_weight_file(args.file))
+    if args.config is None:
+        return 0
+    from scratchdet.config import load_config
+    from scratchdet.modeling.detector import build_model
+    from scratchdet.modeling.init import load_backbone_weights
+
+    config = load_config(args.config, [*args.overrides, "model.init=scratch", "model.freeze_at=0"])
+    model, _ = build_model(config.model, num_classes=1, test_size=config.data.test_size, max_size=config.data.max_size)
+    print(f"how it maps onto the backbone of {args.config}:")
+    try:
+        print(load_backbone_weights(model, args.file).format())
+    except ScratchdetError as exc:
+        print(exc)
+        return 1
     return 0
 
 
@@ -262,6 +302,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, help="run directory to create")
     train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR")
 
+    pretrain = _command(
+        commands,
+        "pretrain",
+        _pretrain,
+        "pre-train the configured detector's backbone as a classifier (pretrain.* settings); writes backbone.pth",
+    )
+    pretrain.add_argument("config", nargs="?", help="a detection preset or YAML file (its model and pretrain sections)")
+    pretrain.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. pretrain.epochs=10")
+    pretrain.add_argument("--out", type=Path, help="run directory to create")
+    pretrain.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the pre-training in RUN_DIR")
+
     evaluate = _command(commands, "eval", _eval, "COCO box/mask AP of a run's newest checkpoint or a checkpoint")
     evaluate.add_argument("target", type=Path, metavar="RUN_DIR_OR_CHECKPOINT")
     evaluate.add_argument(
@@ -273,6 +324,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_arguments(
         _command(schedule_commands, "show", _schedule_show, "iterations, lr steps, warm-up and epochs of a config")
     )
+
+    weights = commands.add_parser("weights", help="inspect weight files")
+    weights_commands = _subparsers(weights, "weights commands")
+    inspect = _command(
+        weights_commands,
+        "inspect",
+        _weights_inspect,
+        "what a .pth/.pkl weight file holds and, with --config, how it maps onto that backbone",
+    )
+    inspect.add_argument("file", type=Path)
+    inspect.add_argument("--config", help="a preset or YAML file whose backbone to map the file onto")
+    inspect.add_argument("overrides", nargs="*", metavar="key=value")
 
     model = commands.add_parser("model", help="inspect models")
     model_commands = _subparsers(model, "model commands")

@@ -27,6 +27,11 @@ BackboneName = Literal[
 _SCHEDULE_PATTERN = re.compile(r"^(\d+(\.\d+)?)x$")
 
 
+def _under(root: str, relative: str) -> Path:
+    path = Path(relative)
+    return path if path.is_absolute() else Path(root) / path
+
+
 class _Section(BaseModel):
     # Unknown keys are errors (a misspelt key must never be silently ignored); assignments are re-validated.
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -62,8 +67,7 @@ class DataConfig(_Section):
 
     def path(self, relative: str) -> Path:
         """A data path resolved against `root` (absolute paths are kept)."""
-        p = Path(relative)
-        return p if p.is_absolute() else Path(self.root) / p
+        return _under(self.root, relative)
 
 
 class ModelConfig(_Section):
@@ -163,6 +167,35 @@ class OutputConfig(_Section):
     log_period: int = Field(20, gt=0)
 
 
+class PretrainConfig(_Section):
+    """Classification pre-training of the detector's backbone (architecture and norm come from `model`).
+
+    An ImageNet-style recipe scaled to the data: SGD with momentum, linear warm-up then cosine (or step) decay,
+    no weight decay on norm parameters and biases, random-resized-crop and flip, optional label smoothing.
+    """
+
+    root: str = Field("data/demo/classification", description="ImageFolder root holding the two splits")
+    train_dir: str = "train"
+    val_dir: str = "val"
+    image_size: int = Field(64, gt=0, description="crop size in pixels (ImageNet: 224)")
+    min_crop_scale: float = Field(0.35, gt=0, le=1, description="smallest crop area of random-resized-crop")
+    epochs: float = Field(30, gt=0)
+    images_per_batch: int = Field(64, gt=0)
+    base_lr: float = Field(0.1, gt=0, description="learning rate at 256 images per iteration (linear scaling)")
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0)
+    decay: Literal["cosine", "step"] = "cosine"
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    num_workers: int = Field(2, ge=0)
+    eval_period: int = Field(0, ge=0, description="evaluate every this many iterations (0: only at the end)")
+    checkpoint_period: int = Field(500, gt=0)
+    log_period: int = Field(20, gt=0)
+
+    def path(self, relative: str) -> Path:
+        return _under(self.root, relative)
+
+
 class Config(_Section):
     """A whole experiment. Saved resolved in every run directory."""
 
@@ -173,6 +206,7 @@ class Config(_Section):
     solver: SolverConfig = Field(default_factory=SolverConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

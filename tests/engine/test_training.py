@@ -144,7 +144,7 @@ def test_sigkill_then_resume_ends_with_the_same_weights(synth_dir: Path, tmp_pat
         check=False,
     )
     assert resumed.returncode == 0, resumed.stderr
-    assert "resumed from" in resumed.stderr
+    assert "resuming from" in resumed.stderr
     ours, theirs = _final_weights(killed), _final_weights(reference)
     assert ours.keys() == theirs.keys()
     for name in ours:

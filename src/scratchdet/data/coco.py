@@ -19,6 +19,7 @@ from faster_coco_eval.core import mask as mask_utils
 from PIL import Image, UnidentifiedImageError
 from torchvision import tv_tensors
 
+from scratchdet.data.transforms import with_seed
 from scratchdet.errors import ScratchdetError
 
 REQUIRED_TOP_LEVEL = ("images", "annotations", "categories")
@@ -202,11 +203,7 @@ class CocoDetection(torch.utils.data.Dataset[tuple[torch.Tensor, dict[str, Any]]
         if self.with_masks:
             target["masks"] = tv_tensors.Mask(torch.from_numpy(raw["masks"]))
         if self.transforms is not None:
-            # fork_rng: seeding here must not disturb the caller's random stream (with 0 workers, the model's).
-            with torch.random.fork_rng(devices=[], enabled=seed is not None):
-                if seed is not None:
-                    torch.manual_seed(seed)
-                image, target = self.transforms(image, target)
+            image, target = with_seed(seed, self.transforms, image, target)
         # Plain tensors from here on: the models and collation need no tv_tensors metadata.
         target = {key: value.as_subclass(torch.Tensor) for key, value in target.items()}
         target["image_id"] = image_id

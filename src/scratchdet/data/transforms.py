@@ -7,10 +7,25 @@ the detector resizes test images itself and maps its detections back to the orig
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import torch
 from torchvision.transforms import v2
+
+Result = TypeVar("Result")
+
+
+def with_seed(seed: int | None, function: Callable[..., Result], *args: Any) -> Result:
+    """`function(*args)` with the global torch random stream seeded by `seed` (unseeded when None).
+
+    Random transforms draw from that stream; seeding per item makes an item independent of which worker loads
+    it, and fork_rng leaves the caller's stream (with 0 workers, the model's) untouched.
+    """
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        return function(*args)
 
 
 def _to_normalized_float(mean: Sequence[float], std: Sequence[float]) -> list[v2.Transform]:

@@ -163,7 +163,11 @@ class EvalHook(HookBase):
         results = self.evaluate(iteration, final)
         seconds = time.perf_counter() - started
         self.writer.write({"iteration": iteration, "eval": results, "eval_seconds": seconds})
-        summary = "  ".join(f"{task} AP {metrics['AP']:.2f}" for task, metrics in results.items())
+        summary = "  ".join(
+            f"{task} {name} {value:.2f}"
+            for task, metrics in results.items()
+            for name, value in list(metrics.items())[:2]
+        )
         log.info(f"evaluation at iteration {iteration}: {summary}  ({seconds:.1f} s)")
         if final:
             self.final_results = results

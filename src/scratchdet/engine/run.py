@@ -119,30 +119,46 @@ def schedule_for(config: Config, dataset_size: int | None) -> Schedule:
     )
 
 
-def _endless(loader: torch.utils.data.DataLoader) -> Iterator[Any]:
-    yield from loader  # the batch sampler never ends; the trainer stops pulling
-
-
-def train_batches(dataset: Any, config: Config, start_iteration: int) -> Iterator[Any]:
-    """The training batches from `start_iteration` on: order and transforms depend on seed and iteration only."""
+def batch_stream(
+    dataset: torch.utils.data.Dataset[Any],
+    *,
+    images_per_batch: int,
+    seed: int,
+    num_workers: int,
+    start_iteration: int,
+    aspect_groups: list[int] | None = None,
+) -> Iterator[Any]:
+    """Training batches from `start_iteration` on: order and transforms depend on the seed and iteration only."""
     sampler = TrainingBatches(
-        len(dataset),
-        config.solver.images_per_batch,
-        seed=config.seed,
-        aspect_groups=dataset.aspect_groups() if config.data.group_by_aspect_ratio else None,
+        len(dataset),  # type: ignore[arg-type]
+        images_per_batch,
+        seed=seed,
+        aspect_groups=aspect_groups,
         start_iteration=start_iteration,
     )
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,
-        num_workers=config.data.num_workers,
+        num_workers=num_workers,
         collate_fn=collate,
-        persistent_workers=config.data.num_workers > 0,
+        persistent_workers=num_workers > 0,
         # A generator of its own: creating the loader must not draw from the global random stream, or a
         # resumed run would sample RoIs differently from an uninterrupted one.
-        generator=torch.Generator().manual_seed(config.seed),
+        generator=torch.Generator().manual_seed(seed),
     )
-    return _endless(loader)
+    yield from loader  # the batch sampler never ends; the trainer stops pulling
+
+
+def train_batches(dataset: Any, config: Config, start_iteration: int) -> Iterator[Any]:
+    """The detection training batches of `config` (aspect-ratio grouped when asked)."""
+    return batch_stream(
+        dataset,
+        images_per_batch=config.solver.images_per_batch,
+        seed=config.seed,
+        num_workers=config.data.num_workers,
+        start_iteration=start_iteration,
+        aspect_groups=dataset.aspect_groups() if config.data.group_by_aspect_ratio else None,
+    )
 
 
 class Evaluation:
@@ -169,8 +185,9 @@ class Evaluation:
         self.quiet = quiet
 
     def __call__(self, model: nn.Module, detections_path: Path | None = None) -> dict[str, dict[str, float]]:
-        run_inference(model, self.loader, self.evaluator, device=self.device, progress=not self.quiet,
-                      total=len(self.loader))  # fmt: skip
+        run_inference(
+            model, self.loader, self.evaluator, device=self.device, progress=not self.quiet, total=len(self.loader)
+        )
         if detections_path is not None:
             self.evaluator.save(detections_path)
         return self.evaluator.evaluate()
@@ -179,16 +196,55 @@ class Evaluation:
 # --------------------------------------------------------------------------------------------- training
 
 
-def _prepare_run_dir(run_dir: Path, config: Config, resume: bool) -> None:
+def open_run(run_dir: Path, config: Config, *, resume: bool, command: str) -> dict[str, Any] | None:
+    """Create (or reopen) a run directory and its log; the saved summary when the run has already finished."""
+    setup_logging(None)
     if resume:
-        return
-    if (run_dir / "config.yaml").exists():
+        if not (run_dir / "config.yaml").is_file():
+            raise ScratchdetError(f"{run_dir} is not a run directory (no config.yaml); start a run with --out")
+        if (run_dir / "summary.json").is_file():
+            log.info(f"{run_dir} has already finished; nothing to do (its results are in summary.json)")
+            return dict(json.loads((run_dir / "summary.json").read_text()))
+    elif (run_dir / "config.yaml").exists():
         raise ScratchdetError(
-            f"{run_dir} already holds a run; continue it with `scratchdet train --resume {run_dir}` "
+            f"{run_dir} already holds a run; continue it with `scratchdet {command} --resume {run_dir}` "
             "or choose another --out"
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", config.to_yaml())
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", config.to_yaml())
+    setup_logging(run_dir)
+    return None
+
+
+def resume_point(run_dir: Path, checkpointer: Checkpointer, resume: bool) -> tuple[dict[str, Any] | None, int]:
+    """(checkpoint state, iteration) to continue from; metrics logged after that iteration are dropped."""
+    if not resume:
+        return None, 0
+    found = checkpointer.latest_loadable()
+    if found is None:
+        log.info("no loadable checkpoint yet: starting from the beginning")
+        truncate_metrics(run_dir / "metrics.jsonl", 0)
+        return None, 0
+    path, state = found
+    truncate_metrics(run_dir / "metrics.jsonl", int(state["iteration"]))
+    log.info(f"resuming from {path} at iteration {state['iteration']}")
+    return state, int(state["iteration"])
+
+
+def finish_run(run_dir: Path, trainer: Trainer, started: float, **fields: Any) -> dict[str, Any]:
+    """Write summary.json (last: its presence marks the run finished) and return it."""
+    summary = {
+        "iteration": trainer.iteration,
+        **fields,
+        "counts": trainer.counts.as_dict(),
+        "train_seconds": trainer.train_seconds,
+        "wall_seconds_this_session": time.perf_counter() - started,
+        "schedule": trainer.schedule.as_dict(),
+        "machine": machine_description(),
+    }
+    _write_json(run_dir / "summary.json", summary)
+    return summary
 
 
 def load_run_config(run_dir: Path) -> Config:
@@ -199,24 +255,27 @@ def load_run_config(run_dir: Path) -> Config:
 
 
 def train(config: Config, run_dir: Path, *, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
-    """Train (or continue training) the run in `run_dir`; returns the summary."""
+    """Train (or continue training) the detection run in `run_dir`; returns the summary."""
     run_dir = Path(run_dir)
-    setup_logging(None)
-    if resume and (run_dir / "summary.json").is_file():
-        log.info(f"{run_dir} has already finished; nothing to do (its results are in summary.json)")
-        return dict(json.loads((run_dir / "summary.json").read_text()))
-    _prepare_run_dir(run_dir, config, resume)
-    setup_logging(run_dir)
+    finished = open_run(run_dir, config, resume=resume, command="train")
+    if finished is not None:
+        return finished
     started = time.perf_counter()
     seed_everything(config.seed)
     device = default_device()
 
     data = config.data
     prepared = prepare_train_dataset(
-        data.path(data.train_annotations), data.path(data.train_images), _train_transforms(config),
-        with_masks=config.model.arch == "mask_rcnn", keep_empty_images=data.keep_empty_images,
-        subset=data.train_subset, subset_seed=data.subset_seed, skip_bad_items=data.skip_bad_items, quiet=quiet,
-    )  # fmt: skip
+        data.path(data.train_annotations),
+        data.path(data.train_images),
+        _train_transforms(config),
+        with_masks=config.model.arch == "mask_rcnn",
+        keep_empty_images=data.keep_empty_images,
+        subset=data.train_subset,
+        subset_seed=data.subset_seed,
+        skip_bad_items=data.skip_bad_items,
+        quiet=quiet,
+    )
     dataset = prepared.dataset
     _write_json(run_dir / "train_image_ids.json", dataset.image_ids)
     if prepared.skipped_items:
@@ -225,25 +284,30 @@ def train(config: Config, run_dir: Path, *, resume: bool = False, quiet: bool = 
     schedule = schedule_for(config, len(dataset))
 
     model, report = build_model(
-        config.model, num_classes=len(dataset.index.categories), test_size=data.test_size, max_size=data.max_size,
-        score_thresh=config.eval.score_thresh, detections_per_image=config.eval.detections_per_image,
-    )  # fmt: skip
+        config.model,
+        num_classes=len(dataset.index.categories),
+        test_size=data.test_size,
+        max_size=data.max_size,
+        score_thresh=config.eval.score_thresh,
+        detections_per_image=config.eval.detections_per_image,
+    )
     model.to(device)
     if report is not None:
         log.info(report.format())
     pretrain = report.metadata.get("counts") if report is not None else None
     solver = config.solver
     optimizer = build_optimizer(
-        parameter_groups(model, weight_decay=solver.weight_decay, weight_decay_norm=solver.weight_decay_norm,
-                         weight_decay_bias=solver.weight_decay_bias),
+        parameter_groups(
+            model,
+            weight_decay=solver.weight_decay,
+            weight_decay_norm=solver.weight_decay_norm,
+            weight_decay_bias=solver.weight_decay_bias,
+        ),
         momentum=solver.momentum,
-    )  # fmt: skip
+    )
 
     checkpointer = Checkpointer(run_dir / "checkpoints", keep_last=config.output.keep_last)
-    resumed = checkpointer.latest_loadable() if resume else None
-    start_iteration = int(resumed[1]["iteration"]) if resumed else 0
-    if resume:
-        truncate_metrics(run_dir / "metrics.jsonl", start_iteration)
+    state, start_iteration = resume_point(run_dir, checkpointer, resume)
     writer = MetricsWriter(run_dir, start_iteration)
     evaluation = Evaluation(config, device, quiet=quiet)
 
@@ -253,14 +317,20 @@ def train(config: Config, run_dir: Path, *, resume: bool = False, quiet: bool = 
     eval_hook = EvalHook(evaluate, writer, config.eval.period)
     extra = {"config": config.to_yaml(), "meta": {"kind": "detection", "pretrain": pretrain}}
     trainer = Trainer(
-        model, optimizer, schedule, train_batches(dataset, config, start_iteration),
-        hooks=[eval_hook, MetricsHook(writer, config.output.log_period, pretrain),
-               CheckpointHook(checkpointer, config.output.checkpoint_period, extra)],
-        clip_grad_norm=solver.clip_grad_norm, device=device,
-    )  # fmt: skip
-    if resumed:
-        trainer.load_state_dict(resumed[1])
-        log.info(f"resumed from {resumed[0]} at iteration {start_iteration}")
+        model,
+        optimizer,
+        schedule,
+        train_batches(dataset, config, start_iteration),
+        hooks=[
+            eval_hook,
+            MetricsHook(writer, config.output.log_period, pretrain),
+            CheckpointHook(checkpointer, config.output.checkpoint_period, extra),
+        ],
+        clip_grad_norm=solver.clip_grad_norm,
+        device=device,
+    )
+    if state is not None:
+        trainer.load_state_dict(state)
     log.info(
         f"training {schedule.total_iterations} iterations of {schedule.images_per_batch} images "
         f"(lr {schedule.base_lr:g}, steps at {list(schedule.steps)}) on {len(dataset)} images, device {device}"
@@ -269,19 +339,9 @@ def train(config: Config, run_dir: Path, *, resume: bool = False, quiet: bool = 
         trainer.train()
     finally:
         writer.close()
-    summary = {
-        "iteration": trainer.iteration,
-        "final": eval_hook.final_results,
-        "counts": trainer.counts.as_dict(),
-        "pretrain": pretrain,
-        "train_seconds": trainer.train_seconds,
-        "wall_seconds_this_session": time.perf_counter() - started,
-        "schedule": schedule.as_dict(),
-        "train_images": len(dataset),
-        "machine": machine_description(),
-    }
-    _write_json(run_dir / "summary.json", summary)
-    return summary
+    return finish_run(
+        run_dir, trainer, started, final=eval_hook.final_results, pretrain=pretrain, train_images=len(dataset)
+    )
 
 
 # ------------------------------------------------------------------------------------------ evaluation
@@ -308,10 +368,14 @@ def evaluate_saved(
     device = default_device()
     categories = read_coco_json(config.data.path(config.data.val_annotations))["categories"]
     model, _ = build_model(
-        config.model, num_classes=len(categories), test_size=config.data.test_size, max_size=config.data.max_size,
-        score_thresh=config.eval.score_thresh, detections_per_image=config.eval.detections_per_image,
+        config.model,
+        num_classes=len(categories),
+        test_size=config.data.test_size,
+        max_size=config.data.max_size,
+        score_thresh=config.eval.score_thresh,
+        detections_per_image=config.eval.detections_per_image,
         load_init_weights=False,
-    )  # fmt: skip
+    )
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:

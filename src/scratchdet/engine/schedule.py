@@ -16,6 +16,7 @@ Warm-up multiplies the rate by a factor rising linearly from `warmup_factor` to 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
@@ -38,6 +39,7 @@ class Schedule:
     warmup_iters: int
     warmup_factor: float
     images_per_batch: int
+    decay: str = "step"  # "step": x0.1 at each step; "cosine": half a cosine from base_lr to 0 over the run
 
     def __post_init__(self) -> None:
         if self.total_iterations <= 0:
@@ -56,7 +58,10 @@ class Schedule:
 
     def lr_at(self, iteration: int) -> float:
         """Learning rate used for the update of `iteration` (0-based)."""
-        decay = LR_DECAY ** sum(iteration >= step for step in self.steps)
+        if self.decay == "cosine":
+            decay = 0.5 * (1 + math.cos(math.pi * iteration / self.total_iterations))
+        else:
+            decay = LR_DECAY ** sum(iteration >= step for step in self.steps)
         if iteration < self.warmup_iters:
             progress = iteration / self.warmup_iters
             decay *= self.warmup_factor * (1 - progress) + progress
@@ -99,6 +104,30 @@ def build_schedule(
         warmup_iters=warmup_iters,
         warmup_factor=warmup_factor,
         images_per_batch=images_per_batch,
+    )
+
+
+def build_classification_schedule(
+    *,
+    epochs: float,
+    dataset_size: int,
+    images_per_batch: int,
+    base_lr: float,
+    warmup_epochs: float,
+    decay: str,
+) -> Schedule:
+    """ImageNet-style: `base_lr` at 256 images per iteration (linear scaling), linear warm-up from 0.1 x lr, then
+    cosine decay to zero or x0.1 steps at 2/3 and 8/9 of the run."""
+    iterations_per_epoch = dataset_size / images_per_batch
+    total = max(1, round(epochs * iterations_per_epoch))
+    return Schedule(
+        total_iterations=total,
+        steps=() if decay == "cosine" else (round(total * 2 / 3), round(total * 8 / 9)),
+        base_lr=base_lr * images_per_batch / 256,
+        warmup_iters=round(warmup_epochs * iterations_per_epoch),
+        warmup_factor=0.1,
+        images_per_batch=images_per_batch,
+        decay=decay,
     )
 
 

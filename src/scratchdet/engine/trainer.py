@@ -1,5 +1,9 @@
 """The training loop: data → losses → backward → SGD step, with hooks for everything else.
 
+One loop serves every task: the model is any module whose training forward takes `(images, targets)` and returns
+a dict of losses (torchvision's detectors do; classification pre-training wraps its network the same way), and
+`count_batch` says what a batch counts as (images, instances, pixels).
+
 The trainer owns the iteration counter, the learning rate (a pure function of the iteration), the counts of what
 has been seen, and the random-number state; hooks (logging, evaluation, checkpoints) are called around each step
 and may contribute their own state, so a checkpoint holds everything needed to continue exactly.
@@ -11,7 +15,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -85,6 +89,7 @@ class Trainer:
         hooks: Sequence[HookBase] = (),
         clip_grad_norm: float | None = None,
         device: torch.device | str = "cpu",
+        count_batch: Callable[[list[torch.Tensor], list[dict[str, Any]]], SeenCounts] = batch_counts,
     ) -> None:
         self.model = model
         self.optimizer = optimizer
@@ -93,6 +98,7 @@ class Trainer:
         self.hooks = list(hooks)
         self.clip_grad_norm = clip_grad_norm
         self.device = torch.device(device)
+        self.count_batch = count_batch
         self.iteration = 0
         self.counts = SeenCounts()
         self.train_seconds = 0.0
@@ -136,7 +142,7 @@ class Trainer:
         if self.clip_grad_norm is not None:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
         self.optimizer.step()
-        self.counts.add(batch_counts(images, targets))
+        self.counts.add(self.count_batch(images, targets))
         self.last_losses = {name: float(value.detach()) for name, value in losses.items()}
         self.iteration += 1
         self.last_data_seconds = data_seconds

@@ -106,6 +106,16 @@ def build_resnet(
     return model
 
 
+def res5_features(body: nn.Module, images: Tensor) -> Tensor:
+    """(N, 3, H, W) → res5 features (N, C5, H/32, W/32) of any ResNet body built here (fc and pooling unused)."""
+    x = body.get_submodule("maxpool")(
+        body.get_submodule("relu")(body.get_submodule("bn1")(body.get_submodule("conv1")(images)))
+    )
+    for stage in ("layer1", "layer2", "layer3", "layer4"):
+        x = body.get_submodule(stage)(x)
+    return x
+
+
 def stage_channels(body: nn.Module) -> list[int]:
     """Output channels of layer1…layer4."""
     channels = []

@@ -106,6 +106,16 @@ def _roi_pool(output_size: int, canonical_scale: int) -> MultiScaleRoIAlign:
     return MultiScaleRoIAlign(FPN_LEVELS, output_size, sampling_ratio=2, canonical_scale=canonical_scale)
 
 
+def _identity(model: ModelConfig) -> dict[str, Any]:
+    """The settings a backbone file must share with this model (checked against its metadata)."""
+    identity: dict[str, Any] = {"backbone": model.backbone}
+    if model.backbone == "resnet_narrow":
+        identity.update(narrow_width=model.narrow_width, narrow_depth=model.narrow_depth)
+    if model.norm == "gn":
+        identity.update(norm="gn", gn_groups=model.gn_groups)
+    return identity
+
+
 def build_model(
     model: ModelConfig,
     *,
@@ -154,5 +164,5 @@ def build_model(
     )
     init_scratch(detector, zero_init_last=model.zero_init_last)
     load = load_init_weights and model.init != "scratch"
-    report = load_backbone_weights(detector, model.init) if load else None
+    report = load_backbone_weights(detector, model.init, _identity(model)) if load else None
     return detector, report

@@ -23,6 +23,7 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from scratchdet.errors import ScratchdetError
 from scratchdet.modeling.norm import NORM_TYPES
+from scratchdet.modeling.weights import read_weight_file
 
 IGNORED_PREFIXES = ("fc.",)  # an ImageNet classifier has no place in a detector
 STRIPPED_PREFIXES = ("module.", "backbone.body.", "body.", "backbone.")
@@ -66,11 +67,32 @@ def _optional(model: nn.Module, name: str) -> Any:
         return None
 
 
+def _reset_norms(root: nn.Module) -> None:
+    for module in root.modules():
+        if isinstance(module, NORM_TYPES):  # affine-free norms have weight None
+            for name, value in (("weight", 1.0), ("bias", 0.0)):
+                tensor = getattr(module, name, None)
+                if tensor is not None:
+                    tensor.fill_(value)
+
+
+@torch.no_grad()
+def init_backbone(body: nn.Module, zero_init_last: bool = False) -> None:
+    """He/MSRA normal (fan_out) convs, norms at weight 1 and bias 0, optionally zero last norm per block."""
+    _init_each(body, _msra)
+    _reset_norms(body)
+    if zero_init_last:
+        for block in body.modules():
+            last: Any = (
+                block.bn2 if isinstance(block, BasicBlock) else block.bn3 if isinstance(block, Bottleneck) else None
+            )
+            if last is not None and getattr(last, "weight", None) is not None:
+                last.weight.zero_()
+
+
 @torch.no_grad()
 def init_scratch(model: nn.Module, zero_init_last: bool = False) -> None:
     """Random initialization of a detector built by `build_detector` (see the module docstring)."""
-    body = model.get_submodule("backbone.body")
-    _init_each(body, _msra)
     _init_each(model.get_submodule("backbone.fpn"), _xavier)
     _init_each(model.get_submodule("rpn.head"), lambda m: _normal(m, 0.01))
     _init_each(model.get_submodule("roi_heads.box_head"), _msra, _xavier)
@@ -82,19 +104,8 @@ def init_scratch(model: nn.Module, zero_init_last: bool = False) -> None:
     if mask_predictor is not None:
         _msra(mask_predictor.conv5_mask)
         _normal(mask_predictor.mask_fcn_logits, 0.001)
-    for module in model.modules():
-        if isinstance(module, NORM_TYPES):  # affine-free norms have weight None
-            for name, value in (("weight", 1.0), ("bias", 0.0)):
-                tensor = getattr(module, name, None)
-                if tensor is not None:
-                    tensor.fill_(value)
-    if zero_init_last:
-        for block in body.modules():
-            last: Any = (
-                block.bn2 if isinstance(block, BasicBlock) else block.bn3 if isinstance(block, Bottleneck) else None
-            )
-            if last is not None and getattr(last, "weight", None) is not None:
-                last.weight.zero_()
+    _reset_norms(model)
+    init_backbone(model.get_submodule("backbone.body"), zero_init_last)
 
 
 # ------------------------------------------------------------------------------------------ weight files
@@ -109,6 +120,7 @@ class LoadReport:
     ignored: list[str] = field(default_factory=list)
     shape_mismatches: list[str] = field(default_factory=list)
     norm_mismatches: list[str] = field(default_factory=list)
+    setting_mismatches: list[str] = field(default_factory=list)
     folded_norms: int = 0
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -125,27 +137,8 @@ class LoadReport:
         text += listing("ignored (classifier)", self.ignored)
         text += listing("shape mismatches", self.shape_mismatches)
         text += listing("norm mismatches", self.norm_mismatches)
+        text += listing("settings that differ from the file's metadata", self.setting_mismatches)
         return text
-
-
-def read_weight_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(state dict, metadata) of a weight file; `torch.load(weights_only=True)` never runs code from it."""
-    path = Path(path)
-    if not path.is_file():
-        raise ScratchdetError(f"model.init={path}: no such file; give 'scratch' or the path of a weight file")
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt, truncated, or holding objects that weights_only refuses
-        raise ScratchdetError(f"{path}: cannot be read as a weight file ({exc})") from None
-    metadata: dict[str, Any] = {}
-    if isinstance(content, dict) and isinstance(content.get("model"), dict):
-        metadata = content.get("meta") or {}
-        content = content["model"]
-    elif isinstance(content, dict) and isinstance(content.get("state_dict"), dict):
-        content = content["state_dict"]
-    if not isinstance(content, dict) or not all(isinstance(v, torch.Tensor) for v in content.values()):
-        raise ScratchdetError(f"{path}: expected a state dict (names → tensors), found {type(content).__name__}")
-    return content, metadata
 
 
 def _strip(key: str) -> str:
@@ -182,10 +175,17 @@ def _check_norm_kinds(report: LoadReport, source: dict[str, torch.Tensor], kinds
 
 
 @torch.no_grad()
-def load_backbone_weights(model: nn.Module, path: Path | str) -> LoadReport:
-    """Load a backbone weight file into `model.backbone.body`; raise when nothing matches or anything conflicts."""
+def load_backbone_weights(model: nn.Module, path: Path | str, expected: dict[str, Any] | None = None) -> LoadReport:
+    """Load a backbone weight file into `model.backbone.body`; raise when nothing matches or anything conflicts.
+
+    `expected` settings (e.g. {"gn_groups": 32}) are compared with the file's metadata where it records them:
+    some differences (GN group count) change no tensor shape and would otherwise pass unnoticed.
+    """
     raw, metadata = read_weight_file(Path(path))
     report = LoadReport(Path(path), metadata=metadata)
+    for key, value in (expected or {}).items():
+        if key in metadata and metadata[key] != value:
+            report.setting_mismatches.append(f"{key}: file {metadata[key]!r}, config {value!r}")
     source: dict[str, torch.Tensor] = {}
     for key, tensor in raw.items():
         name = _strip(key)
@@ -210,13 +210,13 @@ def load_backbone_weights(model: nn.Module, path: Path | str) -> LoadReport:
         else:
             report.loaded.append(name)
     report.unexpected = [name for name in source if name not in target]
-    if not report.loaded:
-        raise ScratchdetError(f"nothing in the weight file matches the backbone\n{report.format()}")
-    if report.shape_mismatches or report.norm_mismatches:
+    if report.shape_mismatches or report.norm_mismatches or report.setting_mismatches:
         raise ScratchdetError(
             "the weight file does not fit this backbone (another depth, width or norm?); "
             f"use a file made for model.backbone / model.norm as configured\n{report.format()}"
         )
+    if not report.loaded:
+        raise ScratchdetError(f"nothing in the weight file matches the backbone\n{report.format()}")
     for name in report.loaded:  # only once everything is known to fit: a refused file changes nothing
         target[name].copy_(source[name])
     return report

@@ -1,0 +1,206 @@
+"""The pre-training arm: the detector's own backbone trained as an image classifier, through the same engine.
+
+Architecture and normalization are read from the detection config's `model` section, so the backbone that comes
+out fits the detector it will initialize (a `frozen_bn` detector is pre-trained with BN, whose statistics are then
+folded into the frozen affine when loaded). The run directory holds the usual files plus `backbone.pth`:
+{"model": backbone state dict, "meta": architecture, norm, epochs, val accuracy, and the images / instances
+(1 per image) / pixels seen}, which `model.init: PATH/backbone.pth` accepts.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scratchdet.config import Config
+from scratchdet.data.batching import collate
+from scratchdet.data.classification import ClassificationFolder, build_classification_transforms
+from scratchdet.engine.accounting import SeenCounts
+from scratchdet.engine.checkpoint import Checkpointer
+from scratchdet.engine.hooks import CheckpointHook, EvalHook, MetricsHook, MetricsWriter
+from scratchdet.engine.run import (
+    batch_stream,
+    default_device,
+    finish_run,
+    open_run,
+    resume_point,
+    seed_everything,
+)
+from scratchdet.engine.schedule import build_classification_schedule, build_optimizer, parameter_groups
+from scratchdet.engine.trainer import Trainer
+from scratchdet.io import atomic_write
+from scratchdet.modeling.backbone import build_resnet, res5_features, stage_channels
+from scratchdet.modeling.init import init_backbone
+from scratchdet.modeling.norm import get_norm
+
+log = logging.getLogger("scratchdet")
+BACKBONE_FILE = "backbone.pth"
+
+
+class Classifier(nn.Module):
+    """Backbone body, global average pooling, one FC. Training forward → {"loss_cls"}; eval forward → logits."""
+
+    def __init__(self, body: nn.Module, num_classes: int, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.body = body
+        self.fc = nn.Linear(stage_channels(body)[-1], num_classes)
+        self.label_smoothing = label_smoothing
+        nn.init.normal_(self.fc.weight, std=0.01)
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(
+        self, images: list[torch.Tensor], targets: list[dict[str, Any]] | None = None
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        logits = self.fc(res5_features(self.body, torch.stack(images)).mean(dim=(2, 3)))
+        if not self.training:
+            return logits
+        if targets is None:
+            raise ValueError("a training forward needs targets")
+        labels = torch.stack([t["label"] for t in targets]).to(logits.device)
+        return {"loss_cls": F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)}
+
+
+def classification_counts(images: list[torch.Tensor], targets: list[dict[str, Any]]) -> SeenCounts:
+    """One instance per image (the paper's accounting for ImageNet)."""
+    pixels = sum(int(image.shape[-2]) * int(image.shape[-1]) for image in images)
+    return SeenCounts(images=len(images), instances=len(images), pixels=pixels)
+
+
+@torch.no_grad()
+def top_k_accuracy(model: nn.Module, loader: Any, device: torch.device) -> dict[str, float]:
+    """Top-1 and top-5 accuracy in percent."""
+    was_training = model.training
+    model.eval()
+    correct = {1: 0, 5: 0}
+    total = 0
+    for images, targets in loader:
+        logits = model([image.to(device) for image in images])
+        labels = torch.stack([t["label"] for t in targets]).to(device)
+        ranked = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        correct[1] += int((ranked[:, 0] == labels).sum())
+        correct[5] += int((ranked == labels[:, None]).any(dim=1).sum())
+        total += len(labels)
+    model.train(was_training)
+    return {"top1": 100.0 * correct[1] / total, "top5": 100.0 * correct[5] / total}
+
+
+def pretraining_norm(norm: str) -> str:
+    """FrozenBN cannot learn statistics: its backbone is pre-trained with BN (then folded when loaded)."""
+    return "bn" if norm == "frozen_bn" else norm
+
+
+def _save_backbone(path: Path, body: nn.Module, meta: dict[str, Any]) -> None:
+    buffer = io.BytesIO()
+    torch.save({"model": body.state_dict(), "meta": meta}, buffer)
+    atomic_write(path, lambda file: file.write(buffer.getbuffer()))
+
+
+def pretrain(config: Config, run_dir: Path, *, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
+    """Pre-train the backbone of `config.model` on `config.pretrain`'s ImageFolder; returns the summary."""
+    run_dir = Path(run_dir)
+    finished = open_run(run_dir, config, resume=resume, command="pretrain")
+    if finished is not None:
+        return finished
+    started = time.perf_counter()
+    seed_everything(config.seed)
+    device = default_device()
+    settings, model_config = config.pretrain, config.model
+    mean, std = config.data.pixel_mean, config.data.pixel_std
+    train_set = ClassificationFolder(
+        settings.path(settings.train_dir),
+        build_classification_transforms(settings.image_size, settings.min_crop_scale, mean, std, train=True),
+    )
+    val_set = ClassificationFolder(
+        settings.path(settings.val_dir),
+        build_classification_transforms(settings.image_size, settings.min_crop_scale, mean, std, train=False),
+        classes=train_set.classes,
+    )
+    norm = pretraining_norm(model_config.norm)
+    if norm != model_config.norm:
+        log.info(f"model.norm={model_config.norm}: pre-training with {norm} (statistics are folded when loaded)")
+    body = build_resnet(
+        model_config.backbone,
+        norm=get_norm(norm, gn_groups=model_config.gn_groups, gn_eps=model_config.gn_eps),
+        narrow_width=model_config.narrow_width,
+        narrow_depth=model_config.narrow_depth,
+    )
+    init_backbone(body, model_config.zero_init_last)
+    model = Classifier(body, len(train_set.classes), settings.label_smoothing).to(device)
+    schedule = build_classification_schedule(
+        epochs=settings.epochs,
+        dataset_size=len(train_set),
+        images_per_batch=settings.images_per_batch,
+        base_lr=settings.base_lr,
+        warmup_epochs=settings.warmup_epochs,
+        decay=settings.decay,
+    )
+    optimizer = build_optimizer(
+        parameter_groups(model, weight_decay=settings.weight_decay, weight_decay_norm=0.0, weight_decay_bias=0.0),
+        momentum=settings.momentum,
+    )
+    checkpointer = Checkpointer(run_dir / "checkpoints", keep_last=config.output.keep_last)
+    state, start_iteration = resume_point(run_dir, checkpointer, resume)
+    writer = MetricsWriter(run_dir, start_iteration)
+    val_loader = torch.utils.data.DataLoader(
+        val_set, batch_size=256, num_workers=min(settings.num_workers, 2), collate_fn=collate
+    )
+    eval_hook = EvalHook(
+        lambda iteration, final: {"classification": top_k_accuracy(model, val_loader, device)},
+        writer,
+        settings.eval_period,
+    )
+    batches = batch_stream(
+        train_set,
+        images_per_batch=settings.images_per_batch,
+        seed=config.seed,
+        num_workers=settings.num_workers,
+        start_iteration=start_iteration,
+    )
+    trainer = Trainer(
+        model,
+        optimizer,
+        schedule,
+        batches,
+        device=device,
+        count_batch=classification_counts,
+        hooks=[
+            eval_hook,
+            MetricsHook(writer, settings.log_period),
+            CheckpointHook(checkpointer, settings.checkpoint_period, {"meta": {"kind": "pretrain"}}),
+        ],
+    )
+    if state is not None:
+        trainer.load_state_dict(state)
+    log.info(
+        f"pre-training {model_config.backbone} ({norm}) on {len(train_set)} images of {len(train_set.classes)} "
+        f"classes: {schedule.total_iterations} iterations of {schedule.images_per_batch}, lr {schedule.base_lr:g}"
+    )
+    try:
+        trainer.train()
+    finally:
+        writer.close()
+    accuracy = (eval_hook.final_results or {}).get("classification", {})
+    meta = {
+        "kind": "backbone",
+        "backbone": model_config.backbone,
+        "narrow_width": model_config.narrow_width,
+        "narrow_depth": model_config.narrow_depth,
+        "norm": norm,
+        "gn_groups": model_config.gn_groups,
+        "epochs": settings.epochs,
+        "iterations": trainer.iteration,
+        "image_size": settings.image_size,
+        "classes": len(train_set.classes),
+        "val": accuracy,
+        "counts": trainer.counts.as_dict(),
+    }
+    _save_backbone(run_dir / BACKBONE_FILE, body, meta)
+    log.info(f"backbone written to {run_dir / BACKBONE_FILE} (val top-1 {accuracy.get('top1', float('nan')):.1f}%)")
+    return finish_run(run_dir, trainer, started, final=eval_hook.final_results, backbone=str(run_dir / BACKBONE_FILE))

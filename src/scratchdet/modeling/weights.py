@@ -1,0 +1,151 @@
+"""Reading weight files without ever running code from them.
+
+* `.pth` / `.pt`: `torch.load(weights_only=True)`; a state dict, or {"model": state dict, "meta": {...}} as
+  written by scratchdet (pre-training output, checkpoints).
+* `.pkl`: Detectron / detectron2 Caffe2-format backbones (such as the R-50-GN file the paper used), read by an
+  unpickler that builds only plain containers and numpy arrays: a file that asks for anything else (a function to
+  call, a class to build) is refused before any of it runs. Caffe2 blob names are mapped to torchvision's
+  (`res2_0_branch2a_w` → `layer1.0.conv1.weight`, `res2_0_branch2a_gn_s` → `layer1.0.bn1.weight`, …).
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from scratchdet.errors import ScratchdetError
+
+# The only globals a pickle of numpy arrays in containers needs.
+SAFE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("collections", "OrderedDict"),
+    ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 store the bytes of an array
+}
+CAFFE2_EPS = 1e-5
+_BLOCK = re.compile(r"^res(\d)_(\d+)_branch(1|2a|2b|2c)_(w|bn_s|bn_b|bn_rm|bn_riv|gn_s|gn_b)$")
+_STEM = {
+    "conv1_w": "conv1.weight",
+    "res_conv1_bn_s": "bn1.weight",
+    "res_conv1_bn_b": "bn1.bias",
+    "res_conv1_bn_rm": "bn1.running_mean",
+    "res_conv1_bn_riv": "bn1.running_var",
+    "conv1_gn_s": "bn1.weight",
+    "conv1_gn_b": "bn1.bias",
+    "fc1000_w": "fc.weight",
+    "fc1000_b": "fc.bias",
+}
+_BRANCH = {
+    "1": ("downsample.0", "downsample.1"),
+    "2a": ("conv1", "bn1"),
+    "2b": ("conv2", "bn2"),
+    "2c": ("conv3", "bn3"),
+}
+_PARAMETER = {
+    "bn_s": "weight",
+    "gn_s": "weight",
+    "bn_b": "bias",
+    "gn_b": "bias",
+    "bn_rm": "running_mean",
+    "bn_riv": "running_var",
+}
+
+
+class _ArraysOnly(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in SAFE_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"the file asks for {module}.{name}, which a weight file never needs")
+
+
+def read_restricted_pickle(path: Path) -> Any:
+    """Unpickle plain containers and numpy arrays only (latin-1 for Python 2 pickles, as Detectron wrote them)."""
+    try:
+        with open(path, "rb") as file:
+            return _ArraysOnly(file, encoding="latin1").load()
+    except pickle.UnpicklingError as exc:
+        raise ScratchdetError(f"{path}: refused to load: {exc}. Only trusted weight files of arrays load") from None
+    except (OSError, EOFError, ValueError) as exc:
+        raise ScratchdetError(f"{path}: cannot be read as a pickled weight file ({exc})") from None
+
+
+def caffe2_to_torchvision(blobs: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """Caffe2 ResNet blob names → torchvision ResNet keys; unknown names are kept as they are (reported later).
+
+    Caffe2 "BN" files hold a frozen affine (scale, bias) only: they get mean 0 and variance 1 - eps, so a frozen
+    or folded batch norm reproduces exactly `scale * x + bias`.
+    """
+    converted: dict[str, torch.Tensor] = {}
+    batch_norms: set[str] = set()  # torchvision prefixes of norms that were BN (not GN) in the file
+    for name, array in blobs.items():
+        if name.endswith("_momentum"):
+            continue  # optimizer state, not a weight
+        tensor = torch.as_tensor(np.asarray(array))
+        match = _BLOCK.match(name)
+        if name in _STEM:
+            key = _STEM[name]
+        elif match:
+            stage, block, branch, kind = match.groups()
+            conv, norm = _BRANCH[branch]
+            key = f"layer{int(stage) - 1}.{block}." + (
+                f"{conv}.weight" if kind == "w" else f"{norm}.{_PARAMETER[kind]}"
+            )
+        else:
+            key = name
+        converted[key] = tensor
+        if "_bn_" in name:
+            batch_norms.add(key.rsplit(".", 1)[0])
+    for prefix in batch_norms:
+        if f"{prefix}.running_mean" not in converted:
+            converted[f"{prefix}.running_mean"] = torch.zeros_like(converted[f"{prefix}.weight"])
+            converted[f"{prefix}.running_var"] = torch.full_like(converted[f"{prefix}.weight"], 1.0 - CAFFE2_EPS)
+    return converted
+
+
+def read_weight_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(state dict, metadata) of a weight file (see the module docstring)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ScratchdetError(f"model.init={path}: no such file; give 'scratch' or the path of a weight file")
+    if path.suffix == ".pkl":
+        content = read_restricted_pickle(path)
+        blobs = content.get("blobs", content) if isinstance(content, dict) else None
+        if not isinstance(blobs, dict) or not all(isinstance(v, np.ndarray) for v in blobs.values()):
+            raise ScratchdetError(f"{path}: expected a dict of arrays (Caffe2 blobs), found {type(content).__name__}")
+        return caffe2_to_torchvision(blobs), {"format": "caffe2"}
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt, truncated, or holding objects that weights_only refuses
+        raise ScratchdetError(f"{path}: cannot be read as a weight file ({exc})") from None
+    metadata: dict[str, Any] = {}
+    if isinstance(content, dict) and isinstance(content.get("model"), dict):
+        metadata = content.get("meta") or {}
+        content = content["model"]
+    elif isinstance(content, dict) and isinstance(content.get("state_dict"), dict):
+        content = content["state_dict"]
+    if not isinstance(content, dict) or not all(isinstance(v, torch.Tensor) for v in content.values()):
+        raise ScratchdetError(f"{path}: expected a state dict (names → tensors), found {type(content).__name__}")
+    return content, metadata
+
+
+def describe_weight_file(path: Path, limit: int = 20) -> str:
+    """What a weight file holds: format, metadata, tensor count, and the first names with their shapes."""
+    state, metadata = read_weight_file(Path(path))
+    parameters = sum(t.numel() for t in state.values())
+    lines = [f"{path}: {len(state)} tensors, {parameters:,} values"]
+    if metadata:
+        lines.append("metadata: " + ", ".join(f"{k}={v}" for k, v in metadata.items()))
+    for name, tensor in list(state.items())[:limit]:
+        lines.append(f"  {name:<40s} {tuple(tensor.shape)}")
+    if len(state) > limit:
+        lines.append(f"  ... ({len(state) - limit} more)")
+    return "\n".join(lines)

@@ -1,0 +1,94 @@
+import pickle
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from scratchdet.errors import ScratchdetError
+from scratchdet.modeling.detector import build_detector
+from scratchdet.modeling.init import load_backbone_weights
+from scratchdet.modeling.weights import describe_weight_file
+
+NARROW50 = {"arch": "faster_rcnn", "backbone": "resnet_narrow", "narrow_width": 8, "narrow_depth": 50,
+            "num_classes": 2, "fpn_channels": 16, "gn_groups": 4, "box_head_conv_dim": 16, "box_head_fc_dim": 16,
+            "test_size": 64, "max_size": 64}  # fmt: skip
+
+
+def _caffe2_name(key: str, norm: str) -> str:
+    """torchvision ResNet key → Detectron's Caffe2 blob name (the inverse of what scratchdet maps)."""
+    parameter = {"weight": "s", "bias": "b", "running_mean": "rm", "running_var": "riv"}
+    if key == "conv1.weight":
+        return "conv1_w"
+    if key.startswith("bn1."):
+        return ("res_conv1_bn_" if norm == "bn" else "conv1_gn_") + parameter[key.split(".")[1]]
+    stage, block, rest = re.match(r"layer(\d)\.(\d+)\.(.*)", key).groups()  # type: ignore[union-attr]
+    prefix = f"res{int(stage) + 1}_{block}_branch"
+    table = {"conv1": "2a", "conv2": "2b", "conv3": "2c", "downsample.0": "1",
+             "bn1": "2a", "bn2": "2b", "bn3": "2c", "downsample.1": "1"}  # fmt: skip
+    module, name = rest.rsplit(".", 1)
+    if module.startswith("conv") or module == "downsample.0":
+        return f"{prefix}{table[module]}_w"
+    return f"{prefix}{table[module]}_{norm}_{parameter[name]}"
+
+
+def _write_caffe2_pkl(path: Path, norm: str) -> dict[str, np.ndarray]:
+    """A Detectron-style pickle (Python-2 protocol, {"blobs": ...}) of a narrow ResNet-50 body's weights."""
+    source = build_detector(norm="gn" if norm == "gn" else "bn", **NARROW50).backbone.body
+    blobs = {}
+    for key, tensor in source.state_dict().items():
+        if key.endswith("num_batches_tracked") or (norm == "bn" and key.endswith(("running_mean", "running_var"))):
+            continue  # Caffe2 BN files hold the frozen affine only
+        blobs[_caffe2_name(key, norm)] = np.random.default_rng(len(blobs)).normal(size=tensor.shape).astype(np.float32)
+    blobs["fc1000_w"] = np.zeros((10, 256), np.float32)
+    blobs["res2_0_branch2a_w_momentum"] = np.zeros(1, np.float32)
+    with open(path, "wb") as file:
+        pickle.dump({"blobs": blobs, "model_name": "R-50-GN"}, file, protocol=2)
+    return blobs
+
+
+def test_caffe2_gn_pickle_loads_completely(tmp_path: Path) -> None:
+    blobs = _write_caffe2_pkl(tmp_path / "R-50-GN.pkl", "gn")
+    model = build_detector(norm="gn", **NARROW50)
+    report = load_backbone_weights(model, tmp_path / "R-50-GN.pkl")
+    assert report.missing == [] and report.unexpected == [] and report.ignored == ["fc.weight"]
+    body = model.backbone.body
+    assert np.array_equal(body.layer3[2].conv2.weight.detach().numpy(), blobs["res4_2_branch2b_w"])
+    assert np.array_equal(body.layer1[0].downsample[1].weight.detach().numpy(), blobs["res2_0_branch1_gn_s"])
+    assert np.array_equal(body.bn1.bias.detach().numpy(), blobs["conv1_gn_b"])
+
+
+def test_caffe2_affine_bn_pickle_into_frozen_bn_is_exact(tmp_path: Path) -> None:
+    blobs = _write_caffe2_pkl(tmp_path / "R-50.pkl", "bn")
+    model = build_detector(norm="frozen_bn", **NARROW50)
+    report = load_backbone_weights(model, tmp_path / "R-50.pkl")
+    assert report.missing == [] and report.folded_norms > 0
+    frozen = model.backbone.body.layer2[0].bn3
+    x = torch.randn(1, frozen.weight.shape[0], 3, 3)
+    expected = (
+        x * torch.from_numpy(blobs["res3_0_branch2c_bn_s"])[None, :, None, None]
+        + torch.from_numpy(blobs["res3_0_branch2c_bn_b"])[None, :, None, None]
+    )
+    torch.testing.assert_close(frozen(x), expected)
+
+
+def test_pickle_that_runs_code_is_refused_before_it_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self) -> tuple:
+            return (Path.touch, (marker,))
+
+    with open(tmp_path / "evil.pkl", "wb") as file:
+        pickle.dump({"blobs": {"conv1_w": Payload()}}, file)
+    model = build_detector(norm="gn", **NARROW50)
+    with pytest.raises(ScratchdetError, match=r"refused to load: the file asks for pathlib\.(Posix)?Path"):
+        load_backbone_weights(model, tmp_path / "evil.pkl")
+    assert not marker.exists()
+
+
+def test_describe_weight_file(tmp_path: Path) -> None:
+    _write_caffe2_pkl(tmp_path / "R-50-GN.pkl", "gn")
+    text = describe_weight_file(tmp_path / "R-50-GN.pkl")
+    assert "metadata: format=caffe2" in text and "conv1.weight" in text
