@@ -213,23 +213,51 @@ def _weights_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study(args: argparse.Namespace) -> int:
+    from scratchdet.study.runner import run_study
+
+    report = run_study(args.spec, args.out, parallel=args.jobs, dry_run=args.dry_run)
+    if report is not None:
+        print(f"report: {report}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from scratchdet.study.report import build_report
+
+    if not (args.study_dir / "arms").is_dir():
+        raise ScratchdetError(f"{args.study_dir} is not a study directory (no arms/); run `scratchdet study` first")
+    print(f"report: {build_report(args.study_dir)}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
-    """Until the study exists: make the demo dataset if it is absent, then check it."""
+    """Generate the demo data (if absent), check it, run the demo study and print the report's path."""
+    from importlib import resources
+
     from scratchdet.data.check import check_dataset
     from scratchdet.data.synthetic import SynthSpec, existing_spec, generate
+    from scratchdet.study.runner import run_study
 
+    started = time.perf_counter()
     spec = SynthSpec()
     if existing_spec(args.data) == spec:
         print(f"demo dataset already in {args.data}")
     else:
         print(f"generating the demo dataset in {args.data}")
         generate(args.data, spec)
-    status = 0
     for split in ("train", "val"):
-        report = check_dataset(args.data / "annotations" / f"instances_{split}.json", args.data / split)
-        print(report.format())
-        status |= 0 if report.ok else 1
-    return status
+        report = check_dataset(args.data / "annotations" / f"instances_{split}.json", args.data / split, quiet=True)
+        print(report.format(max_problems=20))
+        if not report.ok:
+            raise ScratchdetError(f"the demo dataset in {args.data} has errors; delete it and run again")
+    if args.check_only:
+        return 0
+    study = Path(str(resources.files("scratchdet") / "configs" / "demo" / "study.yaml"))
+    path = run_study(study, args.out, parallel=args.jobs)
+    print(f"demo finished in {time.perf_counter() - started:.0f} s")
+    print(f"report: {path}")
+    return 0
 
 
 # -------------------------------------------------------------------------------------------- parser
@@ -325,6 +353,15 @@ def build_parser() -> argparse.ArgumentParser:
         _command(schedule_commands, "show", _schedule_show, "iterations, lr steps, warm-up and epochs of a config")
     )
 
+    study_help = "run the paper's comparison (scratch vs pre-trained arms) on a dataset and write a report"
+    study = _command(commands, "study", _study, study_help)
+    study.add_argument("spec", type=Path, help="study spec YAML (a base config and axes; see configs/demo/study.yaml)")
+    study.add_argument("--out", type=Path, required=True, help="study directory (re-run to resume)")
+    study.add_argument("--jobs", type=int, default=1, help="arms trained at once (processes)")
+    study.add_argument("--dry-run", action="store_true", help="print the plan with a measured time estimate")
+    report = _command(commands, "report", _report, "rebuild a study's report from its run directories")
+    report.add_argument("study_dir", type=Path)
+
     weights = commands.add_parser("weights", help="inspect weight files")
     weights_commands = _subparsers(weights, "weights commands")
     inspect = _command(
@@ -348,8 +385,11 @@ def build_parser() -> argparse.ArgumentParser:
         )
     )
 
-    demo = _command(commands, "demo", _demo, "the demo: generate the demo dataset (if absent) and check it")
-    demo.add_argument("--data", type=Path, default=DEMO_DATA)
+    demo = _command(commands, "demo", _demo, "the whole demo: generated data, pre-training, the study and its report")
+    demo.add_argument("--data", type=Path, default=DEMO_DATA, help="where the generated data goes")
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="study directory (re-run to resume)")
+    demo.add_argument("--jobs", type=int, default=1, help="arms trained at once")
+    demo.add_argument("--check-only", action="store_true", help="only generate and check the data")
     return parser
 
 

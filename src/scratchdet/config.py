@@ -164,6 +164,7 @@ class OutputConfig(_Section):
 
     checkpoint_period: int = Field(5000, gt=0)
     keep_last: int = Field(3, ge=1)
+    keep_iterations: list[int] = Field([], description="also checkpoint at these iterations and keep them (forks)")
     log_period: int = Field(20, gt=0)
 
 
@@ -342,9 +343,13 @@ def build_config(data: dict[str, Any], source: str) -> Config:
         raise ScratchdetError(f"invalid configuration in {source}:\n  " + "\n  ".join(lines)) from None
 
 
+def read_config_data(preset_or_file: str) -> dict[str, Any]:
+    """The unvalidated mapping of a preset or YAML file, merged over its `_base_` files."""
+    return _read_with_bases(resolve_config_path(preset_or_file))
+
+
 def load_config(preset_or_file: str, overrides: list[str] | None = None) -> Config:
     """Read a preset or YAML file, apply overrides, validate."""
-    path = resolve_config_path(preset_or_file)
-    data = apply_overrides(_read_with_bases(path), overrides or [])
+    data = apply_overrides(read_config_data(preset_or_file), overrides or [])
     source = f"{preset_or_file}" + (f" with overrides {' '.join(overrides)}" if overrides else "")
     return build_config(data, source)

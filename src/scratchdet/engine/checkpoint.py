@@ -49,11 +49,12 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 class Checkpointer:
-    """Periodic checkpoints of one run in `folder`, keeping the newest `keep_last`."""
+    """Periodic checkpoints of one run in `folder`, keeping the newest `keep_last` and those of `keep_iterations`."""
 
-    def __init__(self, folder: Path, keep_last: int = 3) -> None:
+    def __init__(self, folder: Path, keep_last: int = 3, keep_iterations: tuple[int, ...] = ()) -> None:
         self.folder = Path(folder)
         self.keep_last = keep_last
+        self.keep_iterations = set(keep_iterations)
 
     def path_for(self, iteration: int) -> Path:
         return self.folder / f"model_{iteration:07d}.pth"
@@ -69,7 +70,8 @@ class Checkpointer:
         save_checkpoint(path, state)
         atomic_write_text(self.folder / POINTER, path.name)
         for old in self.saved()[: -self.keep_last]:
-            old.unlink(missing_ok=True)
+            if int(NAME.match(old.name).group(1)) not in self.keep_iterations:  # type: ignore[union-attr]
+                old.unlink(missing_ok=True)
         return path
 
     def latest_loadable(self) -> tuple[Path, dict[str, Any]] | None:

@@ -149,7 +149,7 @@ class MetricsHook(HookBase):
 
 
 class EvalHook(HookBase):
-    """COCO evaluation every `period` steps (0: never during training) and after the last step."""
+    """Evaluation every `period` steps (0: never during training) and once training has ended."""
 
     def __init__(self, evaluate: EvaluateFn, writer: MetricsWriter, period: int) -> None:
         self.evaluate = evaluate
@@ -173,10 +173,12 @@ class EvalHook(HookBase):
             self.final_results = results
 
     def after_step(self) -> None:
-        if self.trainer.finished:
-            self._run(final=True)
-        elif self.period and self.trainer.iteration % self.period == 0:
+        if not self.trainer.finished and self.period and self.trainer.iteration % self.period == 0:
             self._run(final=False)
+
+    def after_train(self) -> None:
+        # After the last checkpoint: a run killed during its final evaluation resumes at the end and redoes it.
+        self._run(final=True)
 
 
 class CheckpointHook(HookBase):
@@ -189,5 +191,6 @@ class CheckpointHook(HookBase):
 
     def after_step(self) -> None:
         trainer = self.trainer
-        if trainer.iteration % self.period == 0 or trainer.finished:
+        due = trainer.iteration % self.period == 0 or trainer.iteration in self.checkpointer.keep_iterations
+        if due or trainer.finished:
             self.checkpointer.save(trainer.iteration, {**trainer.state_dict(), **self.extra})

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,12 @@ from scratchdet.engine.run import (
     batch_stream,
     default_device,
     finish_run,
+    measure_seconds_per_iteration,
     open_run,
     resume_point,
     seed_everything,
 )
-from scratchdet.engine.schedule import build_classification_schedule, build_optimizer, parameter_groups
+from scratchdet.engine.schedule import Schedule, build_classification_schedule, build_optimizer, parameter_groups
 from scratchdet.engine.trainer import Trainer
 from scratchdet.io import atomic_write
 from scratchdet.modeling.backbone import build_resnet, res5_features, stage_channels
@@ -91,6 +93,22 @@ def top_k_accuracy(model: nn.Module, loader: Any, device: torch.device) -> dict[
     return {"top1": 100.0 * correct[1] / total, "top5": 100.0 * correct[5] / total}
 
 
+def classification_iterations(config: Config) -> int:
+    """Iterations the pre-training of `config` will run (scans the ImageFolder's training split)."""
+    settings = config.pretrain
+    transforms = build_classification_transforms(settings.image_size, 1.0, [0, 0, 0], [1, 1, 1], train=False)
+    size = len(ClassificationFolder(settings.path(settings.train_dir), transforms))
+    return _schedule(config, size).total_iterations
+
+
+def _schedule(config: Config, dataset_size: int) -> Schedule:
+    settings = config.pretrain
+    return build_classification_schedule(
+        epochs=settings.epochs, dataset_size=dataset_size, images_per_batch=settings.images_per_batch,
+        base_lr=settings.base_lr, warmup_epochs=settings.warmup_epochs, decay=settings.decay,
+    )  # fmt: skip
+
+
 def pretraining_norm(norm: str) -> str:
     """FrozenBN cannot learn statistics: its backbone is pre-trained with BN (then folded when loaded)."""
     return "bn" if norm == "frozen_bn" else norm
@@ -102,15 +120,18 @@ def _save_backbone(path: Path, body: nn.Module, meta: dict[str, Any]) -> None:
     atomic_write(path, lambda file: file.write(buffer.getbuffer()))
 
 
-def pretrain(config: Config, run_dir: Path, *, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
-    """Pre-train the backbone of `config.model` on `config.pretrain`'s ImageFolder; returns the summary."""
-    run_dir = Path(run_dir)
-    finished = open_run(run_dir, config, resume=resume, command="pretrain")
-    if finished is not None:
-        return finished
-    started = time.perf_counter()
-    seed_everything(config.seed)
-    device = default_device()
+@dataclass
+class PretrainingSetup:
+    train_set: ClassificationFolder
+    val_set: ClassificationFolder
+    norm: str
+    body: nn.Module
+    model: Classifier
+    schedule: Schedule
+    optimizer: torch.optim.Optimizer
+
+
+def build_pretraining(config: Config, device: torch.device) -> PretrainingSetup:
     settings, model_config = config.pretrain, config.model
     mean, std = config.data.pixel_mean, config.data.pixel_std
     train_set = ClassificationFolder(
@@ -123,8 +144,6 @@ def pretrain(config: Config, run_dir: Path, *, resume: bool = False, quiet: bool
         classes=train_set.classes,
     )
     norm = pretraining_norm(model_config.norm)
-    if norm != model_config.norm:
-        log.info(f"model.norm={model_config.norm}: pre-training with {norm} (statistics are folded when loaded)")
     body = build_resnet(
         model_config.backbone,
         norm=get_norm(norm, gn_groups=model_config.gn_groups, gn_eps=model_config.gn_eps),
@@ -133,36 +152,56 @@ def pretrain(config: Config, run_dir: Path, *, resume: bool = False, quiet: bool
     )
     init_backbone(body, model_config.zero_init_last)
     model = Classifier(body, len(train_set.classes), settings.label_smoothing).to(device)
-    schedule = build_classification_schedule(
-        epochs=settings.epochs,
-        dataset_size=len(train_set),
-        images_per_batch=settings.images_per_batch,
-        base_lr=settings.base_lr,
-        warmup_epochs=settings.warmup_epochs,
-        decay=settings.decay,
-    )
     optimizer = build_optimizer(
         parameter_groups(model, weight_decay=settings.weight_decay, weight_decay_norm=0.0, weight_decay_bias=0.0),
         momentum=settings.momentum,
     )
+    return PretrainingSetup(train_set, val_set, norm, body, model, _schedule(config, len(train_set)), optimizer)
+
+
+def _batches(setup: PretrainingSetup, config: Config, start_iteration: int) -> Any:
+    return batch_stream(
+        setup.train_set, images_per_batch=config.pretrain.images_per_batch, seed=config.seed,
+        num_workers=config.pretrain.num_workers, start_iteration=start_iteration,
+    )  # fmt: skip
+
+
+def pretraining_step_seconds(config: Config) -> float:
+    """Measured seconds per pre-training iteration of `config` on this machine."""
+    setup = build_pretraining(config, default_device())
+    trainer = Trainer(setup.model, setup.optimizer, setup.schedule, _batches(setup, config, 0),
+                      device=default_device(), count_batch=classification_counts)  # fmt: skip
+    return measure_seconds_per_iteration(trainer)
+
+
+def pretrain(config: Config, run_dir: Path, *, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
+    """Pre-train the backbone of `config.model` on `config.pretrain`'s ImageFolder; returns the summary."""
+    run_dir = Path(run_dir)
+    finished = open_run(run_dir, config, resume=resume, command="pretrain")
+    if finished is not None:
+        return finished
+    started = time.perf_counter()
+    seed_everything(config.seed)
+    device = default_device()
+    settings, model_config = config.pretrain, config.model
+    setup = build_pretraining(config, device)
+    train_set, val_set, norm, body, model = setup.train_set, setup.val_set, setup.norm, setup.body, setup.model
+    schedule, optimizer = setup.schedule, setup.optimizer
+    if norm != model_config.norm:
+        log.info(f"model.norm={model_config.norm}: pre-training with {norm} (statistics are folded when loaded)")
     checkpointer = Checkpointer(run_dir / "checkpoints", keep_last=config.output.keep_last)
     state, start_iteration = resume_point(run_dir, checkpointer, resume)
     writer = MetricsWriter(run_dir, start_iteration)
     val_loader = torch.utils.data.DataLoader(
-        val_set, batch_size=256, num_workers=min(settings.num_workers, 2), collate_fn=collate
-    )
+        val_set, batch_size=256, num_workers=min(settings.num_workers, 2), collate_fn=collate,
+        generator=torch.Generator(),  # evaluating must not draw from the training run's random stream
+    )  # fmt: skip
     eval_hook = EvalHook(
         lambda iteration, final: {"classification": top_k_accuracy(model, val_loader, device)},
         writer,
         settings.eval_period,
     )
-    batches = batch_stream(
-        train_set,
-        images_per_batch=settings.images_per_batch,
-        seed=config.seed,
-        num_workers=settings.num_workers,
-        start_iteration=start_iteration,
-    )
+    batches = _batches(setup, config, start_iteration)
     trainer = Trainer(
         model,
         optimizer,

@@ -23,6 +23,7 @@ import platform
 import random
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from torch import nn
 from scratchdet.config import Config, apply_overrides, build_config, load_config
 from scratchdet.data.batching import TrainingBatches, collate
 from scratchdet.data.build import prepare_eval_dataset, prepare_train_dataset
-from scratchdet.data.coco import CocoIndex, read_coco_json
+from scratchdet.data.coco import CocoDetection, CocoIndex, read_coco_json
 from scratchdet.data.transforms import build_test_transforms, build_train_transforms
 from scratchdet.engine.checkpoint import Checkpointer, load_checkpoint
 from scratchdet.engine.hooks import CheckpointHook, EvalHook, MetricsHook, MetricsWriter, truncate_metrics
@@ -179,7 +180,11 @@ class Evaluation:
         tasks = ("bbox", "segm") if config.model.arch == "mask_rcnn" else ("bbox",)
         self.evaluator = CocoEvaluator(annotations, self.dataset.image_ids, category_of_label, tasks)
         self.loader = torch.utils.data.DataLoader(
-            self.dataset, batch_size=2, num_workers=min(data.num_workers, 2), collate_fn=collate
+            self.dataset,
+            batch_size=2,
+            num_workers=min(data.num_workers, 2),
+            collate_fn=collate,
+            generator=torch.Generator(),  # evaluating must not draw from the training run's random stream
         )
         self.device = device
         self.quiet = quiet
@@ -254,6 +259,62 @@ def load_run_config(run_dir: Path) -> Config:
     return load_config(str(path))
 
 
+@dataclass
+class DetectionSetup:
+    """Everything a detection run trains with, built from its config."""
+
+    dataset: CocoDetection
+    skipped_items: list[dict[str, Any]]
+    schedule: Schedule
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    pretrain_counts: dict[str, int] | None
+
+
+def build_detection(config: Config, device: torch.device, quiet: bool = False) -> DetectionSetup:
+    data, solver = config.data, config.solver
+    prepared = prepare_train_dataset(
+        data.path(data.train_annotations), data.path(data.train_images), _train_transforms(config),
+        with_masks=config.model.arch == "mask_rcnn", keep_empty_images=data.keep_empty_images,
+        subset=data.train_subset, subset_seed=data.subset_seed, skip_bad_items=data.skip_bad_items, quiet=quiet,
+    )  # fmt: skip
+    dataset = prepared.dataset
+    model, report = build_model(
+        config.model, num_classes=len(dataset.index.categories), test_size=data.test_size, max_size=data.max_size,
+        score_thresh=config.eval.score_thresh, detections_per_image=config.eval.detections_per_image,
+    )  # fmt: skip
+    model.to(device)
+    if report is not None:
+        log.info(report.format())
+    optimizer = build_optimizer(
+        parameter_groups(model, weight_decay=solver.weight_decay, weight_decay_norm=solver.weight_decay_norm,
+                         weight_decay_bias=solver.weight_decay_bias),
+        momentum=solver.momentum,
+    )  # fmt: skip
+    return DetectionSetup(
+        dataset, prepared.skipped_items, schedule_for(config, len(dataset)), model, optimizer,
+        report.metadata.get("counts") if report is not None else None,
+    )  # fmt: skip
+
+
+def measure_seconds_per_iteration(trainer: Trainer, steps: int = 4, warmup: int = 2) -> float:
+    """Mean wall time of `steps` training steps after `warmup` untimed ones (for plans, not for records)."""
+    for _ in range(warmup):
+        trainer.run_step()
+    started = time.perf_counter()
+    for _ in range(steps):
+        trainer.run_step()
+    return (time.perf_counter() - started) / steps
+
+
+def detection_step_seconds(config: Config) -> float:
+    """Measured seconds per training iteration of `config` on this machine."""
+    setup = build_detection(config, default_device(), quiet=True)
+    batches = train_batches(setup.dataset, config, 0)
+    trainer = Trainer(setup.model, setup.optimizer, setup.schedule, batches, device=default_device())
+    return measure_seconds_per_iteration(trainer)
+
+
 def train(config: Config, run_dir: Path, *, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
     """Train (or continue training) the detection run in `run_dir`; returns the summary."""
     run_dir = Path(run_dir)
@@ -263,50 +324,16 @@ def train(config: Config, run_dir: Path, *, resume: bool = False, quiet: bool = 
     started = time.perf_counter()
     seed_everything(config.seed)
     device = default_device()
-
-    data = config.data
-    prepared = prepare_train_dataset(
-        data.path(data.train_annotations),
-        data.path(data.train_images),
-        _train_transforms(config),
-        with_masks=config.model.arch == "mask_rcnn",
-        keep_empty_images=data.keep_empty_images,
-        subset=data.train_subset,
-        subset_seed=data.subset_seed,
-        skip_bad_items=data.skip_bad_items,
-        quiet=quiet,
-    )
-    dataset = prepared.dataset
+    setup = build_detection(config, device, quiet)
+    dataset, schedule, model, pretrain = setup.dataset, setup.schedule, setup.model, setup.pretrain_counts
     _write_json(run_dir / "train_image_ids.json", dataset.image_ids)
-    if prepared.skipped_items:
-        _write_json(run_dir / "skipped_items.json", prepared.skipped_items)
-        log.info(f"skipped {len(prepared.skipped_items)} bad items (listed in skipped_items.json)")
-    schedule = schedule_for(config, len(dataset))
+    if setup.skipped_items:
+        _write_json(run_dir / "skipped_items.json", setup.skipped_items)
+        log.info(f"skipped {len(setup.skipped_items)} bad items (listed in skipped_items.json)")
 
-    model, report = build_model(
-        config.model,
-        num_classes=len(dataset.index.categories),
-        test_size=data.test_size,
-        max_size=data.max_size,
-        score_thresh=config.eval.score_thresh,
-        detections_per_image=config.eval.detections_per_image,
+    checkpointer = Checkpointer(
+        run_dir / "checkpoints", keep_last=config.output.keep_last, keep_iterations=tuple(config.output.keep_iterations)
     )
-    model.to(device)
-    if report is not None:
-        log.info(report.format())
-    pretrain = report.metadata.get("counts") if report is not None else None
-    solver = config.solver
-    optimizer = build_optimizer(
-        parameter_groups(
-            model,
-            weight_decay=solver.weight_decay,
-            weight_decay_norm=solver.weight_decay_norm,
-            weight_decay_bias=solver.weight_decay_bias,
-        ),
-        momentum=solver.momentum,
-    )
-
-    checkpointer = Checkpointer(run_dir / "checkpoints", keep_last=config.output.keep_last)
     state, start_iteration = resume_point(run_dir, checkpointer, resume)
     writer = MetricsWriter(run_dir, start_iteration)
     evaluation = Evaluation(config, device, quiet=quiet)
@@ -318,7 +345,7 @@ def train(config: Config, run_dir: Path, *, resume: bool = False, quiet: bool = 
     extra = {"config": config.to_yaml(), "meta": {"kind": "detection", "pretrain": pretrain}}
     trainer = Trainer(
         model,
-        optimizer,
+        setup.optimizer,
         schedule,
         train_batches(dataset, config, start_iteration),
         hooks=[
@@ -326,7 +353,7 @@ def train(config: Config, run_dir: Path, *, resume: bool = False, quiet: bool = 
             MetricsHook(writer, config.output.log_period, pretrain),
             CheckpointHook(checkpointer, config.output.checkpoint_period, extra),
         ],
-        clip_grad_norm=solver.clip_grad_norm,
+        clip_grad_norm=config.solver.clip_grad_norm,
         device=device,
     )
     if state is not None:

@@ -1,0 +1,272 @@
+"""The study report: figures (PNG), one self-contained HTML file, and a Markdown summary.
+
+Built from the run directories alone (`results.read_study`). Every user-provided string (arm names, category
+names, paths) is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+
+from scratchdet.io import atomic_write_bytes, atomic_write_text
+from scratchdet.study.results import ArmResult, full_data_subset, grouped, mean_std, read_study
+from scratchdet.study.verdicts import FAILS, HOLDS, Verdict, all_verdicts
+
+COLOURS = {"scratch": "tab:blue", "pretrained": "tab:orange"}
+STYLES = ["-", "--", ":", "-."]
+TABLE_METRICS = (("bbox", "AP"), ("bbox", "AP50"), ("bbox", "AP75"), ("segm", "AP"))
+
+
+def _save(figure: Figure, path: Path) -> bytes:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path.with_suffix(".tmp.png"), dpi=110)
+    plt.close(figure)
+    data = path.with_suffix(".tmp.png").read_bytes()
+    path.with_suffix(".tmp.png").unlink()
+    atomic_write_bytes(path, data)
+    return data
+
+
+def _style_of(arm: ArmResult, multipliers: list[float]) -> str:
+    return STYLES[multipliers.index(arm.multiplier) % len(STYLES)]
+
+
+def figure_ap_curves(arms: list[ArmResult]) -> Figure:
+    """Box and mask AP against iterations, one column per norm; dotted lines mark schedule ends (Figures 1, 4)."""
+    full = full_data_subset(arms)
+    shown = [a for a in arms if a.train_subset == full]
+    norms = sorted({a.norm for a in shown}) or ["-"]
+    multipliers = sorted({a.multiplier for a in shown})
+    figure, axes = plt.subplots(2, len(norms), figsize=(5.5 * len(norms), 7), squeeze=False)
+    for column, norm in enumerate(norms):
+        for row, (task, label) in enumerate((("bbox", "box AP"), ("segm", "mask AP"))):
+            axis = axes[row][column]
+            for arm in [a for a in shown if a.norm == norm]:
+                curve = arm.curve(task)
+                if curve:
+                    axis.plot(*zip(*curve, strict=True), STYLES[multipliers.index(arm.multiplier) % 4], marker="o",
+                              markersize=3, color=COLOURS[arm.init], label=arm.name)  # fmt: skip
+                if arm.total_iterations:
+                    axis.axvline(arm.total_iterations, color="grey", linestyle=":", linewidth=0.8)
+            axis.set_title(f"{label}, norm {norm}")
+            axis.set_xlabel("iteration")
+            axis.set_ylabel(label)
+            axis.grid(alpha=0.3)
+            if axis.get_legend_handles_labels()[0]:
+                axis.legend(fontsize=7)
+    return figure
+
+
+def figure_accounting(arms: list[ArmResult]) -> Figure:
+    """Images, instances and pixels seen: pre-training + fine-tuning against from scratch (Figure 2)."""
+    full = full_data_subset(arms)
+    shown = sorted([a for a in arms if a.train_subset == full and a.finished], key=lambda a: (a.init, a.multiplier))
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for axis, kind in zip(axes, ("images", "instances", "pixels"), strict=True):
+        names = [a.name for a in shown]
+        fine = [a.counts.get(kind, 0) for a in shown]
+        pre = [(a.pretrain_counts or {}).get(kind, 0) for a in shown]
+        axis.barh(names, pre, color="tab:green", label="pre-training")
+        axis.barh(names, fine, left=pre, color=[COLOURS[a.init] for a in shown], label="detection training")
+        axis.set_title(f"{kind} seen")
+        axis.set_xlabel(kind)
+        axis.tick_params(axis="y", labelsize=7)
+        axis.legend(fontsize=7)
+    return figure
+
+
+def figure_less_data(arms: list[ArmResult]) -> Figure | None:
+    """Final box AP against training-set size at the longest schedule (the less-data figure)."""
+    sized = [a for a in arms if a.finished and a.train_images]
+    if len({a.train_images for a in sized}) < 2:
+        return None
+    longest = max(a.multiplier for a in sized)
+    figure, axis = plt.subplots(figsize=(6, 4.2))
+    for init in ("scratch", "pretrained"):
+        points: dict[int, list[float]] = {}
+        for arm in sized:
+            if arm.init == init and arm.multiplier == longest:
+                points.setdefault(arm.train_images, []).append(arm.metric("bbox", "AP"))
+        if points:
+            sizes = sorted(points)
+            axis.plot(sizes, [mean_std(points[s])[0] for s in sizes], "o-", color=COLOURS[init], label=init)
+    axis.set_xscale("log")
+    axis.set_xlabel("training images")
+    axis.set_ylabel(f"final box AP ({longest:g}x)")
+    axis.set_title("less data")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    return figure
+
+
+def figure_gain(arms: list[ArmResult]) -> Figure:
+    """Gain of pre-training (pre-trained − scratch) in AP50, AP75 and mask AP at each schedule (finding 4)."""
+    full = full_data_subset(arms)
+    groups = grouped([a for a in arms if a.train_subset == full and a.finished])
+    keys = sorted({(norm, m) for (_, norm, m, _) in groups})
+    figure, axis = plt.subplots(figsize=(max(6, 1.6 * len(keys) + 2), 4.2))
+    metrics = (("bbox", "AP50", "box AP50"), ("bbox", "AP75", "box AP75"), ("segm", "AP", "mask AP"))
+    width = 0.8 / len(metrics)
+    for index, (task, name, label) in enumerate(metrics):
+        gains = []
+        for norm, multiplier in keys:
+            pre = mean_std([a.metric(task, name) for a in groups.get(("pretrained", norm, multiplier, full), [])])[0]
+            scratch = mean_std([a.metric(task, name) for a in groups.get(("scratch", norm, multiplier, full), [])])[0]
+            gains.append(pre - scratch)
+        axis.bar([k + index * width for k in range(len(keys))], [0 if math.isnan(g) else g for g in gains], width,
+                 label=label)  # fmt: skip
+    axis.axhline(0, color="black", linewidth=0.8)
+    axis.set_xticks([k + width for k in range(len(keys))], [f"{n} {m:g}x" for n, m in keys])
+    axis.set_ylabel("pre-trained minus scratch (AP points)")
+    axis.set_title("what pre-training buys, per metric")
+    axis.legend()
+    return figure
+
+
+def figure_overfitting(arms: list[ArmResult]) -> Figure:
+    """Training loss and validation box AP over time, for the arms on the least data (over-fitting shows as AP
+    falling while the loss keeps falling)."""
+    smallest = min((a.train_images for a in arms if a.train_images), default=0)
+    shown = [a for a in arms if a.train_images == smallest] or arms
+    longest = max((a.multiplier for a in shown), default=0)
+    shown = [a for a in shown if a.multiplier == longest][:4]
+    figure, axes = plt.subplots(1, max(1, len(shown)), figsize=(5 * max(1, len(shown)), 3.8), squeeze=False)
+    for axis, arm in zip(axes[0], shown, strict=False):
+        if arm.losses:
+            axis.plot(*zip(*arm.losses, strict=True), color="grey", linewidth=0.8, label="training loss")
+        axis.set_xlabel("iteration")
+        axis.set_ylabel("training loss")
+        other = axis.twinx()
+        if arm.curve("bbox"):
+            other.plot(*zip(*arm.curve("bbox"), strict=True), "o-", color=COLOURS[arm.init], label="val box AP")
+        other.set_ylabel("val box AP")
+        axis.set_title(f"{arm.name} ({arm.train_images} images)", fontsize=9)
+    return figure
+
+
+def metrics_table(arms: list[ArmResult]) -> list[list[str]]:
+    """Rows: arm group (seeds merged), seeds, then mean ± std of each final metric."""
+    rows = [["init", "norm", "schedule", "train images", "seeds", *(f"{'mask' if t == 'segm' else 'box'} {n}"
+                                                                      for t, n in TABLE_METRICS)]]  # fmt: skip
+    for (init, norm, multiplier, _), members in sorted(grouped(arms).items(), key=lambda kv: str(kv[0])):
+        done = [a for a in members if a.finished]
+        cells = []
+        for task, name in TABLE_METRICS:
+            value, spread = mean_std([a.metric(task, name) for a in done])
+            cells.append("n/a" if math.isnan(value) else f"{value:.1f}" + (f" ± {spread:.1f}" if len(done) > 1 else ""))
+        images = max((a.train_images for a in members), default=0)
+        rows.append([init, norm, f"{multiplier:g}x", str(images or "-"), str(len(done)), *cells])
+    return rows
+
+
+def runs_table(arms: list[ArmResult]) -> list[list[str]]:
+    """Rows: every run directory, its state and final box/mask AP."""
+    rows = [["run", "state", "iterations", "box AP", "mask AP"]]
+    for arm in arms:
+        state = "finished" if arm.finished else "unfinished"
+        values = [f"{arm.metric(t, 'AP'):.1f}" if arm.finished else "-" for t in ("bbox", "segm")]
+        rows.append([f"arms/{arm.name}", state, str(arm.total_iterations or "-"), *values])
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ output
+
+
+def _html_table(rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows[1:])
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _markdown_table(rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows[1:]])
+
+
+def _verdict_class(verdict: Verdict) -> str:
+    return {HOLDS: "holds", FAILS: "fails"}.get(verdict.status, "untested")
+
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #eee}
+.holds{color:#176117;font-weight:bold}.fails{color:#a31515;font-weight:bold}.untested{color:#777}
+figure{margin:1.5em 0}figcaption{color:#555;font-size:.9em}"""
+
+
+def build_report(study_dir: Path) -> Path:
+    """Write STUDY_DIR/report/{report.html, report.md, figures/*.png}; returns the HTML path."""
+    study_dir = Path(study_dir)
+    out = study_dir / "report"
+    arms = read_study(study_dir)
+    verdicts = all_verdicts(arms)
+    builders = [
+        ("ap_curves", "Box and mask AP during training, per norm; dotted lines mark the end of each schedule "
+         "(the paper's Figures 1 and 4).", figure_ap_curves),
+        ("accounting", "Images, instances and pixels seen: pre-training (green) plus detection training, against "
+         "training from scratch (the paper's Figure 2).", figure_accounting),
+        ("less_data", "Final box AP against the number of training images, at the longest schedule.",
+         figure_less_data),
+        ("pretraining_gain", "What pre-training adds in AP50, AP75 and mask AP at each schedule (finding 4).",
+         figure_gain),
+        ("overfitting", "Training loss and validation box AP over time on the least data: AP falling while the "
+         "loss falls is over-fitting.", figure_overfitting),
+    ]  # fmt: skip
+    figures: list[tuple[str, str, bytes]] = []
+    for name, caption, builder in builders:
+        figure = builder(arms) if arms else None
+        if figure is not None:
+            figures.append((name, caption, _save(figure, out / "figures" / f"{name}.png")))
+    tables = {"final": metrics_table(arms), "runs": runs_table(arms)}
+    unfinished = [a.name for a in arms if not a.finished]
+    atomic_write_text(out / "report.md", _markdown(study_dir, verdicts, figures, tables, unfinished))
+    atomic_write_text(out / "report.html", _html(study_dir, verdicts, figures, tables, unfinished))
+    return out / "report.html"
+
+
+def _markdown(study_dir: Path, verdicts: list[Verdict], figures: list[tuple[str, str, bytes]],
+              tables: dict[str, list[list[str]]], unfinished: list[str]) -> str:  # fmt: skip
+    lines = [f"# scratchdet study: {study_dir.name}", "", "## Verdicts", ""]
+    for verdict in verdicts:
+        lines += [f"**{verdict.finding}** — *{verdict.status}*. {verdict.evidence}", ""]
+    lines += ["## Final metrics (mean ± std over seeds)", "", _markdown_table(tables["final"]), ""]
+    lines += ["## Runs", "", _markdown_table(tables["runs"]), ""]
+    if unfinished:
+        lines += [f"Unfinished arms (not in the verdicts): {', '.join(unfinished)}", ""]
+    lines += ["## Figures", ""]
+    for name, caption, _ in figures:
+        lines += [f"![{name}](figures/{name}.png)", "", caption, ""]
+    return "\n".join(lines)
+
+
+def _html(study_dir: Path, verdicts: list[Verdict], figures: list[tuple[str, str, bytes]],
+          tables: dict[str, list[list[str]]], unfinished: list[str]) -> str:  # fmt: skip
+    title = html.escape(f"scratchdet study: {study_dir.name}")
+    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{title}</title>",
+             f"<style>{CSS}</style></head><body><h1>{title}</h1>",
+             "<p>Does pre-training pay off on this dataset? Each finding of <em>Rethinking ImageNet Pre-training</em> "
+             "(He, Girshick, Dollár) is checked against the runs of this study.</p><h2>Verdicts</h2><ul>"]  # fmt: skip
+    for verdict in verdicts:
+        parts.append(f"<li><strong>{html.escape(verdict.finding)}</strong>: <span class='{_verdict_class(verdict)}'>"
+                     f"{html.escape(verdict.status)}</span>. {html.escape(verdict.evidence)}</li>")  # fmt: skip
+    parts.append("</ul><h2>Final metrics</h2><p>Mean ± standard deviation over seeds.</p>"
+                 + _html_table(tables["final"]))  # fmt: skip
+    if unfinished:
+        parts.append(f"<p>Unfinished arms (not in the verdicts): {html.escape(', '.join(unfinished))}</p>")
+    parts.append("<h2>Figures</h2>")
+    for name, caption, data in figures:
+        encoded = base64.b64encode(data).decode("ascii")
+        parts.append(f"<figure><img src='data:image/png;base64,{encoded}' alt='{html.escape(name)}'>"
+                     f"<figcaption>{html.escape(caption)}</figcaption></figure>")  # fmt: skip
+    parts.append("<h2>Runs</h2>" + _html_table(tables["runs"]) + "</body></html>")
+    return "\n".join(parts)

@@ -1,0 +1,119 @@
+"""A study's results, read from its run directories alone (config.yaml, metrics.jsonl, summary.json).
+
+Nothing here imports trainer state: a report can be rebuilt anywhere the run directories are copied.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import mean, stdev
+from typing import Any
+
+import yaml
+
+from scratchdet.engine.hooks import read_metrics
+
+
+@dataclass
+class ArmResult:
+    """One finished (or partly finished) arm: its axis values and what it logged."""
+
+    name: str
+    init: str  # "scratch" | "pretrained"
+    norm: str
+    schedule: str
+    multiplier: float
+    train_subset: int | None
+    seed: int
+    total_iterations: int
+    train_images: int
+    evaluations: list[tuple[int, dict[str, dict[str, float]]]] = field(default_factory=list)
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    final: dict[str, dict[str, float]] | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    pretrain_counts: dict[str, int] | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.final is not None
+
+    def metric(self, task: str, name: str) -> float:
+        return (self.final or {}).get(task, {}).get(name, math.nan)
+
+    def curve(self, task: str, name: str = "AP") -> list[tuple[int, float]]:
+        return [(i, r[task][name]) for i, r in self.evaluations if task in r]
+
+
+def read_arm(run_dir: Path) -> ArmResult | None:
+    """The results of one run directory, or None when it has not started."""
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        return None
+    config = yaml.safe_load(config_path.read_text())
+    model, solver, data = config["model"], config["solver"], config["data"]
+    records = read_metrics(run_dir / "metrics.jsonl")
+    summary_path = run_dir / "summary.json"
+    summary: dict[str, Any] = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    schedule = summary.get("schedule", {})
+    return ArmResult(
+        name=run_dir.name,
+        init="scratch" if model["init"] == "scratch" else "pretrained",
+        norm=model["norm"],
+        schedule=solver["schedule"],
+        multiplier=float(solver["schedule"][:-1]),
+        train_subset=data.get("train_subset"),
+        seed=int(config.get("seed", 0)),
+        total_iterations=int(schedule.get("total_iterations", 0)),
+        train_images=int(summary.get("train_images", 0)),
+        evaluations=[(r["iteration"], r["eval"]) for r in records if "eval" in r],
+        losses=[(r["iteration"], r["total_loss"]) for r in records if "total_loss" in r],
+        final=summary.get("final"),
+        counts=summary.get("counts", {}),
+        pretrain_counts=summary.get("pretrain"),
+    )
+
+
+def read_study(study_dir: Path) -> list[ArmResult]:
+    arms_dir = Path(study_dir) / "arms"
+    arms = [read_arm(path) for path in sorted(arms_dir.iterdir())] if arms_dir.is_dir() else []
+    return [arm for arm in arms if arm is not None]
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return math.nan, math.nan
+    return mean(values), stdev(values) if len(values) > 1 else 0.0
+
+
+def group_key(arm: ArmResult) -> tuple[str, str, float, int | None]:
+    """Arms equal but for the seed."""
+    return arm.init, arm.norm, arm.multiplier, arm.train_subset
+
+
+def grouped(arms: list[ArmResult]) -> dict[tuple[str, str, float, int | None], list[ArmResult]]:
+    groups: dict[tuple[str, str, float, int | None], list[ArmResult]] = {}
+    for arm in arms:
+        groups.setdefault(group_key(arm), []).append(arm)
+    return groups
+
+
+def full_data_subset(arms: list[ArmResult]) -> int | None:
+    """The 'full data' subset value: None when some arm trains on everything, else the largest subset."""
+    subsets = {arm.train_subset for arm in arms}
+    if None in subsets:
+        return None
+    return max(s for s in subsets if s is not None) if subsets else None
+
+
+def final_mean(arms: list[ArmResult], task: str, name: str) -> float:
+    return mean_std([a.metric(task, name) for a in arms if a.finished])[0]
+
+
+def curve_mean(arms: list[ArmResult], task: str, iteration: int) -> float:
+    """Mean over seeds of the evaluation at `iteration` (NaN where not evaluated)."""
+    values = [dict(a.curve(task)).get(iteration, math.nan) for a in arms]
+    return mean_std(values)[0]

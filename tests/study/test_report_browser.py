@@ -1,0 +1,57 @@
+"""The HTML report in a real browser: Debian's headless Chromium, driven by Playwright."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from scratchdet.study.report import build_report
+from tests.study.fixtures import paper_like_study, write_arm
+
+ARTIFACTS = Path(os.environ.get("SCRATCHDET_TEST_ARTIFACTS", "runs/test-artifacts"))
+# Flags for a machine without network or display (its blocked connections would otherwise spam the console).
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+                 "--disable-background-networking", "--disable-component-update"]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's chromium, installed by the test set-up when absent (CI runs as root on Debian)."""
+    path = shutil.which("chromium")
+    if path is None:
+        environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-q"], check=True, env=environment, capture_output=True)
+        subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], check=True, env=environment,
+                       capture_output=True)  # fmt: skip
+        path = shutil.which("chromium")
+    assert path is not None, "chromium could not be installed"
+    return path
+
+
+def test_report_figures_load_without_console_errors(tmp_path: Path, chromium: str) -> None:
+    from playwright.sync_api import sync_playwright
+
+    paper_like_study(tmp_path)
+    write_arm(tmp_path, "scratch_gn_3x_n200_seed0", init="scratch", schedule="3x", subset=200, train_images=200,
+              curve=[(100, 4.0), (900, 12.0)])  # fmt: skip
+    report = build_report(tmp_path)
+    problems: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+        page.on("pageerror", lambda error: problems.append(str(error)))
+        page.goto(report.as_uri(), wait_until="load")
+        images = page.evaluate("Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth])")
+        verdicts = page.locator("li strong").all_inner_texts()
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
+        browser.close()
+    assert [alt for alt, _, _ in images] == ["ap_curves", "accounting", "less_data", "pretraining_gain", "overfitting"]
+    assert all(complete and width > 300 for _, complete, width in images), images
+    assert len(verdicts) == 4
+    assert problems == []

@@ -1,0 +1,77 @@
+"""A real (tiny) study: arms as processes, a fork, resuming after losing an arm."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from scratchdet.config import load_config
+from scratchdet.engine.run import train
+from scratchdet.study.runner import run_study
+from tests.conftest import tiny_training_overrides
+
+# At 4 images per iteration: 24 and 12 iterations; the short arm forks at its first lr step, 8.
+SCHEDULES = ["0.0000666667x", "0.0000333333x"]
+
+
+def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    pointer = (run_dir / "checkpoints" / "last_checkpoint").read_text()
+    return torch.load(run_dir / "checkpoints" / pointer, weights_only=True)["model"]
+
+
+@pytest.fixture(scope="module")
+def tiny_study(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[str]]:
+    folder = tmp_path_factory.mktemp("study")
+    overrides = [*tiny_training_overrides(synth_dir), "solver.base_epochs=null", "eval.max_images=4",
+                 "eval.period=4", "output.checkpoint_period=5"]  # fmt: skip
+    spec = {"base": "demo/mask_rcnn", "overrides": overrides,
+            "axes": {"init": ["scratch"], "norm": ["gn"], "schedule": SCHEDULES, "seed": [0]}}  # fmt: skip
+    (folder / "spec.yaml").write_text(yaml.safe_dump(spec))
+    run_study(folder / "spec.yaml", folder / "out")
+    return folder / "spec.yaml", folder / "out", overrides
+
+
+def test_study_runs_every_arm_and_writes_the_report(tiny_study: tuple[Path, Path, list[str]]) -> None:
+    _, out, _ = tiny_study
+    assert sorted(p.name for p in (out / "arms").iterdir()) == ["scratch_gn_0.0000333333x_seed0",
+                                                                 "scratch_gn_0.0000666667x_seed0"]  # fmt: skip
+    for arm in (out / "arms").iterdir():
+        assert (arm / "summary.json").is_file()
+    assert (out / "report" / "report.html").is_file() and (out / "report" / "report.md").is_file()
+    forked = json.loads((out / "arms" / "scratch_gn_0.0000333333x_seed0" / "forked_from.json").read_text())
+    assert forked["iteration"] == 8
+
+
+def test_forked_arm_equals_the_same_arm_trained_from_the_start(
+    tiny_study: tuple[Path, Path, list[str]], tmp_path: Path
+) -> None:
+    _, out, overrides = tiny_study
+    alone = tmp_path / "alone"
+    train(load_config("demo/mask_rcnn", [*overrides, f"solver.schedule={SCHEDULES[1]}"]), alone, quiet=True)
+    forked, reference = _final_weights(out / "arms" / "scratch_gn_0.0000333333x_seed0"), _final_weights(alone)
+    assert forked.keys() == reference.keys()
+    for name in forked:
+        assert torch.equal(forked[name], reference[name]), name
+    # The forked arm's record is complete: the parent's evaluations up to the fork, then its own.
+    records = [json.loads(line) for line in (out / "arms" / "scratch_gn_0.0000333333x_seed0" / "metrics.jsonl").open()]
+    assert [r["iteration"] for r in records if "eval" in r] == [4, 8, 12]
+
+
+def test_an_interrupted_study_runs_only_what_is_missing(
+    tiny_study: tuple[Path, Path, list[str]], capfd: pytest.CaptureFixture[str]
+) -> None:
+    spec, out, _ = tiny_study
+    long_arm = out / "arms" / "scratch_gn_0.0000666667x_seed0"
+    before = (long_arm / "summary.json").stat().st_mtime_ns
+    short_arm = out / "arms" / "scratch_gn_0.0000333333x_seed0"
+    (short_arm / "summary.json").unlink()  # as if the study had been stopped before this arm finished
+    run_study(spec, out)
+    assert (long_arm / "summary.json").stat().st_mtime_ns == before
+    assert (short_arm / "summary.json").is_file()
+    messages = capfd.readouterr().err
+    assert "arms/scratch_gn_0.0000666667x_seed0: already finished, skipped" in messages
+    assert "started arms/scratch_gn_0.0000333333x_seed0 (resumed)" in messages
