@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from scratchdet.errors import ScratchdetError
 
@@ -107,37 +107,33 @@ def _model_summary(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train(args: argparse.Namespace) -> int:
+def _start_or_resume(args: argparse.Namespace, run: Callable[..., dict[str, Any]], command: str) -> dict[str, Any]:
+    """`CONFIG [overrides] --out DIR` starts a run; `--resume DIR` continues one with its own config."""
     from scratchdet.config import load_config
-    from scratchdet.engine.run import load_run_config, train
+    from scratchdet.engine.run import load_run_config
 
     if args.resume is not None:
         if args.config or args.overrides or args.out:
             raise ScratchdetError("--resume RUN_DIR takes no config, overrides or --out: the run's own config is used")
-        config = load_run_config(args.resume)
-        summary = train(config, args.resume, resume=True)
-    else:
-        if not args.config or args.out is None:
-            raise ScratchdetError("give a config and --out RUN_DIR (or --resume RUN_DIR); see `scratchdet train -h`")
-        summary = train(load_config(args.config, args.overrides), args.out)
+        return run(load_run_config(args.resume), args.resume, resume=True)
+    if not args.config or args.out is None:
+        raise ScratchdetError(f"give a config and --out RUN_DIR (or --resume RUN_DIR); see `scratchdet {command} -h`")
+    return run(load_config(args.config, args.overrides), args.out)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from scratchdet.engine.run import train
+
+    summary = _start_or_resume(args, train, "train")
     for task, metrics in (summary.get("final") or {}).items():
         print(f"{task}: " + "  ".join(f"{name} {value:.2f}" for name, value in metrics.items()))
     return 0
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    from scratchdet.config import load_config
     from scratchdet.engine.pretrain import pretrain
-    from scratchdet.engine.run import load_run_config
 
-    if args.resume is not None:
-        if args.config or args.overrides or args.out:
-            raise ScratchdetError("--resume RUN_DIR takes no config, overrides or --out: the run's own config is used")
-        summary = pretrain(load_run_config(args.resume), args.resume, resume=True)
-    else:
-        if not args.config or args.out is None:
-            raise ScratchdetError("give a config and --out DIR (or --resume DIR); see `scratchdet pretrain -h`")
-        summary = pretrain(load_config(args.config, args.overrides), args.out)
+    summary = _start_or_resume(args, pretrain, "pretrain")
     accuracy = (summary.get("final") or {}).get("classification", {})
     print(f"top-1 {accuracy.get('top1', float('nan')):.2f}  top-5 {accuracy.get('top5', float('nan')):.2f}")
     print(f"backbone: {summary.get('backbone')}  (use it with model.init={summary.get('backbone')})")

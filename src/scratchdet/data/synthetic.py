@@ -173,7 +173,7 @@ def render_scene(seed: int, split: str, index: int, size: int) -> tuple[Image.Im
     image = _background(rng, height, width)
     count = int(rng.integers(2, 8))
     # Log-uniform radii give every COCO size bucket; large objects are drawn first so small ones sit on top.
-    radii = np.sort(np.exp(rng.uniform(math.log(size * 0.05), math.log(size * 0.45), count)))[::-1]
+    radii = np.sort(np.exp(rng.uniform(math.log(size * 0.1), math.log(size * 0.45), count)))[::-1]
     # COCO's "large" starts at 96x96 pixels of visible area: a third of the scenes get one near-image-sized,
     # roughly centred object so that bucket is populated at 128 px too.
     backdrop = rng.random() < 0.35
