@@ -50,3 +50,16 @@ def test_synth_command(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyp
     assert main(["data", "synth", "--out", str(tmp_path / "d"), *arguments]) == 0
     assert (tmp_path / "d" / "annotations" / "instances_val.json").is_file()
     assert "wrote" in capsys.readouterr().out
+
+
+def test_atomic_writes_follow_the_umask(tmp_path: Path) -> None:
+    import os
+
+    from scratchdet.io import atomic_write_text
+
+    previous = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "result.json", "{}")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "result.json").stat().st_mode & 0o777 == 0o644
