@@ -217,12 +217,14 @@ class Config(_Section):
 
 
 def preset_names() -> list[str]:
-    """Packaged presets, as names accepted by `load_config` (e.g. 'demo/mask_rcnn')."""
+    """Packaged presets, as names accepted by `load_config` (e.g. 'demo/mask_rcnn'); study specs (files with
+    `axes:`, such as demo/study) are not configs and are left out."""
     root = resources.files("scratchdet") / "configs"
     names = []
     for group in sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("_")):
         for item in sorted((root / group).iterdir(), key=lambda p: p.name):
-            if item.name.endswith(".yaml") and not item.name.startswith("_"):
+            is_yaml = item.name.endswith(".yaml") and not item.name.startswith("_")
+            if is_yaml and "axes" not in (yaml.safe_load(item.read_text()) or {}):
                 names.append(f"{group}/{item.name[:-5]}")
     return names
 

@@ -39,8 +39,10 @@ def test_grid_expansion_with_every_axis(tmp_path: Path) -> None:
     assert plan.iterations_saved == 16 * (60_000 + 210_000)
 
 
-def test_dry_run_plan_lists_every_job_and_the_iterations_saved(tmp_path: Path) -> None:
-    (tmp_path / "spec.yaml").write_text(SPEC.replace("schedule: [1x, 3x, 6x]", "schedule: [1x, 2x]"))
+def test_dry_run_plan_lists_every_job_and_the_iterations_saved(tmp_path: Path, synth_dir: Path) -> None:
+    spec = SPEC.replace("schedule: [1x, 3x, 6x]", "schedule: [1x, 2x]")
+    spec = spec.replace("pretrain: {epochs: 5}", f"pretrain: {{epochs: 5, root: {synth_dir / 'classification'}}}")
+    (tmp_path / "spec.yaml").write_text(spec)
     text = describe_plan(plan_study(tmp_path / "spec.yaml", tmp_path / "study"), measure=False)
     assert "arms/scratch_gn_2x_full_seed0" in text and "pretrain/resnet_narroww32d18_gn" in text
     assert "forked from scratch_gn_2x_full_seed0 at its first lr step (60000 iterations)" in text
