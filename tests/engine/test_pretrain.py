@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from scratchdet.config import load_config
 from scratchdet.data.synthetic import SynthSpec, classification_classes, generate
@@ -63,3 +64,37 @@ def test_backbone_of_another_width_or_norm_is_refused(
     overrides = [*tiny_training_overrides(synth_dir), f"model.init={pretrained / 'backbone.pth'}", override]
     with pytest.raises(ScratchdetError, match=complaint):
         train(load_config("demo/mask_rcnn", overrides), tmp_path / "refused", quiet=True)
+
+
+def test_killed_pretraining_resumes_to_the_same_backbone(pretrained: Path, synth_dir: Path, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    config = yaml.safe_load((pretrained / "config.yaml").read_text())
+    config["pretrain"].update(epochs=1, checkpoint_period=5, num_workers=1, log_period=1)
+    (tmp_path / "pre.yaml").write_text(yaml.safe_dump(config))
+    command = [sys.executable, "-m", "scratchdet", "pretrain", str(tmp_path / "pre.yaml"), "--out"]
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    subprocess.run([*command, str(tmp_path / "reference")], check=True, capture_output=True, env=env)
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([*command, str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        if max((r["iteration"] for r in read_metrics(killed / "metrics.jsonl")), default=0) >= 12:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    subprocess.run([sys.executable, "-m", "scratchdet", "pretrain", "--resume", str(killed)], check=True,
+                   capture_output=True, env=env)  # fmt: skip
+    ours = torch.load(killed / "backbone.pth", weights_only=True)
+    theirs = torch.load(tmp_path / "reference" / "backbone.pth", weights_only=True)
+    assert ours["meta"]["counts"] == theirs["meta"]["counts"]
+    for name, tensor in theirs["model"].items():
+        assert torch.equal(ours["model"][name], tensor), name
