@@ -173,3 +173,12 @@ def test_a_second_run_into_the_same_directory_is_refused(short_run: Path) -> Non
 
     with pytest.raises(ScratchdetError, match="already holds a run"):
         train(config, short_run)
+
+
+def test_last_logged_iteration_reads_the_tail(tmp_path: Path) -> None:
+    from scratchdet.engine.hooks import last_logged_iteration
+
+    path = tmp_path / "metrics.jsonl"
+    assert last_logged_iteration(path, default=7) == 7
+    path.write_text("".join(json.dumps({"iteration": i, "total_loss": 1.0}) + "\n" for i in range(1, 2001)) + '{"iter')
+    assert last_logged_iteration(path) == 2000  # the torn last line is skipped

@@ -21,9 +21,9 @@ class PreparedDataset:
 
 
 def _checked_index(annotations: Path, images_dir: Path, skip_bad_items: bool, quiet: bool) -> tuple[CocoIndex, list]:
-    report = check_dataset(annotations, images_dir, deep=False, quiet=quiet)
-    data = read_coco_json(annotations) if report.ok or skip_bad_items else None
-    if data is None:
+    data = read_coco_json(annotations)  # parsed once, for the check and the index
+    report = check_dataset(annotations, images_dir, deep=False, quiet=quiet, data=data)
+    if not report.ok and not skip_bad_items:
         raise ScratchdetError(
             f"the dataset has errors; fix them, or set data.skip_bad_items=true to train without the bad items\n"
             f"{report.format()}"

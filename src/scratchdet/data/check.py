@@ -333,14 +333,20 @@ def _summarize(
     }
 
 
-def check_dataset(annotations_path: Path, images_dir: Path, deep: bool = True, quiet: bool = False) -> CheckReport:
-    """Check a COCO instances file and its images; `deep` decodes every image (catches truncated files)."""
+def check_dataset(
+    annotations_path: Path, images_dir: Path, deep: bool = True, quiet: bool = False, data: dict[str, Any] | None = None
+) -> CheckReport:
+    """Check a COCO instances file and its images; `deep` decodes every image (catches truncated files).
+
+    `data`: the file's content when the caller has already read it (COCO's train JSON takes seconds to parse).
+    """
     report = CheckReport(Path(annotations_path), Path(images_dir))
-    try:
-        data = read_coco_json(report.annotations_path)
-    except ScratchdetError as exc:
-        report.add("error", str(exc))
-        return report
+    if data is None:
+        try:
+            data = read_coco_json(report.annotations_path)
+        except ScratchdetError as exc:
+            report.add("error", str(exc))
+            return report
     category_ids = _check_categories(report, data["categories"])
     image_ids = _check_ids(report, data["images"], "image")
     images = [i for i in data["images"] if isinstance(i, dict) and isinstance(i.get("id"), int)]

@@ -35,6 +35,23 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+def last_logged_iteration(path: Path, default: int = 0) -> int:
+    """The iteration of the newest complete record, reading only the end of the file (it is polled often)."""
+    try:
+        with open(path, "rb") as file:
+            file.seek(0, os.SEEK_END)
+            file.seek(max(0, file.tell() - 8192))
+            lines = file.read().decode("utf-8", errors="replace").splitlines()
+    except OSError:
+        return default
+    for line in reversed(lines):
+        try:
+            return int(json.loads(line)["iteration"])
+        except (ValueError, KeyError, TypeError):
+            continue  # a torn last line, or the cut first line of the window
+    return default
+
+
 def truncate_metrics(path: Path, iteration: int) -> None:
     """Keep only the records up to `iteration` (those after it are redone by a resumed run)."""
     from scratchdet.io import atomic_write_text

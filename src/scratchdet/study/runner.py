@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from scratchdet.config import Config
 from scratchdet.engine.checkpoint import POINTER
-from scratchdet.engine.hooks import read_metrics
+from scratchdet.engine.hooks import last_logged_iteration, read_metrics
 from scratchdet.errors import ScratchdetError
 from scratchdet.io import atomic_write_text
 from scratchdet.study.spec import StudyPlan
@@ -57,8 +57,7 @@ class Job:
     def progress(self) -> int:
         if self.done:
             return self.iterations
-        logged = [r.get("iteration", 0) for r in read_metrics(self.run_dir / "metrics.jsonl")]
-        return max(logged, default=self.fork_iteration)
+        return last_logged_iteration(self.run_dir / "metrics.jsonl", default=self.fork_iteration)
 
     def ready(self, jobs: dict[str, Job]) -> bool:
         if any(not jobs[n].done for n in self.needs):
