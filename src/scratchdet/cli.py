@@ -125,6 +125,8 @@ def _train(args: argparse.Namespace) -> int:
     from scratchdet.engine.run import train
 
     summary = _start_or_resume(args, train, "train")
+    if not _is_main_process():
+        return 0
     for task, metrics in (summary.get("final") or {}).items():
         print(f"{task}: " + "  ".join(f"{name} {value:.2f}" for name, value in metrics.items()))
     return 0
@@ -134,6 +136,8 @@ def _pretrain(args: argparse.Namespace) -> int:
     from scratchdet.engine.pretrain import pretrain
 
     summary = _start_or_resume(args, pretrain, "pretrain")
+    if not _is_main_process():
+        return 0
     accuracy = (summary.get("final") or {}).get("classification", {})
     print(f"top-1 {accuracy.get('top1', float('nan')):.2f}  top-5 {accuracy.get('top5', float('nan')):.2f}")
     print(f"backbone: {summary.get('backbone')}  (use it with model.init={summary.get('backbone')})")
@@ -145,6 +149,8 @@ def _eval(args: argparse.Namespace) -> int:
 
     setup_logging(None)
     results = evaluate_saved(args.target, args.overrides)
+    if not _is_main_process():
+        return 0
     for task, metrics in results.items():
         print(f"{task}: " + "  ".join(f"{name} {value:.2f}" for name, value in metrics.items()))
     return 0
@@ -259,6 +265,44 @@ def _demo(args: argparse.Namespace) -> int:
 # -------------------------------------------------------------------------------------------- parser
 
 
+def _check_before_launch(args: argparse.Namespace) -> None:
+    """Refuse a bad config or batch split here, once, rather than in every launched process."""
+    from scratchdet.config import load_config
+    from scratchdet.engine.run import load_run_config
+
+    if args.nproc < 1:
+        raise ScratchdetError(f"--nproc {args.nproc}: give a number of processes of at least 1")
+    if getattr(args, "resume", None) is not None:
+        config = load_run_config(args.resume)
+    elif getattr(args, "config", None):
+        config = load_config(args.config, args.overrides)
+    else:
+        return
+    batch = config.pretrain.images_per_batch if args.handler is _pretrain else config.solver.images_per_batch
+    if batch % args.nproc:
+        raise ScratchdetError(
+            f"{batch} images per batch cannot be shared by {args.nproc} processes; choose --nproc among the "
+            f"divisors of {batch} or change the batch size"
+        )
+
+
+def _is_main_process() -> bool:
+    from scratchdet.engine.distributed import is_main
+
+    return is_main()
+
+
+def _add_nproc_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="run as N local processes under torchrun (DDP; gloo on CPU, NCCL on GPUs); the global batch "
+        "(solver.images_per_batch) is shared between them. For several nodes call torchrun yourself: "
+        "torchrun --nnodes ... -m scratchdet train ...",
+    )
+
+
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="a packaged preset (see `scratchdet config list`) or a YAML file")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. solver.base_lr=0.01")
@@ -325,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. solver.schedule=2x")
     train.add_argument("--out", type=Path, help="run directory to create")
     train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    _add_nproc_argument(train)
 
     pretrain = _command(
         commands,
@@ -336,12 +381,14 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. pretrain.epochs=10")
     pretrain.add_argument("--out", type=Path, help="run directory to create")
     pretrain.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the pre-training in RUN_DIR")
+    _add_nproc_argument(pretrain)
 
     evaluate = _command(commands, "eval", _eval, "COCO box/mask AP of a run's newest checkpoint or a checkpoint")
     evaluate.add_argument("target", type=Path, metavar="RUN_DIR_OR_CHECKPOINT")
     evaluate.add_argument(
         "overrides", nargs="*", metavar="key=value", help="e.g. data.val_annotations=other.json data.val_images=other/"
     )
+    _add_nproc_argument(evaluate)
 
     schedule = commands.add_parser("schedule", help="inspect schedules")
     schedule_commands = _subparsers(schedule, "schedule commands")
@@ -392,6 +439,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "nproc", None) is not None:
+            from scratchdet.engine.distributed import launch_local, strip_option
+
+            _check_before_launch(args)
+            return launch_local(args.nproc, strip_option(sys.argv[1:] if argv is None else argv, "--nproc"))
+        if hasattr(args, "nproc"):  # a command that may run as one of several processes
+            from scratchdet.engine.distributed import init_from_environment
+
+            init_from_environment()
         return int(args.handler(args))
     except ScratchdetError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -399,3 +455,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        from scratchdet.engine.distributed import shutdown
+
+        shutdown()

@@ -68,3 +68,18 @@ def test_two_ranks_equal_batch_norm_on_the_whole_batch(parts: list[int], tmp_pat
 def test_single_process_is_plain_batch_norm() -> None:
     inputs, _ = _batch()
     torch.testing.assert_close(_affine(SyncBatchNorm(CHANNELS))(inputs), _affine(nn.BatchNorm2d(CHANNELS))(inputs))
+
+
+def test_torch_sync_batch_norm_replaces_ours_outside_the_mask_head() -> None:
+    from scratchdet.modeling.norm import use_torch_sync_batch_norm
+
+    model = nn.ModuleDict(
+        {"backbone": nn.Sequential(nn.Conv2d(3, 3, 1), _affine(SyncBatchNorm(CHANNELS))),
+         "roi_heads": nn.ModuleDict({"mask_head": nn.Sequential(SyncBatchNorm(CHANNELS))})}
+    )  # fmt: skip
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert use_torch_sync_batch_norm(model) == 1
+    assert type(model["backbone"][1]) is nn.SyncBatchNorm
+    assert type(model["roi_heads"]["mask_head"][0]) is SyncBatchNorm  # may see an empty batch everywhere
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)

@@ -143,7 +143,8 @@ class CocoDetection(torch.utils.data.Dataset[tuple[torch.Tensor, dict[str, Any]]
     Item `i` is `(image, target)`: image float (3, H, W) after `transforms`; target holds `boxes` (N, 4) XYXY
     float in input pixels, `labels` (N,) int64 in 1..K, `masks` (N, H, W) uint8 when `with_masks`,
     `image_id` int and `orig_size` (H, W) of the file. An item may also be asked for as `(i, seed)`: the
-    random transforms are then drawn from `seed`, so an item does not depend on which worker loads it.
+    random transforms are then drawn from `seed`, so an item does not depend on which worker loads it, and the
+    target carries it as `sample_seed` for the detector's anchor and RoI sampling.
     """
 
     def __init__(
@@ -208,4 +209,6 @@ class CocoDetection(torch.utils.data.Dataset[tuple[torch.Tensor, dict[str, Any]]
         target = {key: value.as_subclass(torch.Tensor) for key, value in target.items()}
         target["image_id"] = image_id
         target["orig_size"] = size
+        if seed is not None:
+            target["sample_seed"] = seed  # the detector draws this image's anchor and RoI samples from it
         return image.as_subclass(torch.Tensor), target

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from scratchdet.engine import distributed
 from scratchdet.engine.checkpoint import Checkpointer
 from scratchdet.engine.trainer import HookBase
 
@@ -168,7 +169,7 @@ class MetricsHook(HookBase):
 class EvalHook(HookBase):
     """Evaluation every `period` steps (0: never during training) and once training has ended."""
 
-    def __init__(self, evaluate: EvaluateFn, writer: MetricsWriter, period: int) -> None:
+    def __init__(self, evaluate: EvaluateFn, writer: MetricsWriter | None, period: int) -> None:
         self.evaluate = evaluate
         self.writer = writer
         self.period = period
@@ -179,7 +180,8 @@ class EvalHook(HookBase):
         started = time.perf_counter()
         results = self.evaluate(iteration, final)
         seconds = time.perf_counter() - started
-        self.writer.write({"iteration": iteration, "eval": results, "eval_seconds": seconds})
+        if self.writer is not None:  # None on ranks other than 0, which evaluate their share but write nothing
+            self.writer.write({"iteration": iteration, "eval": results, "eval_seconds": seconds})
         summary = "  ".join(
             f"{task} {name} {value:.2f}"
             for task, metrics in results.items()
@@ -199,7 +201,10 @@ class EvalHook(HookBase):
 
 
 class CheckpointHook(HookBase):
-    """A checkpoint every `period` steps and after the last one; `extra` is stored beside the trainer state."""
+    """A checkpoint every `period` steps and after the last one; `extra` is stored beside the trainer state.
+
+    Every process gathers the state (it holds each one's random state); rank 0 writes it.
+    """
 
     def __init__(self, checkpointer: Checkpointer, period: int, extra: dict[str, Any]) -> None:
         self.checkpointer = checkpointer
@@ -210,4 +215,6 @@ class CheckpointHook(HookBase):
         trainer = self.trainer
         due = trainer.iteration % self.period == 0 or trainer.iteration in self.checkpointer.keep_iterations
         if due or trainer.finished:
-            self.checkpointer.save(trainer.iteration, {**trainer.state_dict(), **self.extra})
+            state = trainer.state_dict()
+            if distributed.is_main():
+                self.checkpointer.save(trainer.iteration, {**state, **self.extra})

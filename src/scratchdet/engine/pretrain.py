@@ -4,7 +4,9 @@ Architecture and normalization are read from the detection config's `model` sect
 out fits the detector it will initialize (a `frozen_bn` detector is pre-trained with BN, whose statistics are then
 folded into the frozen affine when loaded). The run directory holds the usual files plus `backbone.pth`:
 {"model": backbone state dict, "meta": architecture, norm, epochs, val accuracy, and the images / instances
-(1 per image) / pixels seen}, which `model.init: PATH/backbone.pth` accepts.
+(1 per image) / pixels seen}, which `model.init: PATH/backbone.pth` accepts. Under torchrun it runs on every
+process like detection training (shared batches, DDP, rank 0 writes), and each process scores its share of the
+validation images.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from torch import nn
 from scratchdet.config import Config
 from scratchdet.data.batching import collate
 from scratchdet.data.classification import ClassificationFolder, build_classification_transforms
+from scratchdet.engine import distributed
 from scratchdet.engine.accounting import SeenCounts
 from scratchdet.engine.checkpoint import Checkpointer
 from scratchdet.engine.hooks import CheckpointHook, EvalHook, MetricsHook, MetricsWriter
@@ -77,7 +80,7 @@ def classification_counts(images: list[torch.Tensor], targets: list[dict[str, An
 
 @torch.no_grad()
 def top_k_accuracy(model: nn.Module, loader: Any, device: torch.device) -> dict[str, float]:
-    """Top-1 and top-5 accuracy in percent."""
+    """Top-1 and top-5 accuracy in percent, summed over the processes' shares of the loader."""
     was_training = model.training
     model.eval()
     correct = {1: 0, 5: 0}
@@ -90,7 +93,8 @@ def top_k_accuracy(model: nn.Module, loader: Any, device: torch.device) -> dict[
         correct[5] += int((ranked == labels[:, None]).any(dim=1).sum())
         total += len(labels)
     model.train(was_training)
-    return {"top1": 100.0 * correct[1] / total, "top5": 100.0 * correct[5] / total}
+    top1, top5, seen = distributed.sum_over_processes([correct[1], correct[5], total])
+    return {"top1": 100.0 * top1 / seen, "top5": 100.0 * top5 / seen}
 
 
 def classification_iterations(config: Config) -> int:
@@ -177,12 +181,13 @@ def pretraining_step_seconds(config: Config) -> float:
 def pretrain(config: Config, run_dir: Path, *, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
     """Pre-train the backbone of `config.model` on `config.pretrain`'s ImageFolder; returns the summary."""
     run_dir = Path(run_dir)
+    device = distributed.init_from_environment()
     finished = open_run(run_dir, config, resume=resume, command="pretrain")
     if finished is not None:
         return finished
     started = time.perf_counter()
     seed_everything(config.seed)
-    device = default_device()
+    main = distributed.is_main()
     settings, model_config = config.pretrain, config.model
     setup = build_pretraining(config, device)
     train_set, val_set, norm, body, model = setup.train_set, setup.val_set, setup.norm, setup.body, setup.model
@@ -191,9 +196,10 @@ def pretrain(config: Config, run_dir: Path, *, resume: bool = False, quiet: bool
         log.info(f"model.norm={model_config.norm}: pre-training with {norm} (statistics are folded when loaded)")
     checkpointer = Checkpointer(run_dir / "checkpoints", keep_last=config.output.keep_last)
     state, start_iteration = resume_point(run_dir, checkpointer, resume)
-    writer = MetricsWriter(run_dir, start_iteration)
+    writer = MetricsWriter(run_dir, start_iteration) if main else None
     val_loader = torch.utils.data.DataLoader(
         val_set, batch_size=256, num_workers=min(settings.num_workers, 2), collate_fn=collate,
+        sampler=range(distributed.rank(), len(val_set), distributed.world_size()),
         generator=torch.Generator(),  # evaluating must not draw from the training run's random stream
     )  # fmt: skip
     eval_hook = EvalHook(
@@ -203,7 +209,7 @@ def pretrain(config: Config, run_dir: Path, *, resume: bool = False, quiet: bool
     )
     batches = _batches(setup, config, start_iteration)
     trainer = Trainer(
-        model,
+        distributed.wrap(model, device),
         optimizer,
         schedule,
         batches,
@@ -211,7 +217,7 @@ def pretrain(config: Config, run_dir: Path, *, resume: bool = False, quiet: bool
         count_batch=classification_counts,
         hooks=[
             eval_hook,
-            MetricsHook(writer, settings.log_period),
+            *([MetricsHook(writer, settings.log_period)] if writer is not None else []),
             CheckpointHook(checkpointer, settings.checkpoint_period, {"meta": {"kind": "pretrain"}}),
         ],
     )
@@ -224,7 +230,8 @@ def pretrain(config: Config, run_dir: Path, *, resume: bool = False, quiet: bool
     try:
         trainer.train()
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
     accuracy = (eval_hook.final_results or {}).get("classification", {})
     meta = {
         "kind": "backbone",
@@ -240,6 +247,7 @@ def pretrain(config: Config, run_dir: Path, *, resume: bool = False, quiet: bool
         "val": accuracy,
         "counts": trainer.counts.as_dict(),
     }
-    _save_backbone(run_dir / BACKBONE_FILE, body, meta)
+    if main:
+        _save_backbone(run_dir / BACKBONE_FILE, body, meta)
     log.info(f"backbone written to {run_dir / BACKBONE_FILE} (val top-1 {accuracy.get('top1', float('nan')):.1f}%)")
     return finish_run(run_dir, trainer, started, final=eval_hook.final_results, backbone=str(run_dir / BACKBONE_FILE))

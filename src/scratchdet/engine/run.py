@@ -12,10 +12,13 @@ directory it writes is the only interface to reporting:
     checkpoints/         model_<iteration>.pth (newest `output.keep_last`) and `last_checkpoint`
     detections.json      the final detections, COCO results format
     summary.json         final metrics, totals, wall time, machine — written last: its presence means "finished"
+
+Under torchrun every process runs `train`; rank 0 alone writes these files (see `distributed.py`).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -37,8 +40,10 @@ from scratchdet.data.batching import TrainingBatches, collate
 from scratchdet.data.build import prepare_eval_dataset, prepare_train_dataset
 from scratchdet.data.coco import CocoDetection, CocoIndex, read_coco_json
 from scratchdet.data.transforms import build_test_transforms, build_train_transforms
+from scratchdet.engine import distributed
 from scratchdet.engine.checkpoint import Checkpointer, load_checkpoint
 from scratchdet.engine.hooks import CheckpointHook, EvalHook, MetricsHook, MetricsWriter, truncate_metrics
+from scratchdet.engine.precise_bn import recompute_bn_statistics
 from scratchdet.engine.schedule import Schedule, build_optimizer, build_schedule, parameter_groups
 from scratchdet.engine.trainer import Trainer
 from scratchdet.errors import ScratchdetError
@@ -55,15 +60,16 @@ def default_device() -> torch.device:
 
 
 def setup_logging(run_dir: Path | None) -> None:
-    """INFO lines to stderr and, for a run, to run_dir/log.txt."""
+    """INFO lines to stderr and, for a run, to run_dir/log.txt; ranks other than 0 print warnings only."""
     logger = logging.getLogger("scratchdet")
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.INFO if distributed.is_main() else logging.WARNING)
     logger.propagate = False
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
         handler.close()
     console = logging.StreamHandler()
-    console.setFormatter(logging.Formatter("%(message)s"))
+    prefix = f"[rank {distributed.rank()}] " if distributed.is_distributed() else ""
+    console.setFormatter(logging.Formatter(prefix + "%(message)s"))
     logger.addHandler(console)
     if run_dir is not None:
         file = logging.FileHandler(run_dir / "log.txt", encoding="utf-8")
@@ -88,6 +94,7 @@ def machine_description() -> dict[str, Any]:
         "torch": torch.__version__,
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "processes": distributed.world_size(),
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
     }
 
@@ -129,13 +136,24 @@ def batch_stream(
     start_iteration: int,
     aspect_groups: list[int] | None = None,
 ) -> Iterator[Any]:
-    """Training batches from `start_iteration` on: order and transforms depend on the seed and iteration only."""
+    """This process's share of the training batches from `start_iteration` on.
+
+    Order, transforms and sampling depend on the seed and iteration only, not on the number of processes.
+    """
+    processes = distributed.world_size()
+    if images_per_batch % processes:
+        raise ScratchdetError(
+            f"{images_per_batch} images per batch cannot be shared by {processes} processes; set the batch size "
+            f"to a multiple of {processes} or run another number of processes"
+        )
     sampler = TrainingBatches(
         len(dataset),  # type: ignore[arg-type]
         images_per_batch,
         seed=seed,
         aspect_groups=aspect_groups,
         start_iteration=start_iteration,
+        rank=distributed.rank(),
+        world_size=processes,
     )
     loader = torch.utils.data.DataLoader(
         dataset,
@@ -163,7 +181,12 @@ def train_batches(dataset: Any, config: Config, start_iteration: int) -> Iterato
 
 
 class Evaluation:
-    """The validation set, loaded once, and a callable that scores a model on it."""
+    """The validation set, loaded once, and a callable that scores a model on it.
+
+    With several processes each runs inference on every N-th batch of 2 (the same batches as one process, so
+    padding and hence detections are identical), rank 0 gathers and scores the detections, and every process
+    returns the metrics.
+    """
 
     def __init__(self, config: Config, device: torch.device, quiet: bool = False) -> None:
         data = config.data
@@ -179,9 +202,11 @@ class Evaluation:
         category_of_label = {label: category for category, label in self.dataset.index.label_of_category.items()}
         tasks = ("bbox", "segm") if config.model.arch == "mask_rcnn" else ("bbox",)
         self.evaluator = CocoEvaluator(annotations, self.dataset.image_ids, category_of_label, tasks)
+        size = len(self.dataset)
+        batches = [list(range(start, min(start + 2, size))) for start in range(0, size, 2)]
         self.loader = torch.utils.data.DataLoader(
             self.dataset,
-            batch_size=2,
+            batch_sampler=batches[distributed.rank() :: distributed.world_size()],
             num_workers=min(data.num_workers, 2),
             collate_fn=collate,
             generator=torch.Generator(),  # evaluating must not draw from the training run's random stream
@@ -191,19 +216,37 @@ class Evaluation:
 
     def __call__(self, model: nn.Module, detections_path: Path | None = None) -> dict[str, dict[str, float]]:
         run_inference(
-            model, self.loader, self.evaluator, device=self.device, progress=not self.quiet, total=len(self.loader)
-        )
-        if detections_path is not None:
-            self.evaluator.save(detections_path)
-        return self.evaluator.evaluate()
+            distributed.unwrap(model), self.loader, self.evaluator, device=self.device,
+            progress=not self.quiet and distributed.is_main(), total=len(self.loader),
+        )  # fmt: skip
+        parts = distributed.gather_to_main(self.evaluator.detections)
+        results = None
+        if parts is not None:
+            position = {image_id: i for i, image_id in enumerate(self.dataset.image_ids)}
+            # Dataset order, as one process would have produced them (a stable sort keeps each image's order).
+            self.evaluator.detections = sorted(itertools.chain(*parts), key=lambda d: position[d["image_id"]])
+            if detections_path is not None:
+                self.evaluator.save(detections_path)
+            results = self.evaluator.evaluate()
+        return distributed.broadcast_from_main(results)
 
 
 # --------------------------------------------------------------------------------------------- training
 
 
 def open_run(run_dir: Path, config: Config, *, resume: bool, command: str) -> dict[str, Any] | None:
-    """Create (or reopen) a run directory and its log; the saved summary when the run has already finished."""
+    """Create (or reopen) a run directory and its log; the saved summary when the run has already finished.
+
+    Every process calls it; rank 0 alone looks at and writes the directory, and tells the others.
+    """
     setup_logging(None)
+    finished = distributed.on_main(lambda: _open_run_directory(run_dir, config, resume, command))
+    if finished is None and distributed.is_main():
+        setup_logging(run_dir)
+    return finished
+
+
+def _open_run_directory(run_dir: Path, config: Config, resume: bool, command: str) -> dict[str, Any] | None:
     if resume:
         if not (run_dir / "config.yaml").is_file():
             raise ScratchdetError(f"{run_dir} is not a run directory (no config.yaml); start a run with --out")
@@ -218,27 +261,31 @@ def open_run(run_dir: Path, config: Config, *, resume: bool, command: str) -> di
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", config.to_yaml())
-    setup_logging(run_dir)
     return None
 
 
 def resume_point(run_dir: Path, checkpointer: Checkpointer, resume: bool) -> tuple[dict[str, Any] | None, int]:
-    """(checkpoint state, iteration) to continue from; metrics logged after that iteration are dropped."""
+    """(checkpoint state, iteration) to continue from; metrics logged after that iteration are dropped.
+
+    Every process reads the checkpoint itself (several nodes need `--out` on a shared file system to resume).
+    """
     if not resume:
         return None, 0
     found = checkpointer.latest_loadable()
     if found is None:
         log.info("no loadable checkpoint yet: starting from the beginning")
-        truncate_metrics(run_dir / "metrics.jsonl", 0)
+        if distributed.is_main():
+            truncate_metrics(run_dir / "metrics.jsonl", 0)
         return None, 0
     path, state = found
-    truncate_metrics(run_dir / "metrics.jsonl", int(state["iteration"]))
+    if distributed.is_main():
+        truncate_metrics(run_dir / "metrics.jsonl", int(state["iteration"]))
     log.info(f"resuming from {path} at iteration {state['iteration']}")
     return state, int(state["iteration"])
 
 
 def finish_run(run_dir: Path, trainer: Trainer, started: float, **fields: Any) -> dict[str, Any]:
-    """Write summary.json (last: its presence marks the run finished) and return it."""
+    """Write summary.json (last: its presence marks the run finished; rank 0 only) and return it."""
     summary = {
         "iteration": trainer.iteration,
         **fields,
@@ -248,7 +295,8 @@ def finish_run(run_dir: Path, trainer: Trainer, started: float, **fields: Any) -
         "schedule": trainer.schedule.as_dict(),
         "machine": machine_description(),
     }
-    _write_json(run_dir / "summary.json", summary)
+    if distributed.is_main():
+        _write_json(run_dir / "summary.json", summary)
     return summary
 
 
@@ -297,6 +345,22 @@ def build_detection(config: Config, device: torch.device, quiet: bool = False) -
     )  # fmt: skip
 
 
+def precise_bn(model: nn.Module, dataset: CocoDetection, config: Config, iteration: int, device: torch.device) -> None:
+    """Recompute BN statistics over `eval.precise_bn_iterations` batches of a stream of their own.
+
+    The stream is seeded apart from the training stream (which it must not advance) and starts at `iteration`,
+    so a resumed run recomputes exactly the same statistics.
+    """
+    batches = batch_stream(
+        dataset, images_per_batch=config.solver.images_per_batch, seed=config.seed + 1, num_workers=0,
+        start_iteration=iteration,
+    )  # fmt: skip
+    layers = recompute_bn_statistics(model, batches, config.eval.precise_bn_iterations, device)
+    if layers:
+        log.info(f"precise BN: running statistics of {layers} layers recomputed over "
+                 f"{config.eval.precise_bn_iterations} batches")  # fmt: skip
+
+
 def measure_seconds_per_iteration(trainer: Trainer, steps: int = 4, warmup: int = 2) -> float:
     """Mean wall time of `steps` training steps after `warmup` untimed ones (for plans, not for records)."""
     for _ in range(warmup):
@@ -316,41 +380,48 @@ def detection_step_seconds(config: Config) -> float:
 
 
 def train(config: Config, run_dir: Path, *, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
-    """Train (or continue training) the detection run in `run_dir`; returns the summary."""
+    """Train (or continue training) the detection run in `run_dir`; returns the summary.
+
+    Under torchrun every process calls it and the processes share each global batch.
+    """
     run_dir = Path(run_dir)
+    device = distributed.init_from_environment()
     finished = open_run(run_dir, config, resume=resume, command="train")
     if finished is not None:
         return finished
     started = time.perf_counter()
     seed_everything(config.seed)
-    device = default_device()
-    setup = build_detection(config, device, quiet)
+    main = distributed.is_main()
+    setup = build_detection(config, device, quiet or not main)
     dataset, schedule, model, pretrain = setup.dataset, setup.schedule, setup.model, setup.pretrain_counts
-    _write_json(run_dir / "train_image_ids.json", dataset.image_ids)
-    if setup.skipped_items:
-        _write_json(run_dir / "skipped_items.json", setup.skipped_items)
-        log.info(f"skipped {len(setup.skipped_items)} bad items (listed in skipped_items.json)")
+    if main:
+        _write_json(run_dir / "train_image_ids.json", dataset.image_ids)
+        if setup.skipped_items:
+            _write_json(run_dir / "skipped_items.json", setup.skipped_items)
+            log.info(f"skipped {len(setup.skipped_items)} bad items (listed in skipped_items.json)")
 
     checkpointer = Checkpointer(
         run_dir / "checkpoints", keep_last=config.output.keep_last, keep_iterations=tuple(config.output.keep_iterations)
     )
     state, start_iteration = resume_point(run_dir, checkpointer, resume)
-    writer = MetricsWriter(run_dir, start_iteration)
-    evaluation = Evaluation(config, device, quiet=quiet)
+    writer = MetricsWriter(run_dir, start_iteration) if main else None
+    evaluation = Evaluation(config, device, quiet=quiet or not main)
 
     def evaluate(iteration: int, final: bool) -> dict[str, dict[str, float]]:
+        if config.eval.precise_bn_iterations:
+            precise_bn(model, dataset, config, iteration, device)
         return evaluation(model, run_dir / "detections.json" if final else None)
 
     eval_hook = EvalHook(evaluate, writer, config.eval.period)
     extra = {"config": config.to_yaml(), "meta": {"kind": "detection", "pretrain": pretrain}}
     trainer = Trainer(
-        model,
+        distributed.wrap(model, device),
         setup.optimizer,
         schedule,
         train_batches(dataset, config, start_iteration),
         hooks=[
             eval_hook,
-            MetricsHook(writer, config.output.log_period, pretrain),
+            *([MetricsHook(writer, config.output.log_period, pretrain)] if writer is not None else []),
             CheckpointHook(checkpointer, config.output.checkpoint_period, extra),
         ],
         clip_grad_norm=config.solver.clip_grad_norm,
@@ -358,14 +429,17 @@ def train(config: Config, run_dir: Path, *, resume: bool = False, quiet: bool = 
     )
     if state is not None:
         trainer.load_state_dict(state)
+    processes = distributed.world_size()
     log.info(
         f"training {schedule.total_iterations} iterations of {schedule.images_per_batch} images "
         f"(lr {schedule.base_lr:g}, steps at {list(schedule.steps)}) on {len(dataset)} images, device {device}"
+        + (f", {processes} processes of {schedule.images_per_batch // processes} images" if processes > 1 else "")
     )
     try:
         trainer.train()
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
     return finish_run(
         run_dir, trainer, started, final=eval_hook.final_results, pretrain=pretrain, train_images=len(dataset)
     )
@@ -392,7 +466,7 @@ def evaluate_saved(
     if not isinstance(state.get("config"), str):
         raise ScratchdetError(f"{path} carries no config; it is not a scratchdet detection checkpoint")
     config = build_config(apply_overrides(yaml.safe_load(state["config"]), overrides or []), str(path))
-    device = default_device()
+    device = distributed.init_from_environment()
     categories = read_coco_json(config.data.path(config.data.val_annotations))["categories"]
     model, _ = build_model(
         config.model,

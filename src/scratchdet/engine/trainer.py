@@ -8,10 +8,15 @@ The trainer owns the iteration counter, the learning rate (a pure function of th
 has been seen, and the random-number state; hooks (logging, evaluation, checkpoints) are called around each step
 and may contribute their own state, so a checkpoint holds everything needed to continue exactly.
 `trainer.iteration` is the number of completed steps.
+
+With several processes `model` is wrapped in DistributedDataParallel (which averages gradients) and each process
+holds its share of the global batch; the logged losses are averaged and the counts summed over processes, so
+every process holds the same numbers, and a checkpoint holds each process's random state.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
@@ -22,9 +27,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from scratchdet.engine import distributed
 from scratchdet.engine.accounting import SeenCounts, batch_counts
 from scratchdet.engine.schedule import Schedule, set_learning_rate
 from scratchdet.errors import ScratchdetError
+
+log = logging.getLogger("scratchdet")
 
 Batch = tuple[list[torch.Tensor], list[dict[str, Any]]]
 
@@ -72,6 +80,19 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _own_rng_state(saved: dict[str, Any] | list[dict[str, Any]]) -> dict[str, Any]:
+    """This process's random state from a checkpoint (a list with one per process; a dict from older files)."""
+    if isinstance(saved, dict):
+        return saved
+    if len(saved) != distributed.world_size() and distributed.is_main():
+        log.info(
+            f"resuming with {distributed.world_size()} processes a run saved by {len(saved)}: data order and "
+            "sampling continue unchanged, but losses are averaged per process, so the run is equivalent, not "
+            "bitwise identical, to one that kept its process count"
+        )
+    return saved[distributed.rank() % len(saved)]
+
+
 def _as_tuple(value: Any) -> Any:
     return tuple(_as_tuple(v) for v in value) if isinstance(value, list | tuple) else value
 
@@ -115,16 +136,21 @@ class Trainer:
 
     def train(self) -> None:
         self.model.train()
-        for hook in self.hooks:
-            hook.before_train()
-        while not self.finished:
+        try:
             for hook in self.hooks:
-                hook.before_step()
-            self.run_step()
+                hook.before_train()
+            while not self.finished:
+                for hook in self.hooks:
+                    hook.before_step()
+                self.run_step()
+                for hook in self.hooks:
+                    hook.after_step()
             for hook in self.hooks:
-                hook.after_step()
-        for hook in self.hooks:
-            hook.after_train()
+                hook.after_train()
+        except RuntimeError as exc:
+            if distributed.is_peer_failure(exc):
+                raise distributed.peer_failure(exc) from None
+            raise
 
     def run_step(self) -> None:
         started = time.perf_counter()
@@ -135,48 +161,61 @@ class Trainer:
         self.last_lr = self.schedule.lr_at(self.iteration)
         set_learning_rate(self.optimizer, self.last_lr)
         losses = self.model(images, targets)
-        self._check_finite(losses)
+        counts = self._reduce(losses, self.count_batch(images, targets))
         total = torch.stack(list(losses.values())).sum()
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         if self.clip_grad_norm is not None:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
         self.optimizer.step()
-        self.counts.add(self.count_batch(images, targets))
-        self.last_losses = {name: float(value.detach()) for name, value in losses.items()}
+        self.counts.add(counts)
         self.iteration += 1
         self.last_data_seconds = data_seconds
         self.last_step_seconds = time.perf_counter() - started
         self.train_seconds += self.last_step_seconds
 
-    def _check_finite(self, losses: dict[str, torch.Tensor]) -> None:
+    def _reduce(self, losses: dict[str, torch.Tensor], counts: SeenCounts) -> SeenCounts:
+        """Average the losses into `last_losses` and sum the batch counts over processes (one collective).
+
+        Before the backward pass, so that a non-finite loss on any process stops every process at the same step.
+        """
+        local = [float(value.detach()) for value in losses.values()] + [counts.images, counts.instances, counts.pixels]
+        summed = distributed.sum_over_processes(local)
+        processes = distributed.world_size()
+        self.last_losses = {name: value / processes for name, value in zip(losses, summed, strict=False)}
+        self._check_finite(self.last_losses)
+        images, instances, pixels = (int(value) for value in summed[len(losses) :])
+        return SeenCounts(images, instances, pixels)
+
+    def _check_finite(self, losses: dict[str, float]) -> None:
         for name, value in losses.items():
-            if not math.isfinite(float(value.detach())):
-                terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
+            if not math.isfinite(value):
+                terms = ", ".join(f"{k}={v:.4g}" for k, v in losses.items())
                 raise TrainingDiverged(
-                    f"training diverged at iteration {self.iteration}: {name} is {float(value.detach())} "
+                    f"training diverged at iteration {self.iteration}: {name} is {value} "
                     f"({terms}; lr {self.last_lr:.4g}). Lower solver.base_lr, lengthen solver.warmup_iters, "
                     "or set solver.clip_grad_norm; from scratch, use model.norm=gn or syncbn (without a proper "
                     "normalization, training from random initialization diverges)"
                 )
 
     def state_dict(self) -> dict[str, Any]:
+        """The full training state; with several processes every process must call it (it gathers them)."""
         return {
-            "model": self.model.state_dict(),
+            "model": distributed.unwrap(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "iteration": self.iteration,
             "counts": self.counts.as_dict(),
             "train_seconds": self.train_seconds,
-            "rng": rng_state(),
+            "rng": distributed.all_gather(rng_state()),  # one per process
             "hooks": {type(h).__name__: h.state_dict() for h in self.hooks},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
+        distributed.unwrap(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.iteration = int(state["iteration"])
         self.counts = SeenCounts.from_dict(state["counts"])
         self.train_seconds = float(state.get("train_seconds", 0.0))
-        set_rng_state(state["rng"])
+        set_rng_state(_own_rng_state(state["rng"]))
         for hook in self.hooks:
             hook.load_state_dict(state.get("hooks", {}).get(type(hook).__name__, {}))

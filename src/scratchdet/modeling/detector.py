@@ -24,6 +24,7 @@ from scratchdet.config import ModelConfig
 from scratchdet.modeling.backbone import build_backbone_with_fpn, build_resnet, freeze_stages
 from scratchdet.modeling.init import LoadReport, init_scratch, load_backbone_weights
 from scratchdet.modeling.norm import get_norm
+from scratchdet.modeling.sampling import install_seeded_samplers
 
 FPN_LEVELS = ["0", "1", "2", "3"]
 
@@ -54,6 +55,8 @@ def build_detector(
     **detector_options: Any,
 ) -> MaskRCNN | FasterRCNN:
     """A randomly initialized detector; `num_classes` counts object categories (background is added).
+
+    Its anchor and RoI samplers draw from each training image's `sample_seed` (see `sampling.py`).
 
     `detector_options` go to torchvision's `MaskRCNN`/`FasterRCNN` (RPN and RoI sampling sizes, score threshold,
     detections per image). Call `init_scratch` or `load_backbone_weights` on the result to initialize it.
@@ -89,15 +92,19 @@ def build_detector(
         box_predictor=FastRCNNPredictor(box_head_fc_dim, num_classes + 1),
         **detector_options,
     )
+    detector: MaskRCNN | FasterRCNN
     if arch == "faster_rcnn":
-        return FasterRCNN(features, **common)
-    return MaskRCNN(
-        features,
-        mask_roi_pool=_roi_pool(14, roi_canonical_scale),
-        mask_head=MaskRCNNHeads(fpn_channels, [mask_head_conv_dim] * mask_head_convs, 1, norm_layer=norm_factory),
-        mask_predictor=MaskRCNNPredictor(mask_head_conv_dim, mask_head_conv_dim, num_classes + 1),
-        **common,
-    )
+        detector = FasterRCNN(features, **common)
+    else:
+        detector = MaskRCNN(
+            features,
+            mask_roi_pool=_roi_pool(14, roi_canonical_scale),
+            mask_head=MaskRCNNHeads(fpn_channels, [mask_head_conv_dim] * mask_head_convs, 1, norm_layer=norm_factory),
+            mask_predictor=MaskRCNNPredictor(mask_head_conv_dim, mask_head_conv_dim, num_classes + 1),
+            **common,
+        )
+    install_seeded_samplers(detector)
+    return detector
 
 
 def _roi_pool(output_size: int, canonical_scale: int) -> MultiScaleRoIAlign:

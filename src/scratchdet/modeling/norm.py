@@ -95,11 +95,38 @@ class SyncBatchNorm(nn.BatchNorm2d):
         if not self.track_running_stats or self.running_mean is None or self.running_var is None:
             return
         unbiased = variance * count / max(count - 1, 1)
-        momentum = self.momentum if self.momentum is not None else 0.1
-        self.running_mean.mul_(1 - momentum).add_(momentum * mean)
-        self.running_var.mul_(1 - momentum).add_(momentum * unbiased)
         if self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
+        if self.momentum is None:  # a cumulative average, as BatchNorm2d does (Precise BN relies on it)
+            momentum = 1.0 / float(self.num_batches_tracked) if self.num_batches_tracked is not None else 0.1
+        else:
+            momentum = self.momentum
+        self.running_mean.mul_(1 - momentum).add_(momentum * mean)
+        self.running_var.mul_(1 - momentum).add_(momentum * unbiased)
+
+
+def use_torch_sync_batch_norm(model: nn.Module, keep_own_under: tuple[str, ...] = ("roi_heads.mask_head",)) -> int:
+    """Swap our SyncBatchNorm for `torch.nn.SyncBatchNorm` (fused CUDA kernels) where that is safe; the count.
+
+    Torch's version copes with an empty batch on some processes but not on all of them at once, which can happen
+    in the mask head (no positive RoI anywhere early in training): layers under `keep_own_under` keep ours. Both
+    hold the same parameters and buffers, so checkpoints are interchangeable. For CUDA only.
+    """
+    swapped = 0
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, SyncBatchNorm) or any(name.startswith(prefix) for prefix in keep_own_under):
+            continue
+        replacement = nn.SyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                                       module.track_running_stats)  # fmt: skip
+        replacement.load_state_dict(module.state_dict())
+        tensors = [*module.parameters(), *module.buffers()]
+        if tensors:
+            replacement.to(tensors[0].device)
+        replacement.train(module.training)
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, replacement)
+        swapped += 1
+    return swapped
 
 
 def get_norm(norm: str | NormFactory, *, gn_groups: int = 32, gn_eps: float = 1e-5) -> NormFactory | None:

@@ -1,0 +1,209 @@
+"""Real multi-process runs of the CLI (gloo, 2 ranks, on CPU): DDP against one process, sharded evaluation,
+a rank that dies or hangs, resuming with another process count, distributed pre-training."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from scratchdet.engine.hooks import read_metrics
+from tests.conftest import tiny_training_overrides
+
+# Settings under which 2 processes × 2 images compute exactly what 1 process × 4 images computes, up to the
+# order of floating-point sums:
+# - every image is resized to fit 64×64 and padded to 64×64, so a per-process batch pads like the global one
+#   (GroupNorm's statistics see the padding);
+# - 2 anchors and 4 RoIs are sampled per image with 1 positive each, always available, so every loss is
+#   normalized by the same count per image and the mean of the two processes' means is the global mean.
+EQUAL_SPLIT = ["data.max_size=64", "model.rpn_batch_size_per_image=2", "model.roi_batch_size_per_image=4",
+               "solver.base_epochs=null", "eval.max_images=12"]  # fmt: skip
+SIX_ITERATIONS = "solver.schedule=0.0000166667x"  # 6 iterations of 4 images
+# Two partial sums averaged by DDP instead of one sum: float32 rounding, about 1e-6 after 6 steps (measured).
+WEIGHT_TOLERANCE = 1e-5
+FAILURE_SECONDS = 30  # a surviving rank must have stopped this long after its peer died
+
+
+def _scratchdet(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "scratchdet", *args], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, check=False)  # fmt: skip
+
+
+def _train(synth_dir: Path, out: Path, extra: list[str], *launch: str) -> subprocess.CompletedProcess[str]:
+    overrides = [*tiny_training_overrides(synth_dir), *EQUAL_SPLIT, *extra]
+    return _scratchdet("train", "demo/mask_rcnn", *overrides, "--out", str(out), *launch)
+
+
+def _final_state(run_dir: Path) -> dict:
+    pointer = (run_dir / "checkpoints" / "last_checkpoint").read_text()
+    return torch.load(run_dir / "checkpoints" / pointer, weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def one_and_two(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("ddp")
+    for name, launch in (("one", []), ("two", ["--nproc", "2"])):
+        result = _train(synth_dir, root / name, [SIX_ITERATIONS, "output.log_period=1"], *launch)
+        assert result.returncode == 0, result.stderr
+    return root / "one", root / "two"
+
+
+def test_two_processes_end_with_the_weights_of_one(one_and_two: tuple[Path, Path]) -> None:
+    one, two = (_final_state(run) for run in one_and_two)
+    assert one["iteration"] == two["iteration"] == 6
+    worst = max((one["model"][k] - two["model"][k]).abs().max().item() for k in one["model"])
+    print(f"largest weight difference, 1 vs 2 processes: {worst:.2e}")
+    assert worst <= WEIGHT_TOLERANCE
+    moved = max((one["model"][k] - _initial(one_and_two[0])[k]).abs().max().item() for k in one["model"])
+    assert moved > 100 * WEIGHT_TOLERANCE  # the runs trained: equal weights are not trivially equal
+    assert one["counts"] == two["counts"]  # summed over the processes
+    assert len(two["rng"]) == 2  # each process's random state
+
+
+def _initial(run_dir: Path) -> dict[str, torch.Tensor]:
+    from scratchdet.config import load_config
+    from scratchdet.engine.run import seed_everything
+    from scratchdet.modeling.detector import build_model
+
+    config = load_config(str(run_dir / "config.yaml"))
+    seed_everything(config.seed)
+    model, _ = build_model(config.model, num_classes=6, test_size=64, max_size=64)
+    return model.state_dict()
+
+
+def test_only_rank_zero_writes_and_the_records_say_how_many_processes(one_and_two: tuple[Path, Path]) -> None:
+    one, two = one_and_two
+    assert sorted(p.name for p in one.iterdir()) == sorted(p.name for p in two.iterdir())
+    logged = [r["iteration"] for r in read_metrics(two / "metrics.jsonl") if "total_loss" in r]
+    assert logged == [1, 2, 3, 4, 5, 6]  # once each, not once per process
+    assert json.loads((two / "summary.json").read_text())["machine"]["processes"] == 2
+    assert "2 processes of 2 images" in (two / "log.txt").read_text()
+    # Losses are averaged over the processes: the same numbers as the single process logged.
+    for mine, theirs in zip(read_metrics(one / "metrics.jsonl"), read_metrics(two / "metrics.jsonl"), strict=True):
+        if "total_loss" in mine:
+            assert mine["total_loss"] == pytest.approx(theirs["total_loss"], abs=1e-4)
+            assert mine["pixels_seen"] == theirs["pixels_seen"]
+
+
+def test_distributed_evaluation_equals_single_process_evaluation(one_and_two: tuple[Path, Path]) -> None:
+    _, two = one_and_two
+    single = _scratchdet("eval", str(two))
+    sharded = _scratchdet("eval", str(two), "--nproc", "2")
+    assert single.returncode == 0 and sharded.returncode == 0, single.stderr + sharded.stderr
+    assert "bbox: AP" in single.stdout and "segm: AP" in single.stdout
+    assert sharded.stdout == single.stdout  # printed once (rank 0), every metric to 2 decimals
+
+
+def test_a_batch_that_does_not_split_is_refused_before_launching(synth_dir: Path, tmp_path: Path) -> None:
+    result = _train(synth_dir, tmp_path / "run", [SIX_ITERATIONS], "--nproc", "3")
+    assert result.returncode == 2
+    assert "4 images per batch cannot be shared by 3 processes" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_launcher_passes_on_everything_but_its_own_option() -> None:
+    from scratchdet.engine.distributed import strip_option
+
+    argv = ["train", "cfg", "a=1", "--nproc", "2", "--out", "x", "--nproc=4"]
+    assert strip_option(argv, "--nproc") == ["train", "cfg", "a=1", "--out", "x"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _start_ranks(synth_dir: Path, out: Path, extra_env: dict[str, str]) -> list[subprocess.Popen[str]]:
+    """Two ranks started the way torchrun starts them, but without its agent (which would stop the survivor
+    itself): what the processes do on their own when a peer on another node fails."""
+    overrides = [*tiny_training_overrides(synth_dir), *EQUAL_SPLIT, "solver.schedule=0.0005556x",  # 200 iterations
+                 "output.checkpoint_period=20", "output.log_period=2"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
+           "WORLD_SIZE": "2", **extra_env}  # fmt: skip
+    return [
+        subprocess.Popen(
+            [sys.executable, "-m", "scratchdet", "train", "demo/mask_rcnn", *overrides, "--out", str(out)],
+            env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+
+
+def _wait_for_checkpoint(out: Path, ranks: list[subprocess.Popen[str]]) -> None:
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and all(p.poll() is None for p in ranks):
+        if (out / "checkpoints" / "model_0000020.pth").exists() and (out / "checkpoints" / "last_checkpoint").exists():
+            return
+        time.sleep(0.05)
+    raise AssertionError("the run ended or stalled before its first checkpoint")
+
+
+@pytest.mark.parametrize("how", ["killed", "hung"])
+def test_when_a_rank_dies_or_hangs_the_other_stops_with_a_clear_error(
+    synth_dir: Path, tmp_path: Path, how: str
+) -> None:
+    out = tmp_path / "run"
+    ranks = _start_ranks(synth_dir, out, {"SCRATCHDET_DIST_TIMEOUT": "5"})
+    try:
+        _wait_for_checkpoint(out, ranks)
+        ranks[1].send_signal(signal.SIGKILL if how == "killed" else signal.SIGSTOP)
+        stopped = time.monotonic()
+        _, stderr = ranks[0].communicate(timeout=FAILURE_SECONDS)
+        print(f"{how}: rank 0 exited {time.monotonic() - stopped:.1f} s later")
+    finally:
+        for process in ranks:
+            process.kill()
+            process.wait()
+    assert ranks[0].returncode == 2
+    assert "another process of this run stopped or stopped answering" in stderr and "--resume" in stderr
+    assert "Traceback" not in stderr
+    assert not (out / "summary.json").exists()
+
+
+def test_a_run_of_two_processes_resumes_in_one(synth_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    ranks = _start_ranks(synth_dir, out, {})
+    try:
+        _wait_for_checkpoint(out, ranks)
+    finally:
+        for process in ranks:
+            process.kill()
+            process.wait()
+    resumed = _scratchdet("train", "--resume", str(out))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming with 1 processes a run saved by 2" in resumed.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["iteration"] == 200 and summary["counts"]["images"] == 800
+
+
+def test_two_process_pretraining_matches_one(synth_dir: Path, tmp_path: Path) -> None:
+    from scratchdet.data.synthetic import SynthSpec, generate
+
+    data = tmp_path / "data"
+    generate(data, SynthSpec(train_images=0, val_images=0, classification_train_per_class=4,
+                             classification_val_per_class=2), workers=2, quiet=True)  # fmt: skip
+    overrides = [*tiny_training_overrides(synth_dir), f"pretrain.root={data / 'classification'}",
+                 "pretrain.image_size=32", "pretrain.epochs=2", "pretrain.images_per_batch=8", "pretrain.num_workers=0",
+                 "pretrain.warmup_epochs=0.5", "pretrain.log_period=1"]  # fmt: skip
+    runs = {}
+    for name, launch in (("one", []), ("two", ["--nproc", "2"])):
+        result = _scratchdet("pretrain", "demo/mask_rcnn", *overrides, "--out", str(tmp_path / name), *launch)
+        assert result.returncode == 0, result.stderr
+        runs[name] = json.loads((tmp_path / name / "summary.json").read_text())
+    assert runs["one"]["counts"] == runs["two"]["counts"]
+    assert runs["one"]["final"] == runs["two"]["final"]  # top-1/top-5 over every val image, counted once
+    one, two = (torch.load(tmp_path / n / "backbone.pth", weights_only=True)["model"] for n in ("one", "two"))
+    worst = max((one[k].float() - two[k].float()).abs().max().item() for k in one)
+    assert worst <= WEIGHT_TOLERANCE
