@@ -27,6 +27,8 @@ from tests.conftest import tiny_training_overrides
 EQUAL_SPLIT = ["data.max_size=64", "model.rpn_batch_size_per_image=2", "model.roi_batch_size_per_image=4",
                "solver.base_epochs=null", "eval.max_images=12"]  # fmt: skip
 SIX_ITERATIONS = "solver.schedule=0.0000166667x"  # 6 iterations of 4 images
+LONG_RUN = "solver.schedule=0.0005556x"  # 200 iterations
+SPARSE_OUTPUT = ["output.checkpoint_period=20", "output.log_period=2"]
 # Two partial sums averaged by DDP instead of one sum: float32 rounding, about 1e-6 after 6 steps (measured).
 WEIGHT_TOLERANCE = 1e-5
 FAILURE_SECONDS = 30  # a surviving rank must have stopped this long after its peer died
@@ -125,8 +127,7 @@ def _free_port() -> int:
 def _start_ranks(synth_dir: Path, out: Path, extra_env: dict[str, str]) -> list[subprocess.Popen[str]]:
     """Two ranks started the way torchrun starts them, but without its agent (which would stop the survivor
     itself): what the processes do on their own when a peer on another node fails."""
-    overrides = [*tiny_training_overrides(synth_dir), *EQUAL_SPLIT, "solver.schedule=0.0005556x",  # 200 iterations
-                 "output.checkpoint_period=20", "output.log_period=2"]  # fmt: skip
+    overrides = [*tiny_training_overrides(synth_dir), *EQUAL_SPLIT, LONG_RUN, *SPARSE_OUTPUT]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
            "WORLD_SIZE": "2", **extra_env}  # fmt: skip
     return [
@@ -172,8 +173,7 @@ def test_when_a_rank_dies_or_hangs_the_other_stops_with_a_clear_error(
     assert not (out / "summary.json").exists()
 
 
-def test_a_run_of_two_processes_resumes_in_one(synth_dir: Path, tmp_path: Path) -> None:
-    out = tmp_path / "run"
+def _killed_after_first_checkpoint(synth_dir: Path, out: Path) -> None:
     ranks = _start_ranks(synth_dir, out, {})
     try:
         _wait_for_checkpoint(out, ranks)
@@ -181,6 +181,25 @@ def test_a_run_of_two_processes_resumes_in_one(synth_dir: Path, tmp_path: Path) 
         for process in ranks:
             process.kill()
             process.wait()
+    assert not (out / "summary.json").exists()
+
+
+def test_two_processes_killed_and_resumed_end_with_the_weights_of_an_uninterrupted_run(
+    synth_dir: Path, tmp_path: Path
+) -> None:
+    reference = _train(synth_dir, tmp_path / "reference", [LONG_RUN, *SPARSE_OUTPUT], "--nproc", "2")
+    assert reference.returncode == 0, reference.stderr
+    _killed_after_first_checkpoint(synth_dir, tmp_path / "killed")
+    resumed = _scratchdet("train", "--resume", str(tmp_path / "killed"), "--nproc", "2")
+    assert resumed.returncode == 0, resumed.stderr
+    ours, theirs = _final_state(tmp_path / "killed"), _final_state(tmp_path / "reference")
+    assert all(torch.equal(ours["model"][k], theirs["model"][k]) for k in theirs["model"])  # bitwise
+    assert ours["counts"] == theirs["counts"]
+
+
+def test_a_run_of_two_processes_resumes_in_one(synth_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    _killed_after_first_checkpoint(synth_dir, out)
     resumed = _scratchdet("train", "--resume", str(out))
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming with 1 processes a run saved by 2" in resumed.stderr
