@@ -134,6 +134,10 @@ class SolverConfig(_Section):
     warmup_iters: int = Field(1000, ge=0)
     warmup_factor: float = Field(0.001, gt=0, le=1)
     clip_grad_norm: float | None = Field(None, gt=0)
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: forward passes under bfloat16 autocast (weights, gradients and SGD stay fp32)"
+    )
+    channels_last: bool = Field(False, description="keep the model's 4-d weights in channels-last memory layout")
 
     @field_validator("schedule", mode="before")
     @classmethod

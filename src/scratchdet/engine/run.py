@@ -331,7 +331,7 @@ def build_detection(config: Config, device: torch.device, quiet: bool = False) -
         config.model, num_classes=len(dataset.index.categories), test_size=data.test_size, max_size=data.max_size,
         score_thresh=config.eval.score_thresh, detections_per_image=config.eval.detections_per_image,
     )  # fmt: skip
-    model.to(device)
+    model.to(device, memory_format=torch.channels_last if solver.channels_last else torch.preserve_format)
     if report is not None:
         log.info(report.format())
     optimizer = build_optimizer(
@@ -426,6 +426,7 @@ def train(config: Config, run_dir: Path, *, resume: bool = False, quiet: bool = 
         ],
         clip_grad_norm=config.solver.clip_grad_norm,
         device=device,
+        precision=config.solver.precision,
     )
     if state is not None:
         trainer.load_state_dict(state)

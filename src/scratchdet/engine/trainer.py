@@ -111,6 +111,7 @@ class Trainer:
         clip_grad_norm: float | None = None,
         device: torch.device | str = "cpu",
         count_batch: Callable[[list[torch.Tensor], list[dict[str, Any]]], SeenCounts] = batch_counts,
+        precision: str = "fp32",
     ) -> None:
         self.model = model
         self.optimizer = optimizer
@@ -120,6 +121,9 @@ class Trainer:
         self.clip_grad_norm = clip_grad_norm
         self.device = torch.device(device)
         self.count_batch = count_batch
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, not {precision!r}")
+        self.precision = precision
         self.iteration = 0
         self.counts = SeenCounts()
         self.train_seconds = 0.0
@@ -160,7 +164,8 @@ class Trainer:
         data_seconds = time.perf_counter() - started
         self.last_lr = self.schedule.lr_at(self.iteration)
         set_learning_rate(self.optimizer, self.last_lr)
-        losses = self.model(images, targets)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            losses = self.model(images, targets)
         counts = self._reduce(losses, self.count_batch(images, targets))
         total = torch.stack(list(losses.values())).sum()
         self.optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,110 @@
+"""What every benchmark shares: the torchvision reference training step, timing, memory, tables and JSON.
+
+Benchmarks compare scratchdet against a baseline measured in the same process and the same run, alternating the
+two, so that a machine's speed (or another process's load) cancels in the ratio. They are not tests: they print
+a table, write a JSON file, and assert nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))  # run from a checkout without installing
+
+
+def reference_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, images: list[torch.Tensor], targets: list[dict[str, Any]],
+    device: torch.device, bf16: bool = False,
+) -> float:  # fmt: skip
+    """One iteration of torchvision's reference detection loop (references/detection/engine.py), minus logging.
+
+    Move the batch, forward under autocast when asked, sum the losses, check the total is finite (one sync),
+    zero the gradients, backward, step.
+    """
+    images = [image.to(device) for image in images]
+    targets = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in t.items()} for t in targets]
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        loss_dict = model(images, targets)
+        losses = sum(loss for loss in loss_dict.values())
+    loss_value = float(losses.item())
+    if not math.isfinite(loss_value):
+        raise RuntimeError(f"loss is {loss_value}")
+    optimizer.zero_grad()
+    losses.backward()
+    optimizer.step()
+    return loss_value
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(step: Callable[[], Any], steps: int, warmup: int, device: torch.device) -> float:
+    """Seconds per call of `step`, averaged over `steps` calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        step()
+    synchronize(device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    synchronize(device)
+    return (time.perf_counter() - started) / steps
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    """Peak GPU memory allocated since the last reset; on the CPU, the process's peak resident set so far."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
+    """A Markdown table of `rows` (floats to 3 significant digits)."""
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return "nan" if math.isnan(value) else f"{value:.3g}"
+        return str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_json(path: Path, name: str, rows: list[dict[str, Any]], **extra: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"benchmark": name, "machine": machine(), **extra, "rows": rows}, indent=2) + "\n")
+    print(f"written: {path}")
