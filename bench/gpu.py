@@ -67,8 +67,9 @@ def measure(config: Any, batch: int, bf16: bool, channels_last: bool, args: argp
     }
     seconds: dict[str, list[float]] = {name: [] for name in loops}
     peak: dict[str, float] = {}
-    for _ in range(args.rounds):
-        for name, step in loops.items():
+    for round_ in range(args.rounds):
+        for name in sorted(loops, reverse=round_ % 2 == 1):  # ours first, then the reference first, ...
+            step = loops[name]
             common.reset_peak_memory(device)
             seconds[name].append(common.timed(step, args.steps, args.warmup, device))
             peak[name] = max(peak.get(name, 0.0), common.peak_memory_gib(device))
@@ -89,10 +90,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each timing")
     parser.add_argument("--rounds", type=int, default=2, help="alternations of the two loops")
     parser.add_argument("--budget", type=float, default=480, help="skip what is left after this many seconds")
+    parser.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN autotune per input shape")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=common.REPO / "runs" / "bench" / "gpu.json")
     args = parser.parse_args()
-    torch.backends.cudnn.benchmark = True
+    # Off, as in detectron2: the RoI heads see a different number of RoIs at every step, and cuDNN would
+    # autotune (slowly, with large workspaces) for each new shape.
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     config = load_config(args.preset, args.overrides)
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
