@@ -82,6 +82,9 @@ class ModelConfig(_Section):
     gn_groups: int = Field(32, gt=0)
     gn_eps: float = Field(1e-5, gt=0)
     freeze_at: int = Field(0, ge=0, le=5, description="0 freezes nothing; 2 freezes stem + res2")
+    threaded_roi_align: bool = Field(
+        True, description="CPU: split RoIAlign's backward pass over threads (the same sums in another order)"
+    )
     init: str = Field("scratch", description="'scratch' or the path of a backbone checkpoint / weight file")
     allow_frozen_bn_scratch: bool = Field(False, description="permit init=scratch with norm=frozen_bn")
     zero_init_last: bool = Field(False, description="zero the last norm of each residual block")

@@ -24,6 +24,7 @@ from scratchdet.config import ModelConfig
 from scratchdet.modeling.backbone import build_backbone_with_fpn, build_resnet, freeze_stages
 from scratchdet.modeling.init import LoadReport, init_scratch, load_backbone_weights
 from scratchdet.modeling.norm import get_norm
+from scratchdet.modeling.roi_align import ThreadedMultiScaleRoIAlign
 from scratchdet.modeling.sampling import install_seeded_samplers
 
 FPN_LEVELS = ["0", "1", "2", "3"]
@@ -52,6 +53,7 @@ def build_detector(
     roi_canonical_scale: int = 224,
     test_size: int = 800,
     max_size: int = 1333,
+    threaded_roi_align: bool = True,
     **detector_options: Any,
 ) -> MaskRCNN | FasterRCNN:
     """A randomly initialized detector; `num_classes` counts object categories (background is added).
@@ -87,7 +89,7 @@ def build_detector(
         _skip_resize=True,  # training images arrive resized (and counted) by the data pipeline
         rpn_anchor_generator=anchors,
         rpn_head=RPNHead(fpn_channels, anchors.num_anchors_per_location()[0], conv_depth=rpn_conv_depth),
-        box_roi_pool=_roi_pool(7, roi_canonical_scale),
+        box_roi_pool=_roi_pool(7, roi_canonical_scale, threaded_roi_align),
         box_head=head,
         box_predictor=FastRCNNPredictor(box_head_fc_dim, num_classes + 1),
         **detector_options,
@@ -98,7 +100,7 @@ def build_detector(
     else:
         detector = MaskRCNN(
             features,
-            mask_roi_pool=_roi_pool(14, roi_canonical_scale),
+            mask_roi_pool=_roi_pool(14, roi_canonical_scale, threaded_roi_align),
             mask_head=MaskRCNNHeads(fpn_channels, [mask_head_conv_dim] * mask_head_convs, 1, norm_layer=norm_factory),
             mask_predictor=MaskRCNNPredictor(mask_head_conv_dim, mask_head_conv_dim, num_classes + 1),
             **common,
@@ -107,10 +109,11 @@ def build_detector(
     return detector
 
 
-def _roi_pool(output_size: int, canonical_scale: int) -> MultiScaleRoIAlign:
+def _roi_pool(output_size: int, canonical_scale: int, threaded: bool) -> MultiScaleRoIAlign:
     # The FPN level of a RoI is 4 + log2(sqrt(area) / canonical_scale): with small inputs the canonical scale
     # must shrink too, or every RoI lands on P2.
-    return MultiScaleRoIAlign(FPN_LEVELS, output_size, sampling_ratio=2, canonical_scale=canonical_scale)
+    pooler = ThreadedMultiScaleRoIAlign if threaded else MultiScaleRoIAlign
+    return pooler(FPN_LEVELS, output_size, sampling_ratio=2, canonical_scale=canonical_scale)
 
 
 def _identity(model: ModelConfig) -> dict[str, Any]:
@@ -160,6 +163,7 @@ def build_model(
         roi_canonical_scale=model.roi_canonical_scale,
         test_size=test_size,
         max_size=max_size,
+        threaded_roi_align=model.threaded_roi_align,
         rpn_pre_nms_top_n_train=model.rpn_pre_nms_top_n_train,
         rpn_pre_nms_top_n_test=model.rpn_pre_nms_top_n_test,
         rpn_post_nms_top_n_train=model.rpn_post_nms_top_n_train,

@@ -1,0 +1,141 @@
+"""CPU training throughput: scratchdet's training loop against torchvision's reference loop, same model and data.
+
+    python bench/train_step.py                 # the demo model and R50-FPN GN at 256 px, about 4 minutes on 2 cores
+    python bench/train_step.py --models demo   # one of them
+
+For each model, three loops train copies of the same model (same seed) on the same dataset and batch size,
+alternating in rounds so that the machine's speed cancels in the ratios:
+  reference      `for images, targets in loader: loss = sum(model(images, targets).values()); ...` with a plain
+                 shuffling DataLoader (torchvision's references/detection/engine.py, minus logging);
+  ours           scratchdet's Trainer with its seeded batch stream, as `scratchdet train` runs it;
+  ours (before)  the same with the CPU optimisations switched off (model.threaded_roi_align=false), to show
+                 what they buy.
+Reported: iterations/s, images/s, ours / reference, the share of step time spent waiting for data, and the peak
+resident memory of the process. Generated data is made under data/bench/ on first use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+import common
+from scratchdet.config import load_config
+from scratchdet.data.batching import collate
+from scratchdet.data.synthetic import SynthSpec, generate
+from scratchdet.engine.run import build_detection, seed_everything, train_batches
+from scratchdet.engine.trainer import Trainer
+
+DATA = common.REPO / "data" / "bench"
+MODELS = {
+    "demo": ("demo/mask_rcnn", []),
+    "r50_256px": ("paper/mask_rcnn_R50_FPN_gn_scratch_6x",
+                  ["data.min_size=[256]", "data.max_size=342", "solver.images_per_batch=2", "data.num_workers=1",
+                   "model.anchor_sizes=[16,32,64,128,256]", "model.roi_canonical_scale=64"]),
+}  # fmt: skip
+VARIANTS = {"ours": [], "ours (before)": ["model.threaded_roi_align=false"]}
+
+
+def ensure_data() -> None:
+    if not (DATA / "annotations" / "instances_train.json").is_file():
+        generate(DATA, SynthSpec(train_images=400, val_images=8, classification_train_per_class=1,
+                                 classification_val_per_class=1), workers=2, quiet=True)  # fmt: skip
+
+
+class Loop:
+    """One training loop; `step()` runs one iteration and returns (step seconds, data-wait seconds)."""
+
+    def __init__(self, name: str, step: Callable[[], tuple[float, float]], images_per_batch: int) -> None:
+        self.name, self.step, self.images_per_batch = name, step, images_per_batch
+        self.rounds: list[tuple[float, float]] = []  # (seconds per iteration, data share)
+
+    def run(self, steps: int, warmup: int) -> None:
+        for _ in range(warmup):
+            self.step()
+        timings = [self.step() for _ in range(steps)]
+        total = sum(seconds for seconds, _ in timings)
+        self.rounds.append((total / steps, sum(data for _, data in timings) / total))
+
+
+def ours(preset: str, overrides: list[str]) -> tuple[Callable[[], tuple[float, float]], int]:
+    config = load_config(preset, overrides)
+    seed_everything(0)
+    setup = build_detection(config, torch.device("cpu"), quiet=True)
+    trainer = Trainer(setup.model, setup.optimizer, setup.schedule, train_batches(setup.dataset, config, 0),
+                      precision=config.solver.precision)  # fmt: skip
+
+    def step() -> tuple[float, float]:
+        trainer.run_step()
+        return trainer.last_step_seconds, trainer.last_data_seconds
+
+    return step, config.solver.images_per_batch
+
+
+def reference(preset: str, overrides: list[str]) -> tuple[Callable[[], tuple[float, float]], int]:
+    config = load_config(preset, overrides)
+    seed_everything(0)
+    setup = build_detection(config, torch.device("cpu"), quiet=True)
+    loader = torch.utils.data.DataLoader(
+        setup.dataset, batch_size=config.solver.images_per_batch, shuffle=True, num_workers=config.data.num_workers,
+        collate_fn=collate, persistent_workers=config.data.num_workers > 0, drop_last=True,
+    )  # fmt: skip
+    batches = itertools.chain.from_iterable(itertools.repeat(loader))
+    for group in setup.optimizer.param_groups:  # the warm-up lr ours starts with (the cost does not depend on it)
+        group["lr"] = setup.schedule.lr_at(0)
+
+    def step() -> tuple[float, float]:
+        started = time.perf_counter()
+        images, targets = next(batches)
+        waited = time.perf_counter() - started
+        common.reference_step(setup.model, setup.optimizer, images, targets, torch.device("cpu"))
+        return time.perf_counter() - started, waited
+
+    return step, config.solver.images_per_batch
+
+
+def measure(model: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    preset, overrides = MODELS[model]
+    overrides = [f"data.root={DATA}", *overrides]
+    loops = [Loop("reference", *reference(preset, overrides))]
+    loops += [Loop(name, *ours(preset, overrides + extra)) for name, extra in VARIANTS.items()]
+    for round_ in range(args.rounds):
+        for loop in loops[round_ % len(loops) :] + loops[: round_ % len(loops)]:  # rotate who goes first
+            loop.run(args.steps, args.warmup if round_ == 0 else 0)
+    base = common.median([seconds for seconds, _ in loops[0].rounds])
+    rows = []
+    for loop in loops:
+        seconds = common.median([s for s, _ in loop.rounds])
+        rows.append({"model": model, "loop": loop.name, "s_per_it": seconds, "it_per_s": 1 / seconds,
+                     "images_per_s": loop.images_per_batch / seconds, "vs_reference": base / seconds,
+                     "data_wait_share": common.median([d for _, d in loop.rounds]),
+                     "peak_rss_gib": common.peak_memory_gib(torch.device("cpu"))})  # fmt: skip
+    return rows
+
+
+COLUMNS = ["model", "loop", "s_per_it", "images_per_s", "vs_reference", "data_wait_share", "peak_rss_gib"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=sorted(MODELS))
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per loop and round")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps before the first round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", default=str(common.REPO / "runs" / "bench" / "train_step.json"))
+    args = parser.parse_args()
+    ensure_data()
+    rows = []
+    for model in args.models:
+        rows += measure(model, args)
+        print(common.table(rows, COLUMNS), flush=True)
+    print(f"\n{common.machine()['platform']}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    common.write_json(common.Path(args.out), "train_step", rows, steps=args.steps, rounds=args.rounds)
+
+
+if __name__ == "__main__":
+    main()
