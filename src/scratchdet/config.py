@@ -79,6 +79,7 @@ class ModelConfig(_Section):
     narrow_depth: Literal[10, 18, 34, 50] = 18
     fpn_channels: int = Field(256, gt=0)
     norm: NormName = "gn"
+    head_norm: NormName | None = Field(None, description="norm of the FPN and heads; None: model.norm")
     gn_groups: int = Field(32, gt=0)
     gn_eps: float = Field(1e-5, gt=0)
     freeze_at: int = Field(0, ge=0, le=5, description="0 freezes nothing; 2 freezes stem + res2")

@@ -2,7 +2,8 @@
 
 Box head "4conv1fc": four 3x3 convs with the chosen norm, then one FC (the GN/SyncBN papers' head); "2fc": two FCs
 without norm (the FrozenBN baseline). Mask head: four 3x3 convs with the norm. The RPN head has no norm. The same
-norm factory serves backbone, FPN, box head and mask head, so one switch changes all of them.
+norm factory serves backbone, FPN, box head and mask head, so one switch changes all of them; `head_norm` gives the
+FPN and heads another one (the FrozenBN baseline has none there).
 
 Inputs are expected already normalized (the data transforms do it): the detector's own transform only pads during
 training, and at test time resizes the shorter side to `test_size` and maps detections back to the input image.
@@ -36,6 +37,7 @@ def build_detector(
     backbone: str,
     num_classes: int,
     norm: str,
+    head_norm: str | None = None,
     gn_groups: int = 32,
     gn_eps: float = 1e-5,
     narrow_width: int = 32,
@@ -65,8 +67,9 @@ def build_detector(
     """
     if arch not in ("mask_rcnn", "faster_rcnn"):
         raise ValueError(f"unknown arch {arch!r}; choose mask_rcnn or faster_rcnn")
-    norm_factory = get_norm(norm, gn_groups=gn_groups, gn_eps=gn_eps)
-    body = build_resnet(backbone, norm=norm_factory, narrow_width=narrow_width, narrow_depth=narrow_depth)
+    backbone_norm = get_norm(norm, gn_groups=gn_groups, gn_eps=gn_eps)
+    norm_factory = get_norm(head_norm or norm, gn_groups=gn_groups, gn_eps=gn_eps)  # FPN and heads
+    body = build_resnet(backbone, norm=backbone_norm, narrow_width=narrow_width, narrow_depth=narrow_depth)
     freeze_stages(body, freeze_at)
     features = build_backbone_with_fpn(body, fpn_channels=fpn_channels, fpn_norm=norm_factory)
     anchors = AnchorGenerator(
@@ -146,6 +149,7 @@ def build_model(
         backbone=model.backbone,
         num_classes=num_classes,
         norm=model.norm,
+        head_norm=model.head_norm,
         gn_groups=model.gn_groups,
         gn_eps=model.gn_eps,
         narrow_width=model.narrow_width,
