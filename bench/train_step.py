@@ -35,7 +35,9 @@ DATA = common.REPO / "data" / "bench"
 MODELS = {
     "demo": ("demo/mask_rcnn", []),
     "r50_256px": ("paper/mask_rcnn_R50_FPN_gn_scratch_6x",
-                  ["data.min_size=[256]", "data.max_size=342", "solver.images_per_batch=2", "data.num_workers=1",
+                  ["data.train_annotations=annotations/instances_train.json", "data.train_images=train",
+                   "data.val_annotations=annotations/instances_val.json", "data.val_images=val",
+                   "data.min_size=[256]", "data.max_size=342", "solver.images_per_batch=2", "data.num_workers=1",
                    "model.anchor_sizes=[16,32,64,128,256]", "model.roi_canonical_scale=64"]),
 }  # fmt: skip
 VARIANTS = {"ours": [], "ours (before)": ["model.threaded_roi_align=false"]}

@@ -8,7 +8,6 @@ format (boxes XYWH in image pixels, scores, category ids, masks as compressed RL
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
@@ -66,9 +65,11 @@ def score_detections(
         log.warning("no detections: every AP is NaN")
         return {task: dict.fromkeys(METRICS, math.nan) for task in tasks}
     ground_truth = COCO(str(annotations), print_function=_silent)
+    # Loaded once for every task (as each task would load them alike); loadRes adds top-level fields to each
+    # detection, so it gets shallow copies and the caller's list stays as it was.
+    predicted = ground_truth.loadRes([dict(detection) for detection in detections])
     results: dict[str, dict[str, float]] = {}
     for task in tasks:
-        predicted = ground_truth.loadRes(copy.deepcopy(detections))  # loadRes adds fields in place
         evaluator = COCOeval_faster(ground_truth, predicted, iouType=task, print_function=_silent)
         evaluator.params.imgIds = sorted(int(i) for i in image_ids)
         evaluator.evaluate()
