@@ -73,7 +73,7 @@ class DataConfig(_Section):
 class ModelConfig(_Section):
     """The detector: backbone, normalization, heads, initialization (see RECIPE.md, "The system")."""
 
-    arch: Literal["mask_rcnn", "faster_rcnn"] = "mask_rcnn"
+    arch: Literal["mask_rcnn", "faster_rcnn", "keypoint_rcnn"] = "mask_rcnn"
     backbone: BackboneName = "resnet50"
     narrow_width: int = Field(32, gt=0, description="resnet_narrow: channels of res2 (then x2 per stage)")
     narrow_depth: Literal[10, 18, 34, 50] = 18
@@ -95,6 +95,8 @@ class ModelConfig(_Section):
     box_head_fc_dim: int = Field(1024, gt=0)
     mask_head_conv_dim: int = Field(256, gt=0)
     mask_head_convs: int = Field(4, ge=1)
+    keypoint_head_conv_dim: int = Field(512, gt=0)
+    keypoint_head_convs: int = Field(8, ge=1, description="keypoint_rcnn: 3x3 convs (with the norm) before upsampling")
     rpn_conv_depth: int = Field(1, ge=1)
     anchor_sizes: list[int] = Field([32, 64, 128, 256, 512], min_length=5, max_length=5)
     anchor_aspect_ratios: list[float] = Field([0.5, 1.0, 2.0], min_length=1)

@@ -40,6 +40,7 @@ def prepare_train_dataset(
     transforms: Transform,
     *,
     with_masks: bool,
+    with_keypoints: bool = False,
     keep_empty_images: bool,
     subset: int | None,
     subset_seed: int,
@@ -53,7 +54,12 @@ def prepare_train_dataset(
         raise ScratchdetError(f"{annotations}: no training image has a usable annotation")
     if subset is not None:
         ids = nested_subset(ids, subset, subset_seed)
-    return PreparedDataset(CocoDetection(index, images_dir, ids, transforms, with_masks), skipped)
+    if with_keypoints and not index.categories[0].get("keypoints"):
+        raise ScratchdetError(
+            f"{annotations}: keypoint training needs the category to list its keypoint names (COCO's "
+            "'keypoints' field of the person category); this file has none. Use a person_keypoints file"
+        )
+    return PreparedDataset(CocoDetection(index, images_dir, ids, transforms, with_masks, with_keypoints), skipped)
 
 
 def prepare_eval_dataset(

@@ -154,12 +154,15 @@ class CocoDetection(torch.utils.data.Dataset[tuple[torch.Tensor, dict[str, Any]]
         image_ids: Sequence[int],
         transforms: Transform | None = None,
         with_masks: bool = True,
+        with_keypoints: bool = False,
     ) -> None:
         self.index = index
         self.images_dir = Path(images_dir)
         self.image_ids = list(image_ids)
         self.transforms = transforms
         self.with_masks = with_masks
+        self.with_keypoints = with_keypoints
+        self.num_keypoints = len(index.categories[0].get("keypoints", [])) if with_keypoints else 0
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -182,6 +185,13 @@ class CocoDetection(torch.utils.data.Dataset[tuple[torch.Tensor, dict[str, Any]]
         if self.with_masks:
             masks = [decode_mask(a["segmentation"], height, width) for a, k in zip(annotations, keep, strict=True) if k]
             target["masks"] = np.stack(masks) if masks else np.zeros((0, height, width), np.uint8)
+        if self.with_keypoints:  # (N, K, 3): x, y, visibility; an annotation without keypoints has none visible
+            keypoints = [
+                a.get("keypoints") or [0.0] * 3 * self.num_keypoints
+                for a, k in zip(annotations, keep, strict=True)
+                if k
+            ]
+            target["keypoints"] = np.asarray(keypoints, dtype=np.float32).reshape(-1, self.num_keypoints, 3)
         return target
 
     def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -203,10 +213,17 @@ class CocoDetection(torch.utils.data.Dataset[tuple[torch.Tensor, dict[str, Any]]
         }
         if self.with_masks:
             target["masks"] = tv_tensors.Mask(torch.from_numpy(raw["masks"]))
+        if self.with_keypoints:  # positions move with the image; visibility rides along (flips swap both)
+            keypoints = torch.from_numpy(raw["keypoints"])
+            target["keypoints"] = tv_tensors.KeyPoints(keypoints[..., :2], canvas_size=size)
+            target["keypoint_visibility"] = keypoints[..., 2]
         if self.transforms is not None:
             image, target = with_seed(seed, self.transforms, image, target)
         # Plain tensors from here on: the models and collation need no tv_tensors metadata.
         target = {key: value.as_subclass(torch.Tensor) for key, value in target.items()}
+        if self.with_keypoints:
+            visibility = target.pop("keypoint_visibility")
+            target["keypoints"] = torch.cat([target["keypoints"], visibility[..., None]], dim=-1)
         target["image_id"] = image_id
         target["orig_size"] = size
         if seed is not None:

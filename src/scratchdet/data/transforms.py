@@ -36,12 +36,53 @@ def _to_normalized_float(mean: Sequence[float], std: Sequence[float]) -> list[v2
     ]
 
 
+class HorizontalFlipSwappingKeypoints(v2.Transform):
+    """A horizontal flip that also swaps left and right keypoints: a flipped left wrist is a right wrist.
+
+    `flip_index[k]` is the keypoint that k becomes (e.g. left_eye ↔ right_eye). The target's `keypoints`
+    (N, K, 2) and `keypoint_visibility` (N, K) are reordered along K after torchvision flips the positions.
+    """
+
+    def __init__(self, p: float, flip_index: Sequence[int]) -> None:
+        super().__init__()
+        self.p = p
+        self.flip_index = list(flip_index)
+        self.flip = v2.RandomHorizontalFlip(p=1.0)
+
+    def forward(self, *inputs: Any) -> Any:
+        if float(torch.rand(())) >= self.p:
+            return inputs if len(inputs) > 1 else inputs[0]
+        image, target = self.flip(*inputs)
+        target = dict(target)
+        for key in ("keypoints", "keypoint_visibility"):
+            if key in target:
+                dim = -2 if key == "keypoints" else -1
+                target[key] = target[key].index_select(dim, torch.tensor(self.flip_index))
+        return image, target
+
+
+def keypoint_flip_index(names: Sequence[str]) -> list[int]:
+    """For keypoint names, the index each one becomes under a horizontal flip ("left_*" ↔ "right_*")."""
+
+    def mirrored(name: str) -> str:
+        if "left" in name:
+            return name.replace("left", "right")
+        return name.replace("right", "left")
+
+    position = {name: i for i, name in enumerate(names)}
+    return [position.get(mirrored(name), i) for i, name in enumerate(names)]
+
+
 def build_train_transforms(
-    min_sizes: Sequence[int], max_size: int, flip_prob: float, mean: Sequence[float], std: Sequence[float]
-) -> v2.Compose:
-    """Random shorter-side resize among `min_sizes` with the longer side capped at `max_size`, then a flip."""
+    min_sizes: Sequence[int], max_size: int, flip_prob: float, mean: Sequence[float], std: Sequence[float],
+    keypoint_flip: Sequence[int] | None = None,
+) -> v2.Compose:  # fmt: skip
+    """Random shorter-side resize among `min_sizes` with the longer side capped at `max_size`, then a flip
+    (swapping left and right keypoints by `keypoint_flip` when the targets have keypoints)."""
     steps: list[v2.Transform] = [v2.RandomShortestSize(min_size=list(min_sizes), max_size=max_size)]
-    if flip_prob > 0:
+    if flip_prob > 0 and keypoint_flip is not None:
+        steps.append(HorizontalFlipSwappingKeypoints(flip_prob, keypoint_flip))
+    elif flip_prob > 0:
         steps.append(v2.RandomHorizontalFlip(p=flip_prob))
     return v2.Compose(steps + _to_normalized_float(mean, std))
 

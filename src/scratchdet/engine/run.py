@@ -39,7 +39,7 @@ from scratchdet.config import Config, apply_overrides, build_config, load_config
 from scratchdet.data.batching import TrainingBatches, collate
 from scratchdet.data.build import prepare_eval_dataset, prepare_train_dataset
 from scratchdet.data.coco import CocoDetection, CocoIndex, read_coco_json
-from scratchdet.data.transforms import build_test_transforms, build_train_transforms
+from scratchdet.data.transforms import build_test_transforms, build_train_transforms, keypoint_flip_index
 from scratchdet.engine import distributed
 from scratchdet.engine.checkpoint import Checkpointer, load_checkpoint
 from scratchdet.engine.hooks import CheckpointHook, EvalHook, MetricsHook, MetricsWriter, truncate_metrics
@@ -102,9 +102,19 @@ def machine_description() -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ data
 
 
-def _train_transforms(config: Config) -> Any:
+def _train_transforms(config: Config, keypoint_names: list[str] | None = None) -> Any:
     data = config.data
-    return build_train_transforms(data.min_size, data.max_size, data.flip_prob, data.pixel_mean, data.pixel_std)
+    flip = keypoint_flip_index(keypoint_names) if keypoint_names else None
+    return build_train_transforms(data.min_size, data.max_size, data.flip_prob, data.pixel_mean, data.pixel_std, flip)
+
+
+def evaluation_tasks(arch: str) -> tuple[str, ...]:
+    return {"mask_rcnn": ("bbox", "segm"), "keypoint_rcnn": ("bbox", "keypoints")}.get(arch, ("bbox",))
+
+
+def keypoint_count(categories: list[dict[str, Any]]) -> int:
+    """Keypoints per instance (of the first category: COCO's person); 17 when the file lists none."""
+    return len(categories[0].get("keypoints") or []) or 17
 
 
 def training_set_size(config: Config) -> int:
@@ -200,7 +210,7 @@ class Evaluation:
         )
         self.dataset = prepared.dataset
         category_of_label = {label: category for category, label in self.dataset.index.label_of_category.items()}
-        tasks = ("bbox", "segm") if config.model.arch == "mask_rcnn" else ("bbox",)
+        tasks = evaluation_tasks(config.model.arch)
         self.evaluator = CocoEvaluator(annotations, self.dataset.image_ids, category_of_label, tasks)
         size = len(self.dataset)
         batches = [list(range(start, min(start + 2, size))) for start in range(0, size, 2)]
@@ -323,13 +333,17 @@ def build_detection(config: Config, device: torch.device, quiet: bool = False) -
     data, solver = config.data, config.solver
     prepared = prepare_train_dataset(
         data.path(data.train_annotations), data.path(data.train_images), _train_transforms(config),
-        with_masks=config.model.arch == "mask_rcnn", keep_empty_images=data.keep_empty_images,
-        subset=data.train_subset, subset_seed=data.subset_seed, skip_bad_items=data.skip_bad_items, quiet=quiet,
+        with_masks=config.model.arch == "mask_rcnn", with_keypoints=config.model.arch == "keypoint_rcnn",
+        keep_empty_images=data.keep_empty_images, subset=data.train_subset, subset_seed=data.subset_seed,
+        skip_bad_items=data.skip_bad_items, quiet=quiet,
     )  # fmt: skip
     dataset = prepared.dataset
+    if dataset.with_keypoints:  # flips must swap left and right joints, known from the file's keypoint names
+        dataset.transforms = _train_transforms(config, dataset.index.categories[0]["keypoints"])
     model, report = build_model(
         config.model, num_classes=len(dataset.index.categories), test_size=data.test_size, max_size=data.max_size,
         score_thresh=config.eval.score_thresh, detections_per_image=config.eval.detections_per_image,
+        num_keypoints=keypoint_count(dataset.index.categories),
     )  # fmt: skip
     model.to(device, memory_format=torch.channels_last if solver.channels_last else torch.preserve_format)
     if report is not None:
@@ -477,6 +491,7 @@ def evaluate_saved(
         score_thresh=config.eval.score_thresh,
         detections_per_image=config.eval.detections_per_image,
         load_init_weights=False,
+        num_keypoints=keypoint_count(categories),
     )
     try:
         model.load_state_dict(state["model"])

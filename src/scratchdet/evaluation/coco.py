@@ -1,8 +1,9 @@
-"""COCO box and mask AP with faster-coco-eval (pycocotools-compatible), as reset / process / evaluate.
+"""COCO box, mask and keypoint AP with faster-coco-eval (pycocotools-compatible), as reset / process / evaluate.
 
 Results are on a 0–100 scale: {"bbox": {"AP": …, "AP50": …, "AP75": …, "APs": …, "APm": …, "APl": …},
-"segm": {…}}; NaN, with a warning, when there is no detection at all. Detections are kept in the COCO results
-format (boxes XYWH in image pixels, scores, category ids, masks as compressed RLE) and can be written as
+"segm": {…}, "keypoints": {"AP", "AP50", "AP75", "APm", "APl"} (OKS with COCO's per-joint sigmas)}; NaN, with a
+warning, when there is no detection at all. Detections are kept in the COCO results format (boxes XYWH in image
+pixels, scores, category ids, masks as compressed RLE, keypoints as x, y, v triples) and can be written as
 `detections.json`, which any COCO tool can re-score.
 """
 
@@ -24,6 +25,7 @@ from scratchdet.errors import ScratchdetError
 from scratchdet.io import atomic_write_text
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+KEYPOINT_METRICS = ("AP", "AP50", "AP75", "APm", "APl")  # COCO has no small people for keypoints
 MASK_THRESHOLD = 0.5
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,10 @@ def detections_of_image(
         binary = (output["masks"][:, 0] > MASK_THRESHOLD).cpu().numpy().astype(np.uint8)
         rles = mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
     results = []
-    for (x0, y0, x1, y1), score, label, rle in zip(boxes, scores, labels, rles, strict=True):
+    all_keypoints: list[Any] = (
+        output["keypoints"].detach().cpu().tolist() if "keypoints" in output else [None] * len(scores)
+    )
+    for (x0, y0, x1, y1), score, label, rle, keypoints in zip(boxes, scores, labels, rles, all_keypoints, strict=True):
         result: dict[str, Any] = {
             "image_id": int(image_id),
             "category_id": category_of_label[int(label)],
@@ -53,6 +58,8 @@ def detections_of_image(
         }
         if rle is not None:
             result["segmentation"] = {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}
+        if keypoints is not None:  # x, y, 1 per joint (COCO's OKS ignores the third value)
+            result["keypoints"] = [round(float(v), 2) for x, y, _ in keypoints for v in (x, y, 1.0)]
         results.append(result)
     return results
 
@@ -63,7 +70,7 @@ def score_detections(
     """COCO metrics (0–100) of `detections` on `image_ids` for each task ("bbox", "segm")."""
     if not detections:
         log.warning("no detections: every AP is NaN")
-        return {task: dict.fromkeys(METRICS, math.nan) for task in tasks}
+        return {task: dict.fromkeys(_metric_names(task), math.nan) for task in tasks}
     ground_truth = COCO(str(annotations), print_function=_silent)
     # Loaded once for every task (as each task would load them alike); loadRes adds top-level fields to each
     # detection, so it gets shallow copies and the caller's list stays as it was.
@@ -75,8 +82,13 @@ def score_detections(
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-        results[task] = {name: float(value) * 100 for name, value in zip(METRICS, evaluator.stats[:6], strict=True)}
+        names = _metric_names(task)
+        results[task] = {name: float(value) * 100 for name, value in zip(names, evaluator.stats, strict=False)}
     return results
+
+
+def _metric_names(task: str) -> tuple[str, ...]:
+    return KEYPOINT_METRICS if task == "keypoints" else METRICS
 
 
 def read_detections(path: Path) -> list[dict[str, Any]]:

@@ -1,9 +1,10 @@
-"""Mask R-CNN and Faster R-CNN assembled from torchvision's components with the paper's heads.
+"""Mask R-CNN, Faster R-CNN and Keypoint R-CNN assembled from torchvision's components with the paper's heads.
 
 Box head "4conv1fc": four 3x3 convs with the chosen norm, then one FC (the GN/SyncBN papers' head); "2fc": two FCs
-without norm (the FrozenBN baseline). Mask head: four 3x3 convs with the norm. The RPN head has no norm. The same
-norm factory serves backbone, FPN, box head and mask head, so one switch changes all of them; `head_norm` gives the
-FPN and heads another one (the FrozenBN baseline has none there).
+without norm (the FrozenBN baseline). Mask head: four 3x3 convs with the norm. Keypoint head: eight 3x3 convs with
+the norm (torchvision's has none), then torchvision's deconvolution + upsampling predictor of one heatmap a joint.
+The RPN head has no norm. The same norm factory serves backbone, FPN, box head and mask head, so one switch changes
+all of them; `head_norm` gives the FPN and heads another one (the FrozenBN baseline has none there).
 
 Inputs are expected already normalized (the data transforms do it): the detector's own transform only pads during
 training, and at test time resizes the shorter side to `test_size` and maps detections back to the input image.
@@ -14,12 +15,13 @@ from __future__ import annotations
 from typing import Any
 
 from torch import nn
-from torchvision.models.detection import FasterRCNN, MaskRCNN
+from torchvision.models.detection import FasterRCNN, KeypointRCNN, MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.keypoint_rcnn import KeypointRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
-from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops import Conv2dNormActivation, MultiScaleRoIAlign
 
 from scratchdet.config import ModelConfig
 from scratchdet.modeling.backbone import build_backbone_with_fpn, build_resnet, freeze_stages
@@ -49,6 +51,9 @@ def build_detector(
     box_head_fc_dim: int = 1024,
     mask_head_conv_dim: int = 256,
     mask_head_convs: int = 4,
+    num_keypoints: int = 17,
+    keypoint_head_conv_dim: int = 512,
+    keypoint_head_convs: int = 8,
     rpn_conv_depth: int = 1,
     anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512),
     anchor_aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0),
@@ -65,8 +70,8 @@ def build_detector(
     `detector_options` go to torchvision's `MaskRCNN`/`FasterRCNN` (RPN and RoI sampling sizes, score threshold,
     detections per image). Call `init_scratch` or `load_backbone_weights` on the result to initialize it.
     """
-    if arch not in ("mask_rcnn", "faster_rcnn"):
-        raise ValueError(f"unknown arch {arch!r}; choose mask_rcnn or faster_rcnn")
+    if arch not in ("mask_rcnn", "faster_rcnn", "keypoint_rcnn"):
+        raise ValueError(f"unknown arch {arch!r}; choose mask_rcnn, faster_rcnn or keypoint_rcnn")
     backbone_norm = get_norm(norm, gn_groups=gn_groups, gn_eps=gn_eps)
     norm_factory = get_norm(head_norm or norm, gn_groups=gn_groups, gn_eps=gn_eps)  # FPN and heads
     body = build_resnet(backbone, norm=backbone_norm, narrow_width=narrow_width, narrow_depth=narrow_depth)
@@ -100,6 +105,16 @@ def build_detector(
     detector: MaskRCNN | FasterRCNN
     if arch == "faster_rcnn":
         detector = FasterRCNN(features, **common)
+    elif arch == "keypoint_rcnn":
+        head_layers = [Conv2dNormActivation(fpn_channels if i == 0 else keypoint_head_conv_dim, keypoint_head_conv_dim,
+                                            norm_layer=norm_factory) for i in range(keypoint_head_convs)]  # fmt: skip
+        detector = KeypointRCNN(
+            features,
+            keypoint_roi_pool=_roi_pool(14, roi_canonical_scale, threaded_roi_align),
+            keypoint_head=nn.Sequential(*head_layers),
+            keypoint_predictor=KeypointRCNNPredictor(keypoint_head_conv_dim, num_keypoints),
+            **common,
+        )
     else:
         detector = MaskRCNN(
             features,
@@ -138,6 +153,7 @@ def build_model(
     score_thresh: float = 0.05,
     detections_per_image: int = 100,
     load_init_weights: bool = True,
+    num_keypoints: int = 17,
 ) -> tuple[MaskRCNN | FasterRCNN, LoadReport | None]:
     """The detector described by a `model` config section, initialized as `model.init` says.
 
@@ -161,6 +177,9 @@ def build_model(
         box_head_fc_dim=model.box_head_fc_dim,
         mask_head_conv_dim=model.mask_head_conv_dim,
         mask_head_convs=model.mask_head_convs,
+        num_keypoints=num_keypoints,
+        keypoint_head_conv_dim=model.keypoint_head_conv_dim,
+        keypoint_head_convs=model.keypoint_head_convs,
         rpn_conv_depth=model.rpn_conv_depth,
         anchor_sizes=tuple(model.anchor_sizes),
         anchor_aspect_ratios=tuple(model.anchor_aspect_ratios),

@@ -100,6 +100,10 @@ def init_scratch(model: nn.Module, zero_init_last: bool = False) -> None:
     _normal(box_predictor.cls_score, 0.01)
     _normal(box_predictor.bbox_pred, 0.001)
     _init_each(_optional(model, "roi_heads.mask_head"), _msra)
+    _init_each(_optional(model, "roi_heads.keypoint_head"), _msra)
+    keypoint_predictor = _optional(model, "roi_heads.keypoint_predictor")
+    if keypoint_predictor is not None:
+        _msra(keypoint_predictor.kps_score_lowres)
     mask_predictor = _optional(model, "roi_heads.mask_predictor")
     if mask_predictor is not None:
         _msra(mask_predictor.conv5_mask)
