@@ -184,6 +184,7 @@ def _killed_after_first_checkpoint(synth_dir: Path, out: Path) -> None:
     assert not (out / "summary.json").exists()
 
 
+@pytest.mark.slow
 def test_two_processes_killed_and_resumed_end_with_the_weights_of_an_uninterrupted_run(
     synth_dir: Path, tmp_path: Path
 ) -> None:
@@ -197,6 +198,7 @@ def test_two_processes_killed_and_resumed_end_with_the_weights_of_an_uninterrupt
     assert ours["counts"] == theirs["counts"]
 
 
+@pytest.mark.slow
 def test_a_run_of_two_processes_resumes_in_one(synth_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     _killed_after_first_checkpoint(synth_dir, out)
