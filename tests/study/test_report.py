@@ -88,3 +88,13 @@ def test_report_has_every_figure_and_verdict_and_escapes_names(tmp_path: Path) -
     assert "<b onmouseover" not in text and "&lt;b onmouseover=alert(1)&gt;x" in text
     markdown = (tmp_path / "report" / "report.md").read_text()
     assert "## Verdicts" in markdown and "![ap_curves](figures/ap_curves.png)" in markdown
+
+
+def test_user_strings_are_escaped_in_the_html(tmp_path: Path) -> None:
+    study = tmp_path / "<script>alert(1)<"  # the study's name is the folder's, shown as the title
+    paper_like_study(study)
+    write_arm(study, "scratch_<img src=x onerror=alert(2)>_2x_seed9", init="scratch", schedule="2x",
+              curve=[(100, 1.0), (600, 2.0)], final={"AP50": 3.0, "AP75": 1.0})  # fmt: skip
+    html_text = build_report(study).with_suffix(".html").read_text()
+    assert "<script>alert(1)" not in html_text and "&lt;script&gt;alert(1)" in html_text
+    assert "<img src=x" not in html_text
