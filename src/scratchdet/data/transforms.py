@@ -84,6 +84,7 @@ def build_train_transforms(
         steps.append(HorizontalFlipSwappingKeypoints(flip_prob, keypoint_flip))
     elif flip_prob > 0:
         steps.append(v2.RandomHorizontalFlip(p=flip_prob))
+    steps.append(v2.ClampBoundingBoxes())  # resizing in float can put a corner 1e-6 past the edge (found by a test)
     return v2.Compose(steps + _to_normalized_float(mean, std))
 
 
