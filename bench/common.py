@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 import resource
 import statistics
 import sys
@@ -82,13 +81,10 @@ def median(values: Sequence[float]) -> float:
 
 
 def machine() -> dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu_threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
+    """The same description of the machine that every run's summary.json records."""
+    from scratchdet.engine.run import machine_description
+
+    return machine_description()
 
 
 def table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:

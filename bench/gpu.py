@@ -113,7 +113,7 @@ def main() -> None:
         rows.append(row)
         print(common.table([row], COLUMNS).splitlines()[-1], flush=True)
     print(f"\n{config.model.backbone}-FPN {config.model.norm} Mask R-CNN, {args.size} px, on "
-          f"{common.machine()['gpu'] or 'cpu'}; {time.perf_counter() - started:.0f} s\n")  # fmt: skip
+          f"{common.machine()['device']}; {time.perf_counter() - started:.0f} s\n")  # fmt: skip
     print(common.table(rows, COLUMNS))
     common.write_json(args.out, "gpu", rows, preset=args.preset, size=args.size, steps=args.steps,
                       rounds=args.rounds)  # fmt: skip
