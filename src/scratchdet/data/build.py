@@ -20,14 +20,18 @@ class PreparedDataset:
     skipped_items: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _checked_index(annotations: Path, images_dir: Path, skip_bad_items: bool, quiet: bool) -> tuple[CocoIndex, list]:
+# Skipping is for training only: an evaluation without its bad items would report another dataset's metrics.
+FIX_TRAINING = "fix them, or set data.skip_bad_items=true to train without the bad items"
+FIX_EVALUATION = "fix them (bad items are never skipped in evaluation: the metrics would be of another set)"
+
+
+def _checked_index(
+    annotations: Path, images_dir: Path, skip_bad_items: bool, quiet: bool, fix: str = FIX_TRAINING
+) -> tuple[CocoIndex, list]:
     data = read_coco_json(annotations)  # parsed once, for the check and the index
     report = check_dataset(annotations, images_dir, deep=False, quiet=quiet, data=data)
     if not report.ok and not skip_bad_items:
-        raise ScratchdetError(
-            f"the dataset has errors; fix them, or set data.skip_bad_items=true to train without the bad items\n"
-            f"{report.format()}"
-        )
+        raise ScratchdetError(f"the dataset has errors; {fix}\n{report.format()}")
     skipped: list[dict[str, Any]] = []
     if not report.ok:
         data, skipped = without_bad_items(data, report)
@@ -66,6 +70,6 @@ def prepare_eval_dataset(
     annotations: Path, images_dir: Path, transforms: Transform, *, max_images: int | None, quiet: bool = False
 ) -> PreparedDataset:
     """The evaluation set: every image (empty ones count for COCO metrics), optionally the first `max_images`."""
-    index, skipped = _checked_index(annotations, images_dir, skip_bad_items=False, quiet=quiet)
+    index, skipped = _checked_index(annotations, images_dir, skip_bad_items=False, quiet=quiet, fix=FIX_EVALUATION)
     ids = list(index.images)[:max_images] if max_images else list(index.images)
     return PreparedDataset(CocoDetection(index, images_dir, ids, transforms, with_masks=False), skipped)

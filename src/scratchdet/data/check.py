@@ -295,6 +295,8 @@ def _check_annotations(
                 image_id,
                 ann_id,
             )
+        if annotation.get("iscrowd", 0) not in (0, 1):  # "no" would silently count as a crowd region
+            report.add("error", f"'iscrowd' must be 0 or 1, got {annotation['iscrowd']!r}", image_id, ann_id)
         if "area" in annotation and (not _is_number(annotation["area"]) or _has_nan(annotation["area"])):
             report.add("error", f"'area' must be a finite number, got {annotation['area']!r}", image_id, ann_id)
         before = len(report.errors)
@@ -317,8 +319,8 @@ def _summarize(
     areas = np.array([a.get("area", a["bbox"][2] * a["bbox"][3]) for a in plain], dtype=np.float64)
     names = {c["id"]: c.get("name", "?") for c in categories if isinstance(c, dict) and "id" in c}
     per_category = Counter(names.get(a["category_id"], "?") for a in plain)
-    widths = [i["width"] for i in images if isinstance(i.get("width"), int)]
-    heights = [i["height"] for i in images if isinstance(i.get("height"), int)]
+    sizes = [(i["width"], i["height"]) for i in images if _as_id(i.get("width")) and _as_id(i.get("height"))]
+    widths, heights = [w for w, _ in sizes], [h for _, h in sizes]
     return {
         "images": len(images),
         "instances": f"{len(plain)} (+ {len(annotations) - len(plain)} crowd regions)",
@@ -329,7 +331,7 @@ def _summarize(
         f"{int(((areas >= SMALL_AREA) & (areas < LARGE_AREA)).sum())} / {int((areas >= LARGE_AREA).sum())}",
         "image sizes": f"width {min(widths, default=0)}-{max(widths, default=0)}, "
         f"height {min(heights, default=0)}-{max(heights, default=0)}, "
-        f"{len(set(zip(widths, heights, strict=True)))} distinct",
+        f"{len(set(sizes))} distinct",
     }
 
 
