@@ -1,4 +1,4 @@
-"""Atomic file writes: a reader (or a crash) never sees half a file.
+"""Atomic file writes (a reader, or a crash, never sees half a file) and exclusive locks on run directories.
 
 Write to a temporary file in the same folder, fsync it, then rename over the target (rename is atomic on POSIX
 within one filesystem), and fsync the folder so the rename itself survives a power cut.
@@ -6,6 +6,7 @@ within one filesystem), and fsync the folder so the rename itself survives a pow
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Callable
@@ -47,3 +48,37 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def try_lock(path: Path) -> int | None:
+    """An exclusive lock on the file `path` (created if absent, our PID written into it): its descriptor, or None
+    when another process holds it.
+
+    A POSIX record lock (`lockf`): the kernel drops it when the process ends, however it ends, so a killed run
+    never leaves a stale lock behind; and unlike `flock` it is not shared with forked children (data-loader
+    workers outlive a SIGKILLed parent by a few seconds and must not keep its run locked). Where `fcntl` does not
+    exist (Windows) nothing is locked.
+    """
+    handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        import fcntl
+    except ImportError:
+        return handle
+    try:
+        fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(handle)
+        if exc.errno in (errno.EACCES, errno.EAGAIN):
+            return None
+        raise
+    os.ftruncate(handle, 0)
+    os.write(handle, f"{os.getpid()}\n".encode())
+    return handle
+
+
+def lock_holder(path: Path) -> str:
+    """The PID written into a lock file, or "another process" when it cannot be read."""
+    try:
+        return f"process {int(Path(path).read_text().split()[0])}"
+    except (OSError, ValueError, IndexError):
+        return "another process"

@@ -75,7 +75,15 @@ class Checkpointer:
         return path
 
     def latest_loadable(self) -> tuple[Path, dict[str, Any]] | None:
-        """The newest checkpoint that loads; a corrupt newer one is reported and skipped."""
+        """The newest checkpoint that loads; a corrupt newer one is reported and skipped.
+
+        Temporary files of writes cut short by a crash are removed first (they never became checkpoints).
+        """
+        partial = sorted(self.folder.glob(".*.tmp")) if self.folder.is_dir() else []
+        for path in partial:
+            path.unlink(missing_ok=True)
+        if partial:
+            log.info(f"removed {len(partial)} partly written file(s) left by an interrupted checkpoint write")
         for path in reversed(self.saved()):
             try:
                 return path, load_checkpoint(path)

@@ -54,10 +54,11 @@ def last_logged_iteration(path: Path, default: int = 0) -> int:
 
 
 def truncate_metrics(path: Path, iteration: int) -> None:
-    """Keep only the records up to `iteration` (those after it are redone by a resumed run)."""
+    """Keep only the records up to `iteration` (those after it are redone by a resumed run), less the final
+    evaluation's: it comes after the last checkpoint, and a resumed run always redoes it."""
     from scratchdet.io import atomic_write_text
 
-    kept = [r for r in read_metrics(path) if r.get("iteration", 0) <= iteration]
+    kept = [r for r in read_metrics(path) if r.get("iteration", 0) <= iteration and not r.get("final")]
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
@@ -82,7 +83,7 @@ class MetricsWriter:
             os.fsync(file.fileno())
         if self._tensorboard is not None:
             for key, value in _flatten(record).items():
-                if key != "iteration" and isinstance(value, int | float):
+                if key != "iteration" and isinstance(value, int | float) and not isinstance(value, bool):
                     self._tensorboard.add_scalar(key, value, record["iteration"])
 
     def close(self) -> None:
@@ -181,7 +182,8 @@ class EvalHook(HookBase):
         results = self.evaluate(iteration, final)
         seconds = time.perf_counter() - started
         if self.writer is not None:  # None on ranks other than 0, which evaluate their share but write nothing
-            self.writer.write({"iteration": iteration, "eval": results, "eval_seconds": seconds})
+            record = {"iteration": iteration, "eval": results, "eval_seconds": seconds}
+            self.writer.write({**record, "final": True} if final else record)
         summary = "  ".join(
             f"{task} {name} {value:.2f}"
             for task, metrics in results.items()

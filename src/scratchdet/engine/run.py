@@ -49,7 +49,7 @@ from scratchdet.engine.trainer import Trainer
 from scratchdet.errors import ScratchdetError
 from scratchdet.evaluation.coco import CocoEvaluator
 from scratchdet.evaluation.inference import run_inference
-from scratchdet.io import atomic_write_text
+from scratchdet.io import atomic_write_text, lock_holder, try_lock
 from scratchdet.modeling.detector import build_model
 
 log = logging.getLogger("scratchdet")
@@ -260,18 +260,49 @@ def _open_run_directory(run_dir: Path, config: Config, resume: bool, command: st
     if resume:
         if not (run_dir / "config.yaml").is_file():
             raise ScratchdetError(f"{run_dir} is not a run directory (no config.yaml); start a run with --out")
+        _lock_run_directory(run_dir, command)
         if (run_dir / "summary.json").is_file():
+            release_run_directory(run_dir)
             log.info(f"{run_dir} has already finished; nothing to do (its results are in summary.json)")
             return dict(json.loads((run_dir / "summary.json").read_text()))
-    elif (run_dir / "config.yaml").exists():
+        return None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _lock_run_directory(run_dir, command)
+    if (run_dir / "config.yaml").exists():
+        release_run_directory(run_dir)
         raise ScratchdetError(
             f"{run_dir} already holds a run; continue it with `scratchdet {command} --resume {run_dir}` "
             "or choose another --out"
         )
-    else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", config.to_yaml())
+    atomic_write_text(run_dir / "config.yaml", config.to_yaml())
     return None
+
+
+LOCK_FILE = ".lock"
+_held_locks: dict[Path, int] = {}  # run directory → descriptor of its lock, for as long as this process runs it
+
+
+def _lock_run_directory(run_dir: Path, command: str) -> None:
+    """Refuse a second process writing into `run_dir` (a duplicate --resume, an arm left over from a killed study).
+
+    Held until `finish_run` or the end of the process; a process may reopen a run it already holds.
+    """
+    key = run_dir.resolve()
+    if key in _held_locks:
+        return
+    handle = try_lock(run_dir / LOCK_FILE)
+    if handle is None:
+        raise ScratchdetError(
+            f"{run_dir} is in use by {lock_holder(run_dir / LOCK_FILE)} (it holds {run_dir / LOCK_FILE}); wait "
+            f"for it to end or stop it, then continue with `scratchdet {command} --resume {run_dir}`"
+        )
+    _held_locks[key] = handle
+
+
+def release_run_directory(run_dir: Path) -> None:
+    handle = _held_locks.pop(Path(run_dir).resolve(), None)
+    if handle is not None:
+        os.close(handle)
 
 
 def resume_point(run_dir: Path, checkpointer: Checkpointer, resume: bool) -> tuple[dict[str, Any] | None, int]:
@@ -307,6 +338,7 @@ def finish_run(run_dir: Path, trainer: Trainer, started: float, **fields: Any) -
     }
     if distributed.is_main():
         _write_json(run_dir / "summary.json", summary)
+        release_run_directory(run_dir)
     return summary
 
 

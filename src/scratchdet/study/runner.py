@@ -17,9 +17,11 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +31,7 @@ from scratchdet.config import Config
 from scratchdet.engine.checkpoint import POINTER
 from scratchdet.engine.hooks import last_logged_iteration, read_metrics
 from scratchdet.errors import ScratchdetError
-from scratchdet.io import atomic_write_text
+from scratchdet.io import atomic_write_text, lock_holder, try_lock
 from scratchdet.study.spec import StudyPlan
 
 log = logging.getLogger("scratchdet")
@@ -122,9 +124,28 @@ def _start(job: Job, study_dir: Path, threads: int | None) -> None:
     job.process = subprocess.Popen(
         [sys.executable, "-m", "scratchdet", job.command, *arguments],
         stdout=console, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=environment,
+        preexec_fn=_die_with_parent(os.getpid()) if sys.platform.startswith("linux") else None,
     )  # fmt: skip
     console.close()  # the child has its own handle
     log.info(f"started {job.name}" + (" (resumed)" if "--resume" in arguments else ""))
+
+
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    """For the child, before it runs: ask Linux to SIGKILL it when the study process dies, however that dies.
+
+    Without it, a study killed by SIGKILL (an OOM killer, `kill -9`, a scheduler) would leave its arms training
+    unseen; its rerun would then find their run directories locked. Elsewhere those locks are the only guard.
+    """
+
+    def set_parent_death_signal() -> None:
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+        if os.getppid() != parent:  # the study died before the request took effect
+            os._exit(1)
+
+    return set_parent_death_signal
 
 
 def _console_tail(job: Job, lines: int = 8) -> str:
@@ -286,10 +307,19 @@ def run_study(spec_path: Path, study_dir: Path, *, parallel: int = 1, dry_run: b
     if saved.is_file() and saved.read_text() != spec_text:
         raise ScratchdetError(f"{study_dir} holds a study with another spec ({saved}); use another --out")
     study_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(saved, spec_text)
-    started = time.perf_counter()
-    failed = run_jobs(jobs_of(plan, study_dir), study_dir, parallel)
-    report = build_report(study_dir)
+    lock = try_lock(study_dir / ".lock")
+    if lock is None:
+        raise ScratchdetError(
+            f"{study_dir} is in use by {lock_holder(study_dir / '.lock')} running the same study; wait for it to "
+            f"end or stop it, then run the study again to continue"
+        )
+    try:
+        atomic_write_text(saved, spec_text)
+        started = time.perf_counter()
+        failed = run_jobs(jobs_of(plan, study_dir), study_dir, parallel)
+        report = build_report(study_dir)
+    finally:
+        os.close(lock)
     log.info(f"study finished in {_duration(time.perf_counter() - started)}; report: {report}")
     if failed:
         raise ScratchdetError(
