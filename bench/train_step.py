@@ -6,7 +6,8 @@
 For each model, three loops train copies of the same model (same seed) on the same dataset and batch size,
 alternating in rounds so that the machine's speed cancels in the ratios:
   reference      `for images, targets in loader: loss = sum(model(images, targets).values()); ...` with a plain
-                 shuffling DataLoader (torchvision's references/detection/engine.py, minus logging);
+                 DataLoader (torchvision's references/detection/engine.py, minus logging) drawing the same images
+                 in the same order as ours (a step's cost depends on its images);
   ours           scratchdet's Trainer with its seeded batch stream, as `scratchdet train` runs it;
   ours (before)  the same with the CPU optimisations switched off (model.threaded_roi_align=false), to show
                  what they buy.
@@ -26,7 +27,7 @@ import torch
 
 import common
 from scratchdet.config import load_config
-from scratchdet.data.batching import collate
+from scratchdet.data.batching import TrainingBatches, collate
 from scratchdet.data.synthetic import SynthSpec, generate
 from scratchdet.engine.run import build_detection, seed_everything, train_batches
 from scratchdet.engine.trainer import Trainer
@@ -80,13 +81,17 @@ def ours(preset: str, overrides: list[str]) -> tuple[Callable[[], tuple[float, f
     return step, config.solver.images_per_batch
 
 
-def reference(preset: str, overrides: list[str]) -> tuple[Callable[[], tuple[float, float]], int]:
+def reference(preset: str, overrides: list[str], batches_needed: int) -> tuple[Callable[[], tuple[float, float]], int]:
     config = load_config(preset, overrides)
     seed_everything(0)
     setup = build_detection(config, torch.device("cpu"), quiet=True)
+    # The images of our batch stream, in its order: a step's cost follows what is in its images (objects, hence
+    # positive RoIs and mask-head work), so both loops must see the same ones for a few steps to compare loops.
+    groups = setup.dataset.aspect_groups() if config.data.group_by_aspect_ratio else None
+    order = TrainingBatches(len(setup.dataset), config.solver.images_per_batch, config.seed, groups)
     loader = torch.utils.data.DataLoader(
-        setup.dataset, batch_size=config.solver.images_per_batch, shuffle=True, num_workers=config.data.num_workers,
-        collate_fn=collate, persistent_workers=config.data.num_workers > 0, drop_last=True,
+        setup.dataset, batch_sampler=list(itertools.islice(order.global_batches(), batches_needed)),
+        num_workers=config.data.num_workers, collate_fn=collate, persistent_workers=config.data.num_workers > 0,
     )  # fmt: skip
     batches = itertools.chain.from_iterable(itertools.repeat(loader))
     iteration = itertools.count()
@@ -108,9 +113,9 @@ def reference(preset: str, overrides: list[str]) -> tuple[Callable[[], tuple[flo
 def measure(model: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     preset, overrides = MODELS[model]
     overrides = [f"data.root={DATA}", *overrides]
-    loops = [Loop("reference", *reference(preset, overrides))]
-    loops += [Loop(name, *ours(preset, overrides + extra)) for name, extra in VARIANTS.items()]
     steps = args.steps if model == "demo" else max(2, args.steps // 2)  # the R50 step takes ~4 s here
+    loops = [Loop("reference", *reference(preset, overrides, args.warmup + args.rounds * steps))]
+    loops += [Loop(name, *ours(preset, overrides + extra)) for name, extra in VARIANTS.items()]
     for round_ in range(args.rounds):
         for loop in loops[round_ % len(loops) :] + loops[: round_ % len(loops)]:  # rotate who goes first
             loop.run(steps, args.warmup if round_ == 0 else 0)
