@@ -7,10 +7,11 @@ For each model, three loops train copies of the same model (same seed) on the sa
 alternating in rounds so that the machine's speed cancels in the ratios:
   reference      `for images, targets in loader: loss = sum(model(images, targets).values()); ...` with a plain
                  DataLoader (torchvision's references/detection/engine.py, minus logging) drawing the same images
-                 in the same order as ours (a step's cost depends on its images);
+                 in the same order as ours (a step's cost depends on its images), on the same model built from
+                 torchvision's stock parts (its own MultiScaleRoIAlign);
   ours           scratchdet's Trainer with its seeded batch stream, as `scratchdet train` runs it;
-  ours (before)  the same with the CPU optimisations switched off (model.threaded_roi_align=false), to show
-                 what they buy.
+  ours (before)  the same with the CPU optimisations switched off (model.threaded_roi_align=false): the
+                 reference's model in our loop, so against the reference it measures the loop alone.
 Reported: iterations/s, images/s, ours / reference, the share of step time spent waiting for data, and the peak
 resident memory of the process. Generated data is made under data/bench/ on first use.
 """
@@ -44,6 +45,7 @@ MODELS = {
                    "model.rpn_post_nms_top_n_train=500"]),
 }  # fmt: skip
 VARIANTS = {"ours": [], "ours (before)": ["model.threaded_roi_align=false"]}
+STOCK_TORCHVISION = ["model.threaded_roi_align=false"]  # the reference model: torchvision's own RoIAlign
 
 
 def ensure_data() -> None:
@@ -82,7 +84,7 @@ def ours(preset: str, overrides: list[str]) -> tuple[Callable[[], tuple[float, f
 
 
 def reference(preset: str, overrides: list[str], batches_needed: int) -> tuple[Callable[[], tuple[float, float]], int]:
-    config = load_config(preset, overrides)
+    config = load_config(preset, overrides + STOCK_TORCHVISION)
     seed_everything(0)
     setup = build_detection(config, torch.device("cpu"), quiet=True)
     # The images of our batch stream, in its order: a step's cost follows what is in its images (objects, hence
