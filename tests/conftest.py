@@ -52,6 +52,14 @@ def tiny_training_overrides(data_root: Path) -> list[str]:
     ]
 
 
+def final_weights(run_dir: Path) -> dict[str, Any]:
+    """The model weights of a run's newest checkpoint (the one `last_checkpoint` names)."""
+    import torch
+
+    pointer = (run_dir / "checkpoints" / "last_checkpoint").read_text()
+    return dict(torch.load(run_dir / "checkpoints" / pointer, weights_only=True)["model"])
+
+
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synth") / "data"

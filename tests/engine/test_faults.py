@@ -20,7 +20,7 @@ import torch
 
 from scratchdet.engine.hooks import read_metrics
 from scratchdet.io import try_lock
-from tests.conftest import tiny_training_overrides
+from tests.conftest import final_weights, tiny_training_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -40,11 +40,6 @@ def _scratchdet(arguments: list[str], fault: tuple[str, int] | None = None) -> s
     return subprocess.run([*prefix, *arguments], capture_output=True, text=True, env=ENV, check=False)
 
 
-def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    pointer = (run_dir / "checkpoints" / "last_checkpoint").read_text()
-    return torch.load(run_dir / "checkpoints" / pointer, weights_only=True)["model"]
-
-
 def _training_records(run_dir: Path) -> list[dict[str, object]]:
     """Logged losses, lr and counts per iteration, without the timings (which differ between runs)."""
     timing = ("seconds_per_iteration", "data_seconds", "eval_seconds")
@@ -60,7 +55,7 @@ def reference(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 
 def _assert_same_run(ours: Path, reference: Path) -> None:
-    mine, theirs = _final_weights(ours), _final_weights(reference)
+    mine, theirs = final_weights(ours), final_weights(reference)
     assert mine.keys() == theirs.keys()
     for name in mine:
         assert torch.equal(mine[name], theirs[name]), name

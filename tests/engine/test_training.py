@@ -18,14 +18,9 @@ from scratchdet.data.batching import TrainingBatches
 from scratchdet.data.coco import CocoDetection, CocoIndex
 from scratchdet.engine.hooks import read_metrics
 from scratchdet.engine.run import _train_transforms, train
-from tests.conftest import tiny_training_overrides
+from tests.conftest import final_weights, tiny_training_overrides
 
 SHORT = ["solver.base_epochs=null", "solver.schedule=0.000444444x", "eval.max_images=12"]  # 160 iterations at 4
-
-
-def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    pointer = (run_dir / "checkpoints" / "last_checkpoint").read_text()
-    return torch.load(run_dir / "checkpoints" / pointer, weights_only=True)["model"]
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +141,7 @@ def test_sigkill_then_resume_ends_with_the_same_weights(synth_dir: Path, tmp_pat
     )
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from" in resumed.stderr
-    ours, theirs = _final_weights(killed), _final_weights(reference)
+    ours, theirs = final_weights(killed), final_weights(reference)
     assert ours.keys() == theirs.keys()
     for name in ours:
         assert torch.equal(ours[name], theirs[name]), name

@@ -12,15 +12,10 @@ import yaml
 from scratchdet.config import load_config
 from scratchdet.engine.run import train
 from scratchdet.study.runner import run_study
-from tests.conftest import tiny_training_overrides
+from tests.conftest import final_weights, tiny_training_overrides
 
 # At 4 images per iteration: 24 and 12 iterations; the short arm forks at its first lr step, 8.
 SCHEDULES = ["0.0000666667x", "0.0000333333x"]
-
-
-def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    pointer = (run_dir / "checkpoints" / "last_checkpoint").read_text()
-    return torch.load(run_dir / "checkpoints" / pointer, weights_only=True)["model"]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +47,7 @@ def test_forked_arm_equals_the_same_arm_trained_from_the_start(
     _, out, overrides = tiny_study
     alone = tmp_path / "alone"
     train(load_config("demo/mask_rcnn", [*overrides, f"solver.schedule={SCHEDULES[1]}"]), alone, quiet=True)
-    forked, reference = _final_weights(out / "arms" / "scratch_gn_0.0000333333x_seed0"), _final_weights(alone)
+    forked, reference = final_weights(out / "arms" / "scratch_gn_0.0000333333x_seed0"), final_weights(alone)
     assert forked.keys() == reference.keys()
     for name in forked:
         assert torch.equal(forked[name], reference[name]), name

@@ -16,16 +16,11 @@ import yaml
 
 from scratchdet.engine.hooks import last_logged_iteration, read_metrics
 from scratchdet.study.runner import run_study
-from tests.conftest import tiny_training_overrides
+from tests.conftest import final_weights, tiny_training_overrides
 
 pytestmark = pytest.mark.slow
 
 LONG, SHORT = "scratch_gn_0.0000666667x_seed0", "scratch_gn_0.0000333333x_seed0"  # 24 and 12 iterations
-
-
-def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    pointer = (run_dir / "checkpoints" / "last_checkpoint").read_text()
-    return torch.load(run_dir / "checkpoints" / pointer, weights_only=True)["model"]
 
 
 def _processes_writing(folder: Path) -> list[int]:
@@ -72,7 +67,7 @@ def test_a_killed_study_resumes_only_what_is_missing_and_ends_like_an_uninterrup
     assert rerun.returncode == 0, rerun.stderr
     assert f"started arms/{LONG} (resumed)" in rerun.stderr
     for arm in (LONG, SHORT):
-        ours, reference = _weights(out / "arms" / arm), _weights(tmp_path / "reference" / "arms" / arm)
+        ours, reference = final_weights(out / "arms" / arm), final_weights(tmp_path / "reference" / "arms" / arm)
         for name in ours:
             assert torch.equal(ours[name], reference[name]), f"{arm}: {name}"
         evaluations = [r["eval"] for r in read_metrics(out / "arms" / arm / "metrics.jsonl") if "eval" in r]
