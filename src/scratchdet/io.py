@@ -50,6 +50,9 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+LOCK_FILE = ".lock"  # in a run or study directory: held by the process working in it
+
+
 def try_lock(path: Path) -> int | None:
     """An exclusive lock on the file `path` (created if absent, our PID written into it): its descriptor, or None
     when another process holds it.

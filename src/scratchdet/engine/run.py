@@ -49,7 +49,7 @@ from scratchdet.engine.trainer import Trainer
 from scratchdet.errors import ScratchdetError
 from scratchdet.evaluation.coco import CocoEvaluator
 from scratchdet.evaluation.inference import run_inference
-from scratchdet.io import atomic_write_text, lock_holder, try_lock
+from scratchdet.io import LOCK_FILE, atomic_write_text, lock_holder, try_lock
 from scratchdet.modeling.detector import build_model
 
 log = logging.getLogger("scratchdet")
@@ -278,7 +278,6 @@ def _open_run_directory(run_dir: Path, config: Config, resume: bool, command: st
     return None
 
 
-LOCK_FILE = ".lock"
 _held_locks: dict[Path, int] = {}  # run directory → descriptor of its lock, for as long as this process runs it
 
 

@@ -31,7 +31,7 @@ from scratchdet.config import Config
 from scratchdet.engine.checkpoint import POINTER
 from scratchdet.engine.hooks import last_logged_iteration, read_metrics
 from scratchdet.errors import ScratchdetError
-from scratchdet.io import atomic_write_text, lock_holder, try_lock
+from scratchdet.io import LOCK_FILE, atomic_write_text, lock_holder, try_lock
 from scratchdet.study.spec import StudyPlan
 
 log = logging.getLogger("scratchdet")
@@ -307,10 +307,10 @@ def run_study(spec_path: Path, study_dir: Path, *, parallel: int = 1, dry_run: b
     if saved.is_file() and saved.read_text() != spec_text:
         raise ScratchdetError(f"{study_dir} holds a study with another spec ({saved}); use another --out")
     study_dir.mkdir(parents=True, exist_ok=True)
-    lock = try_lock(study_dir / ".lock")
+    lock = try_lock(study_dir / LOCK_FILE)
     if lock is None:
         raise ScratchdetError(
-            f"{study_dir} is in use by {lock_holder(study_dir / '.lock')} running the same study; wait for it to "
+            f"{study_dir} is in use by {lock_holder(study_dir / LOCK_FILE)} running the same study; wait for it to "
             f"end or stop it, then run the study again to continue"
         )
     try:
