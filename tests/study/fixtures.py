@@ -85,3 +85,17 @@ def paper_like_study(study_dir: Path) -> None:
         curve=[(100, 5.0), (300, 16.0), (600, 25.0), (900, 29.5)],
         final={"AP50": 50.0, "AP75": 30.5},
     )
+
+
+def write_pretraining(study_dir: Path, name: str, *, iterations: int, top1: float | None) -> Path:
+    """A pre-training run directory; `top1=None` leaves it unfinished (no summary.json yet)."""
+    run = study_dir / "pretrain" / name
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(load_config("demo/mask_rcnn").model_dump(mode="json")))
+    records = [{"iteration": i, "total_loss": 1.0, "images_seen": i * 64} for i in range(20, iterations + 1, 20)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    if top1 is not None:
+        summary = {"iteration": iterations, "final": {"classification": {"top1": top1, "top5": top1 + 20}},
+                   "counts": {"images": iterations * 64, "instances": iterations * 64, "pixels": 0}}  # fmt: skip
+        (run / "summary.json").write_text(json.dumps(summary))
+    return run

@@ -3,7 +3,7 @@ from pathlib import Path
 from scratchdet.study.report import build_report
 from scratchdet.study.results import read_study
 from scratchdet.study.verdicts import FAILS, HOLDS, UNTESTED, all_verdicts
-from tests.study.fixtures import paper_like_study, write_arm
+from tests.study.fixtures import paper_like_study, write_arm, write_pretraining
 
 FIGURES = ("ap_curves", "accounting", "pretraining_gain", "overfitting")
 
@@ -98,3 +98,16 @@ def test_user_strings_are_escaped_in_the_html(tmp_path: Path) -> None:
     html_text = build_report(study).with_suffix(".html").read_text()
     assert "<script>alert(1)" not in html_text and "&lt;script&gt;alert(1)" in html_text
     assert "<img src=x" not in html_text
+
+
+def test_pretraining_runs_and_their_accuracy_are_reported(tmp_path: Path) -> None:
+    paper_like_study(tmp_path)
+    build_report(tmp_path)
+    assert "## Pre-training" not in (tmp_path / "report" / "report.md").read_text()  # a study without one
+    write_pretraining(tmp_path, "resnet_narroww32d18_gn", iterations=680, top1=65.14)
+    write_pretraining(tmp_path, "resnet_narroww32d18_bn", iterations=100, top1=None)
+    html_text = build_report(tmp_path).read_text()
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "| pretrain/resnet_narroww32d18_gn | finished | 680 | 43,520 | 65.1 | 85.1 |" in markdown
+    assert "| pretrain/resnet_narroww32d18_bn | unfinished | 100 | 6,400 | - | - |" in markdown
+    assert "<h2>Pre-training</h2>" in html_text and "<td>65.1</td>" in html_text

@@ -18,7 +18,15 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 from scratchdet.io import atomic_write_bytes, atomic_write_text
-from scratchdet.study.results import ArmResult, full_data_subset, grouped, mean_std, read_study
+from scratchdet.study.results import (
+    ArmResult,
+    PretrainResult,
+    full_data_subset,
+    grouped,
+    mean_std,
+    read_pretraining,
+    read_study,
+)
 from scratchdet.study.verdicts import FAILS, HOLDS, Verdict, all_verdicts
 
 COLOURS = {"scratch": "tab:blue", "pretrained": "tab:orange"}
@@ -169,6 +177,17 @@ def metrics_table(arms: list[ArmResult]) -> list[list[str]]:
     return rows
 
 
+def pretraining_table(runs: list[PretrainResult]) -> list[list[str]]:
+    """Rows: every pre-training run, its state, iterations, images seen and validation accuracy."""
+    rows = [["run", "state", "iterations", "images seen", "val top-1 %", "val top-5 %"]]
+    for run in runs:
+        finished = not math.isnan(run.top1)
+        accuracy = [f"{run.top1:.1f}", f"{run.top5:.1f}"] if finished else ["-", "-"]
+        rows.append([f"pretrain/{run.name}", "finished" if finished else "unfinished", str(run.iterations),
+                     f"{run.images:,}", *accuracy])  # fmt: skip
+    return rows
+
+
 def runs_table(arms: list[ArmResult]) -> list[list[str]]:
     """Rows: every run directory, its state and final box/mask AP."""
     rows = [["run", "state", "iterations", "box AP", "mask AP"]]
@@ -204,6 +223,12 @@ th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-widt
 figure{margin:1.5em 0}figcaption{color:#555;font-size:.9em}"""
 
 
+PRETRAINING_NOTE = (
+    "The backbone the pre-trained arms start from, trained as a classifier. Its accuracy says how "
+    "much the pre-training learned, not whether it learned what the detection categories need."
+)
+
+
 def build_report(study_dir: Path) -> Path:
     """Write STUDY_DIR/report/{report.html, report.md, figures/*.png}; returns the HTML path."""
     study_dir = Path(study_dir)
@@ -227,7 +252,8 @@ def build_report(study_dir: Path) -> Path:
         figure = builder(arms) if arms else None
         if figure is not None:
             figures.append((name, caption, _save(figure, out / "figures" / f"{name}.png")))
-    tables = {"final": metrics_table(arms), "runs": runs_table(arms)}
+    tables = {"final": metrics_table(arms), "pretraining": pretraining_table(read_pretraining(study_dir)),
+              "runs": runs_table(arms)}  # fmt: skip
     unfinished = [a.name for a in arms if not a.finished]
     atomic_write_text(out / "report.md", _markdown(study_dir, verdicts, figures, tables, unfinished))
     atomic_write_text(out / "report.html", _html(study_dir, verdicts, figures, tables, unfinished))
@@ -240,6 +266,8 @@ def _markdown(study_dir: Path, verdicts: list[Verdict], figures: list[tuple[str,
     for verdict in verdicts:
         lines += [f"**{verdict.finding}** — *{verdict.status}*. {verdict.evidence}", ""]
     lines += ["## Final metrics (mean ± std over seeds)", "", _markdown_table(tables["final"]), ""]
+    if len(tables["pretraining"]) > 1:
+        lines += ["## Pre-training", "", PRETRAINING_NOTE, "", _markdown_table(tables["pretraining"]), ""]
     lines += ["## Runs", "", _markdown_table(tables["runs"]), ""]
     if unfinished:
         lines += [f"Unfinished arms (not in the verdicts): {', '.join(unfinished)}", ""]
@@ -261,6 +289,10 @@ def _html(study_dir: Path, verdicts: list[Verdict], figures: list[tuple[str, str
                      f"{html.escape(verdict.status)}</span>. {html.escape(verdict.evidence)}</li>")  # fmt: skip
     parts.append("</ul><h2>Final metrics</h2><p>Mean ± standard deviation over seeds.</p>"
                  + _html_table(tables["final"]))  # fmt: skip
+    if len(tables["pretraining"]) > 1:
+        parts.append(
+            f"<h2>Pre-training</h2><p>{html.escape(PRETRAINING_NOTE)}</p>" + _html_table(tables["pretraining"])
+        )
     if unfinished:
         parts.append(f"<p>Unfinished arms (not in the verdicts): {html.escape(', '.join(unfinished))}</p>")
     parts.append("<h2>Figures</h2>")

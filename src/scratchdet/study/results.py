@@ -76,6 +76,39 @@ def read_arm(run_dir: Path) -> ArmResult | None:
     )
 
 
+@dataclass
+class PretrainResult:
+    """One pre-training run of a study: how far it got and how well its backbone classifies (NaN: unfinished)."""
+
+    name: str
+    iterations: int
+    images: int
+    top1: float
+    top5: float
+
+
+def read_pretraining(study_dir: Path) -> list[PretrainResult]:
+    """The study's pre-training runs (STUDY_DIR/pretrain/*), finished or not; empty when it has none.
+
+    The report shows them because a weak pre-training explains a "does not hold" as much as the data does.
+    """
+    results = []
+    for run in sorted(Path(study_dir).glob("pretrain/*/config.yaml")):
+        steps = [r for r in read_metrics(run.parent / "metrics.jsonl") if "images_seen" in r]
+        last = steps[-1] if steps else {"iteration": 0, "images_seen": 0}
+        summary_path = run.parent / "summary.json"
+        summary: dict[str, Any] = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        accuracy = (summary.get("final") or {}).get("classification", {})
+        results.append(PretrainResult(
+            name=run.parent.name,
+            iterations=int(summary.get("iteration", last["iteration"])),
+            images=int(summary.get("counts", {}).get("images", last["images_seen"])),
+            top1=float(accuracy.get("top1", math.nan)),
+            top5=float(accuracy.get("top5", math.nan)),
+        ))  # fmt: skip
+    return results
+
+
 def read_study(study_dir: Path) -> list[ArmResult]:
     arms_dir = Path(study_dir) / "arms"
     arms = [read_arm(path) for path in sorted(arms_dir.iterdir())] if arms_dir.is_dir() else []
