@@ -63,6 +63,10 @@ def _data_synth(args: argparse.Namespace) -> int:
         classification_train_per_class=args.classification_train_per_class,
         classification_val_per_class=args.classification_val_per_class,
         seed=args.seed,
+        min_objects=args.objects[0],
+        max_objects=args.objects[1],
+        min_radius=args.radius[0],
+        max_radius=args.radius[1],
     )
     started = time.perf_counter()
     generate(args.out, spec, workers=args.workers)
@@ -372,6 +376,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     synth.add_argument("--classification-train-per-class", type=int, default=150)
     synth.add_argument("--classification-val-per-class", type=int, default=30)
+    synth.add_argument(
+        "--objects", type=int, nargs=2, default=[2, 6], metavar=("MIN", "MAX"),
+        help="objects per scene, drawn uniformly between MIN and MAX (default: %(default)s)",
+    )  # fmt: skip
+    synth.add_argument(
+        "--radius", type=float, nargs=2, default=[0.16, 0.45], metavar=("MIN", "MAX"),
+        help="object radius as a fraction of the image size, log-uniform between MIN and MAX; fewer, larger objects "
+        "make easier scenes (default: %(default)s)",
+    )  # fmt: skip
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
     check = _command(

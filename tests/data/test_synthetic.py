@@ -59,3 +59,22 @@ def test_classification_set_has_more_classes_than_detection(synth_dir: Path) -> 
     for name in classes:
         assert len(list((synth_dir / "classification" / "train" / name).glob("*.png"))) == 2
     assert existing_spec(synth_dir) == SMALL_SPEC
+
+
+def test_scene_difficulty_knobs(tmp_path: Path) -> None:
+    import json
+
+    import pytest
+
+    from scratchdet.errors import ScratchdetError
+
+    spec = SynthSpec(train_images=12, val_images=0, classification_train_per_class=0, classification_val_per_class=0,
+                     min_objects=1, max_objects=2, min_radius=0.3, max_radius=0.45)  # fmt: skip
+    generate(tmp_path / "easy", spec, workers=1, quiet=True)
+    data = json.loads((tmp_path / "easy" / "annotations" / "instances_train.json").read_text())
+    per_image = [sum(a["image_id"] == i["id"] for a in data["annotations"]) for i in data["images"]]
+    assert max(per_image) <= 2 and min(per_image) >= 1
+    assert min(a["area"] for a in data["annotations"]) > 200  # radius >= 0.3 x 128 px, at least 60% visible
+    assert existing_spec(tmp_path / "easy") == spec
+    with pytest.raises(ScratchdetError, match="--objects"):
+        SynthSpec(min_objects=3, max_objects=2)

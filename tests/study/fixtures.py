@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import yaml
+from faster_coco_eval.core import mask as mask_utils
 
 from scratchdet.config import load_config
 
@@ -97,5 +100,116 @@ def write_pretraining(study_dir: Path, name: str, *, iterations: int, top1: floa
     if top1 is not None:
         summary = {"iteration": iterations, "final": {"classification": {"top1": top1, "top5": top1 + 20}},
                    "counts": {"images": iterations * 64, "instances": iterations * 64, "pixels": 0}}  # fmt: skip
+        (run / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
+# ------------------------------------------------------------------------- arms with saved, scorable evaluations
+
+VAL_IMAGES = 120
+
+
+def write_ground_truth(study_dir: Path, images: int = VAL_IMAGES) -> Path:
+    """A validation set of `images` 64 x 64 images with 1-3 boxes (and box-shaped masks) of two categories."""
+    rng = np.random.default_rng(1234)
+    entries, annotations = [], []
+    for image_id in range(1, images + 1):
+        entries.append({"id": image_id, "file_name": f"{image_id}.png", "width": 64, "height": 64})
+        for _ in range(int(rng.integers(1, 4))):
+            w, h = rng.uniform(12, 30, 2)
+            x, y = rng.uniform(0, 64 - w), rng.uniform(0, 64 - h)
+            category = int(rng.integers(1, 3))
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": category,
+                                "bbox": [float(x), float(y), float(w), float(h)], "area": float(w * h), "iscrowd": 0,
+                                "segmentation": _box_rle([x, y, w, h])})  # fmt: skip
+    data = {"images": entries, "annotations": annotations,
+            "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}  # fmt: skip
+    path = study_dir / "data" / "val.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _box_rle(box: list[float]) -> dict[str, Any]:
+    x, y, w, h = box
+    mask = np.zeros((64, 64), np.uint8)
+    mask[max(0, round(y)) : round(y + h), max(0, round(x)) : round(x + w)] = 1
+    rle = mask_utils.encode(np.asfortranarray(mask[:, :, None]))[0]
+    return {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+
+
+def scored_detections(ground_truth: dict[str, Any], quality: float, jitter: float, mask_jitter: float) -> list[Any]:
+    """Detections that find each ground truth with probability `quality` (the same draw for every arm, so a better
+    arm finds a superset), boxes off by `jitter` and masks by `mask_jitter` of their size, one false positive per
+    image. Everything but `quality` and the jitters is fixed: arms differ only in what those say."""
+    detections = []
+    for annotation in ground_truth["annotations"]:
+        rng = np.random.default_rng([annotation["id"], 7])
+        found, score, offsets = rng.random(), rng.uniform(0.5, 1.0), rng.normal(0, 1, 4)
+        if found >= quality:
+            continue
+        x, y, w, h = annotation["bbox"]
+        box = [x + offsets[0] * jitter * w, y + offsets[1] * jitter * h, w * (1 + offsets[2] * jitter),
+               h * (1 + offsets[3] * jitter)]  # fmt: skip
+        mask_box = [x + offsets[0] * mask_jitter * w, y + offsets[1] * mask_jitter * h, w, h]
+        detections.append({"image_id": annotation["image_id"], "category_id": annotation["category_id"],
+                           "bbox": box, "score": float(score), "segmentation": _box_rle(mask_box)})  # fmt: skip
+    for image in ground_truth["images"]:
+        rng = np.random.default_rng([image["id"], 8])
+        box = [*rng.uniform(0, 40, 2), 20.0, 20.0]
+        detections.append({"image_id": image["id"], "category_id": int(rng.integers(1, 3)), "bbox": box,
+                           "score": float(rng.uniform(0, 0.5)), "segmentation": _box_rle(box)})  # fmt: skip
+    return detections
+
+
+def write_scored_arm(
+    study_dir: Path,
+    name: str,
+    *,
+    init: str,
+    schedule: str,
+    curve: list[tuple[int, float]],
+    jitter: float = 0.05,
+    mask_jitter: float | None = None,
+    norm: str = "gn",
+    subset: int | None = None,
+    seed: int = 0,
+    pretrain_pixels: int = 4_000_000,
+    finished: bool = True,
+) -> Path:
+    """An arm whose evaluations at `curve`'s iterations find `quality` of the ground truths (see
+    `scored_detections`), saved and scored for real; the last point is the final evaluation. Training sees 8 images
+    of 64 x 64 pixels per iteration; a pre-trained arm adds `pretrain_pixels`. Warm-up: 10 iterations."""
+    from scratchdet.engine.hooks import evaluation_file
+    from scratchdet.evaluation.coco import save_evaluation, score_detections
+
+    annotations = study_dir / "data" / "val.json"
+    if not annotations.is_file():
+        write_ground_truth(study_dir)
+    ground_truth = json.loads(annotations.read_text())
+    image_ids = [i["id"] for i in ground_truth["images"]]
+    run = study_dir / "arms" / name
+    run.mkdir(parents=True)
+    overrides = [f"model.norm={norm}", f"solver.schedule={schedule}", f"data.train_subset={subset or 'null'}",
+                 f"seed={seed}", f"data.root={study_dir / 'data'}", "data.val_annotations=val.json",
+                 "solver.warmup_iters=10"]  # fmt: skip
+    config = load_config("demo/mask_rcnn", overrides).model_dump(mode="json")
+    config["model"]["init"] = "scratch" if init == "scratch" else "/somewhere/backbone.pth"
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    records: list[dict[str, Any]] = []
+    for iteration, quality in curve:
+        detections = scored_detections(ground_truth, quality, jitter, jitter if mask_jitter is None else mask_jitter)
+        save_evaluation(evaluation_file(run, iteration), image_ids, detections)
+        metrics = score_detections(annotations, detections, image_ids, ("bbox", "segm"))
+        records.append({"iteration": iteration, "total_loss": 1.0, "seconds_per_iteration": 0.5})
+        records.append({"iteration": iteration, "eval": metrics})
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    if finished:
+        total = curve[-1][0]
+        pretrain = {"images": 1000, "instances": 1000, "pixels": pretrain_pixels} if init != "scratch" else None
+        summary = {"final": records[-1]["eval"], "pretrain": pretrain, "train_images": subset or 2000,
+                   "counts": {"images": total * 8, "instances": total * 16, "pixels": total * 8 * 64 * 64},
+                   "schedule": {"total_iterations": total, "steps": [round(total * 2 / 3), round(total * 8 / 9)],
+                                "warmup_iters": 10}}  # fmt: skip
         (run / "summary.json").write_text(json.dumps(summary))
     return run

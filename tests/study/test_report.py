@@ -2,60 +2,20 @@ from pathlib import Path
 
 from scratchdet.study.report import build_report
 from scratchdet.study.results import read_study
-from scratchdet.study.verdicts import FAILS, HOLDS, UNTESTED, all_verdicts
+from scratchdet.study.verdicts import INCONCLUSIVE, UNTESTED, all_verdicts
 from tests.study.fixtures import paper_like_study, write_arm, write_pretraining
 
 FIGURES = ("ap_curves", "accounting", "pretraining_gain", "overfitting")
 
 
-def _statuses(study_dir: Path) -> list[str]:
-    return [v.status for v in all_verdicts(read_study(study_dir))]
-
-
-def test_paper_like_results_hold_except_the_untested_less_data_finding(tmp_path: Path) -> None:
-    paper_like_study(tmp_path)
+def test_verdicts_without_saved_evaluations_are_inconclusive_and_say_why(tmp_path: Path) -> None:
+    paper_like_study(tmp_path)  # hand-written metrics, no saved detections: the noise is unknown
     verdicts = all_verdicts(read_study(tmp_path))
-    assert [v.status for v in verdicts] == [HOLDS, HOLDS, UNTESTED, HOLDS]
-    assert "scratch 29.5 vs pre-trained 30.0 box AP (-0.5)" in verdicts[0].evidence
-    assert "at iteration 100 (first third of 1x) pre-training leads by +7.0 box AP" in verdicts[1].evidence
-    assert "images x" in verdicts[1].evidence
-
-
-def test_scratch_far_behind_does_not_hold(tmp_path: Path) -> None:
-    write_arm(
-        tmp_path,
-        "pretrained_gn_2x_full_seed0",
-        init="pretrained",
-        schedule="2x",
-        curve=[(100, 15.0), (600, 30.0)],
-        final={"AP50": 40.0, "AP75": 35.0},
+    assert [v.status for v in verdicts] == [INCONCLUSIVE, UNTESTED, UNTESTED, INCONCLUSIVE]
+    assert (
+        "scratch 29.5 (3x) vs pre-trained 30.0 (3x) box AP, difference -0.5 (interval unknown)" in verdicts[0].evidence
     )
-    write_arm(tmp_path, "scratch_gn_2x_full_seed0", init="scratch", schedule="2x",
-              curve=[(100, 14.0), (600, 25.0)], final={"AP50": 38.0, "AP75": 20.0})  # fmt: skip
-    statuses = _statuses(tmp_path)
-    assert statuses[0] == FAILS  # 5 AP behind at the longest schedule
-    assert statuses[1] == FAILS  # no early lead (+1.0 < 2.0) and no catching up
-    assert statuses[3] == FAILS  # pre-training gains more in AP75 (+15) than in AP50 (+2)
-
-
-def test_less_data_finding_holds_or_not(tmp_path: Path) -> None:
-    holds, fails = tmp_path / "holds", tmp_path / "fails"
-    for study, small_scratch in ((holds, 19.5), (fails, 12.0)):
-        paper_like_study(study)
-        write_arm(
-            study,
-            "pretrained_gn_3x_n200_seed0",
-            init="pretrained",
-            schedule="3x",
-            subset=200,
-            train_images=200,
-            curve=[(100, 10.0), (900, 20.0)],
-        )
-        write_arm(study, "scratch_gn_3x_n200_seed0", init="scratch", schedule="3x", subset=200,
-                  train_images=200, curve=[(100, 4.0), (900, small_scratch)])  # fmt: skip
-    assert _statuses(holds)[2] == HOLDS
-    assert _statuses(fails)[2] == FAILS
-    assert "200 images (gn, 3x): scratch 12.0 vs pre-trained 20.0 (-8.0)" in all_verdicts(read_study(fails))[2].evidence
+    assert verdicts[1].label == "not tested: not tested at a comparable cost"
 
 
 def test_seeds_are_averaged_in_the_table(tmp_path: Path) -> None:

@@ -53,3 +53,41 @@ def test_bad_spec_is_reported(tmp_path: Path) -> None:
     (tmp_path / "spec.yaml").write_text("base: demo/mask_rcnn\naxes:\n  norm: [group]\n  sched: [1x]\n")
     with pytest.raises(ScratchdetError, match=r"(?s)axes\.norm\.0.*axes\.sched: Extra inputs"):
         read_spec(tmp_path / "spec.yaml")
+
+
+def test_a_matched_scratch_arm_sees_the_pixels_of_pre_training_plus_the_shortest_fine_tuning(
+    synth_dir: Path, tmp_path: Path
+) -> None:
+    import json
+    import math
+
+    (tmp_path / "spec.yaml").write_text(f"""
+base: demo/mask_rcnn
+overrides: [data.root={synth_dir}, solver.base_epochs=1, solver.images_per_batch=4,
+            pretrain.root={synth_dir / "classification"}]
+axes: {{init: [scratch, pretrained], schedule: [1x, 2x, matched]}}
+pretrain: {{epochs: 2, images_per_batch: 16, image_size: 32}}
+""")
+    plan = plan_study(tmp_path / "spec.yaml", tmp_path / "study")
+    assert sorted(a.name for a in plan.arms) == ["pretrained_gn_1x_seed0", "pretrained_gn_2x_seed0",
+                                                 "scratch_gn_1x_seed0", "scratch_gn_2x_seed0",
+                                                 "scratch_gn_matched_seed0"]  # fmt: skip
+    # Counted here without scratchdet's helpers: 24 classes x 2 images, 2 epochs of 16 -> 6 iterations of 32 x 32;
+    # 80 training images, 1x = 20 iterations of 4; shorter side to 96, longer at most 128.
+    pretrain_pixels = round(2 * 48 / 16) * 16 * 32 * 32
+    images = json.loads((synth_dir / "annotations" / "instances_train.json").read_text())["images"]
+    scales = [min(96 / min(i["height"], i["width"]), 128 / max(i["height"], i["width"])) for i in images]
+    area = sum(int(i["height"] * s) * int(i["width"] * s) for i, s in zip(images, scales, strict=True)) / len(images)
+    expected = math.ceil(20 + pretrain_pixels / (4 * area))
+    matched = next(a for a in plan.arms if a.name == "scratch_gn_matched_seed0")
+    assert matched.iterations == expected and matched.config.model.init == "scratch" and matched.pretrain is None
+    assert f"cost-matched: {expected:,} iterations" in describe_plan(plan, measure=False)
+
+
+def test_matched_needs_a_pretrained_arm_and_a_schedule_to_match(tmp_path: Path) -> None:
+    (tmp_path / "spec.yaml").write_text("base: demo/mask_rcnn\naxes: {init: [scratch], schedule: [1x, matched]}\n")
+    with pytest.raises(ScratchdetError, match=r"add pretrained to axes\.init"):
+        plan_study(tmp_path / "spec.yaml", tmp_path / "study")
+    (tmp_path / "spec.yaml").write_text("base: demo/mask_rcnn\naxes: {schedule: [matched]}\n")
+    with pytest.raises(ScratchdetError, match="list one too"):
+        plan_study(tmp_path / "spec.yaml", tmp_path / "study")

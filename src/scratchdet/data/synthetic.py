@@ -26,6 +26,7 @@ from faster_coco_eval.core import mask as mask_utils
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from scratchdet.errors import ScratchdetError
 from scratchdet.io import atomic_write_text
 
 DETECTION_SHAPES = ("circle", "square", "triangle", "star", "hexagon", "cross")
@@ -48,6 +49,25 @@ class SynthSpec:
     classification_val_per_class: int = 30
     classification_image_size: int = 64
     seed: int = 0
+    # Scene difficulty: objects per scene (inclusive range), their radius as a fraction of the image size, and the
+    # share of scenes given one near-image-sized object. The defaults are the cluttered scenes; fewer, larger
+    # objects make scenes a small CPU model can learn to its plateau within minutes.
+    min_objects: int = 2
+    max_objects: int = 6
+    min_radius: float = 0.16
+    max_radius: float = 0.45
+    large_object_fraction: float = 0.35
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_objects <= self.max_objects:
+            raise ScratchdetError(
+                f"objects per scene {self.min_objects}..{self.max_objects}: give 1 <= MIN <= MAX (--objects MIN MAX)"
+            )
+        if not 0 < self.min_radius <= self.max_radius <= 0.5:
+            raise ScratchdetError(
+                f"object radius {self.min_radius}..{self.max_radius}: give fractions of the image size with "
+                "0 < MIN <= MAX <= 0.5 (--radius MIN MAX)"
+            )
 
 
 # ------------------------------------------------------------------------------------------------ shapes
@@ -183,23 +203,25 @@ def _keeps_others_visible(mask: np.ndarray, visible: list[np.ndarray], full_area
     )
 
 
-def render_scene(seed: int, split: str, index: int, size: int) -> tuple[Image.Image, list[dict[str, Any]]]:
+def render_scene(spec: SynthSpec, split: str, index: int) -> tuple[Image.Image, list[dict[str, Any]]]:
     """One cluttered scene and its objects (category index, RLE of the visible mask, box, area).
 
     Objects lie inside the image and hide at most 1 - MIN_VISIBLE_FRACTION of each other, so every painted object is
     labelled and its outline, which alone identifies its category, stays mostly visible.
     """
-    rng = np.random.default_rng([seed, SPLIT_CODES[split], index])
+    rng = np.random.default_rng([spec.seed, SPLIT_CODES[split], index])
+    size = spec.image_size
     height, width = _scene_size(rng, size)
     image = _background(rng, height, width)
-    count = int(rng.integers(2, 7))
+    count = int(rng.integers(spec.min_objects, spec.max_objects + 1))
     # Log-uniform radii give every COCO size bucket (small: triangles, stars and partly hidden objects at the low end);
     # below 0.16 x size an outline keeps too few pixels at the demo's 96 px to tell its shape. Large objects are
     # drawn first so small ones sit on top.
-    radii = np.sort(np.exp(rng.uniform(math.log(size * 0.16), math.log(size * 0.45), count)))[::-1]
+    low, high = math.log(size * spec.min_radius), math.log(size * spec.max_radius)
+    radii = np.sort(np.exp(rng.uniform(low, high, count)))[::-1]
     # COCO's "large" starts at 96x96 pixels of visible area: a third of the scenes get one near-image-sized object
     # so that bucket is populated at 128 px too.
-    if rng.random() < 0.35:
+    if rng.random() < spec.large_object_fraction:
         radii[0] = size * rng.uniform(0.45, 0.55)
     categories: list[int] = []
     visible: list[np.ndarray] = []  # what is still visible of each painted object
@@ -233,9 +255,9 @@ def render_scene(seed: int, split: str, index: int, size: int) -> tuple[Image.Im
     return _to_uint8(image), objects
 
 
-def _write_scene(args: tuple[int, str, int, int, str]) -> tuple[int, int, int, list[dict[str, Any]]]:
-    seed, split, index, size, folder = args
-    image, objects = render_scene(seed, split, index, size)
+def _write_scene(args: tuple[SynthSpec, str, int, str]) -> tuple[int, int, int, list[dict[str, Any]]]:
+    spec, split, index, folder = args
+    image, objects = render_scene(spec, split, index)
     _save_png(image, Path(folder) / f"{index:06d}.png")
     for obj in objects:
         obj["rle"] = {"size": obj["rle"]["size"], "counts": obj["rle"]["counts"].decode("ascii")}
@@ -317,7 +339,7 @@ def generate(out: Path, spec: SynthSpec, workers: int | None = None, quiet: bool
     (out / "annotations").mkdir(parents=True, exist_ok=True)
     for split, count in (("train", spec.train_images), ("val", spec.val_images)):
         (out / split).mkdir(exist_ok=True)
-        scenes = [(spec.seed, split, i, spec.image_size, str(out / split)) for i in range(count)]
+        scenes = [(spec, split, i, str(out / split)) for i in range(count)]
         rows = _run_parallel(_write_scene, scenes, workers, f"scenes/{split}", quiet)
         text = json.dumps(_coco_json(split, rows), separators=(",", ":"))
         atomic_write_text(out / "annotations" / f"instances_{split}.json", text)

@@ -73,6 +73,13 @@ def keypoint_flip_index(names: Sequence[str]) -> list[int]:
     return [position.get(mirrored(name), i) for i, name in enumerate(names)]
 
 
+def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
+    """(height, width) after `v2.RandomShortestSize` draws `min_size`: the shorter side to `min_size`, the longer
+    one capped at `max_size`, each truncated to whole pixels as torchvision does (tested against it)."""
+    scale = min(min_size / min(height, width), max_size / max(height, width))
+    return int(height * scale), int(width * scale)
+
+
 def build_train_transforms(
     min_sizes: Sequence[int], max_size: int, flip_prob: float, mean: Sequence[float], std: Sequence[float],
     keypoint_flip: Sequence[int] | None = None,

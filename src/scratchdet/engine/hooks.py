@@ -23,6 +23,13 @@ log = logging.getLogger("scratchdet")
 EvaluateFn = Callable[[int, bool], dict[str, dict[str, float]]]  # (iteration, final) → metrics
 
 
+EVALUATIONS = "evaluations"  # RUN_DIR/evaluations/<iteration>.json.gz: each evaluation's image ids and detections
+
+
+def evaluation_file(run_dir: Path, iteration: int) -> Path:
+    return Path(run_dir) / EVALUATIONS / f"{iteration:07d}.json.gz"
+
+
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """Records of a metrics.jsonl; a torn last line (a crash mid-write) is ignored."""
     records: list[dict[str, Any]] = []

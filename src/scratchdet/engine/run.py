@@ -11,6 +11,7 @@ directory it writes is the only interface to reporting:
     skipped_items.json   what `data.skip_bad_items` dropped (only when it dropped something)
     checkpoints/         model_<iteration>.pth (newest `output.keep_last`) and `last_checkpoint`
     detections.json      the final detections, COCO results format
+    evaluations/         <iteration>.json.gz: every evaluation's image ids and detections (for intervals)
     summary.json         final metrics, totals, wall time, machine — written last: its presence means "finished"
 
 Under torchrun every process runs `train`; rank 0 alone writes these files (see `distributed.py`).
@@ -21,6 +22,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 import os
 import platform
 import random
@@ -39,15 +41,27 @@ from scratchdet.config import Config, apply_overrides, build_config, load_config
 from scratchdet.data.batching import TrainingBatches, collate
 from scratchdet.data.build import prepare_eval_dataset, prepare_train_dataset
 from scratchdet.data.coco import CocoDetection, CocoIndex, read_coco_json
-from scratchdet.data.transforms import build_test_transforms, build_train_transforms, keypoint_flip_index
+from scratchdet.data.transforms import (
+    build_test_transforms,
+    build_train_transforms,
+    keypoint_flip_index,
+    resized_size,
+)
 from scratchdet.engine import distributed
 from scratchdet.engine.checkpoint import Checkpointer, load_checkpoint
-from scratchdet.engine.hooks import CheckpointHook, EvalHook, MetricsHook, MetricsWriter, truncate_metrics
+from scratchdet.engine.hooks import (
+    CheckpointHook,
+    EvalHook,
+    MetricsHook,
+    MetricsWriter,
+    evaluation_file,
+    truncate_metrics,
+)
 from scratchdet.engine.precise_bn import recompute_bn_statistics
 from scratchdet.engine.schedule import Schedule, build_optimizer, build_schedule, parameter_groups
 from scratchdet.engine.trainer import Trainer
 from scratchdet.errors import ScratchdetError
-from scratchdet.evaluation.coco import CocoEvaluator
+from scratchdet.evaluation.coco import CocoEvaluator, save_evaluation
 from scratchdet.evaluation.inference import run_inference
 from scratchdet.io import LOCK_FILE, atomic_write_text, lock_holder, try_lock
 from scratchdet.modeling.detector import build_model
@@ -122,6 +136,20 @@ def training_set_size(config: Config) -> int:
     index = CocoIndex.from_json(config.data.path(config.data.train_annotations))
     usable = [i for i in index.images if config.data.keep_empty_images or index.trainable_annotations(i)]
     return min(len(usable), config.data.train_subset or len(usable))
+
+
+def mean_training_pixels(config: Config) -> float:
+    """Expected input pixels of one training image: the resize rule applied to every usable image's size in the
+    annotation file, averaged over the images and over `data.min_size`'s choices (no image is opened)."""
+    data = config.data
+    index = CocoIndex.from_json(data.path(data.train_annotations))
+    usable = [i for i in index.images if data.keep_empty_images or index.trainable_annotations(i)]
+    if not usable:
+        raise ScratchdetError(f"{data.path(data.train_annotations)}: no usable training image")
+    sizes = [(int(index.images[i]["height"]), int(index.images[i]["width"])) for i in usable]
+    areas = [math.prod(resized_size(height, width, size, data.max_size))
+             for height, width in sizes for size in data.min_size]  # fmt: skip
+    return sum(areas) / len(areas)
 
 
 def schedule_for(config: Config, dataset_size: int | None) -> Schedule:
@@ -224,7 +252,9 @@ class Evaluation:
         self.device = device
         self.quiet = quiet
 
-    def __call__(self, model: nn.Module, detections_path: Path | None = None) -> dict[str, dict[str, float]]:
+    def __call__(
+        self, model: nn.Module, detections_path: Path | None = None, evaluation_path: Path | None = None
+    ) -> dict[str, dict[str, float]]:
         run_inference(
             distributed.unwrap(model), self.loader, self.evaluator, device=self.device,
             progress=not self.quiet and distributed.is_main(), total=len(self.loader),
@@ -237,6 +267,8 @@ class Evaluation:
             self.evaluator.detections = sorted(itertools.chain(*parts), key=lambda d: position[d["image_id"]])
             if detections_path is not None:
                 self.evaluator.save(detections_path)
+            if evaluation_path is not None:
+                save_evaluation(evaluation_path, self.dataset.image_ids, self.evaluator.detections)
             results = self.evaluator.evaluate()
         return distributed.broadcast_from_main(results)
 
@@ -455,7 +487,7 @@ def train(config: Config, run_dir: Path, *, resume: bool = False, quiet: bool = 
     def evaluate(iteration: int, final: bool) -> dict[str, dict[str, float]]:
         if config.eval.precise_bn_iterations:
             precise_bn(model, dataset, config, iteration, device)
-        return evaluation(model, run_dir / "detections.json" if final else None)
+        return evaluation(model, run_dir / "detections.json" if final else None, evaluation_file(run_dir, iteration))
 
     eval_hook = EvalHook(evaluate, writer, config.eval.period)
     extra = {"config": config.to_yaml(), "meta": {"kind": "detection", "pretrain": pretrain}}

@@ -1,7 +1,7 @@
 """COCO box, mask and keypoint AP with faster-coco-eval (pycocotools-compatible), as reset / process / evaluate.
 
 Results are on a 0–100 scale: {"bbox": {"AP": …, "AP50": …, "AP75": …, "APs": …, "APm": …, "APl": …},
-"segm": {…}, "keypoints": {"AP", "AP50", "AP75", "APm", "APl"} (OKS with COCO's per-joint sigmas)}; NaN, with a
+"segm": {…}, "keypoints": {"AP", "AP50", "AP75", "APm", "APl"} (OKS with COCO's per-joint sigmas)}; 0, with a
 warning, when there is no detection at all. Detections are kept in the COCO results format (boxes XYWH in image
 pixels, scores, category ids, masks as compressed RLE, keypoints as x, y, v triples) and can be written as
 `detections.json`, which any COCO tool can re-score.
@@ -9,9 +9,9 @@ pixels, scores, category ids, masks as compressed RLE, keypoints as x, y, v trip
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from faster_coco_eval import COCO, COCOeval_faster
 from faster_coco_eval.core import mask as mask_utils
 
 from scratchdet.errors import ScratchdetError
-from scratchdet.io import atomic_write_text
+from scratchdet.io import atomic_write_bytes, atomic_write_text
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 KEYPOINT_METRICS = ("AP", "AP50", "AP75", "APm", "APl")  # COCO has no small people for keypoints
@@ -68,9 +68,9 @@ def score_detections(
     annotations: Path | str, detections: list[dict[str, Any]], image_ids: Sequence[int], tasks: Sequence[str]
 ) -> dict[str, dict[str, float]]:
     """COCO metrics (0–100) of `detections` on `image_ids` for each task ("bbox", "segm")."""
-    if not detections:
-        log.warning("no detections: every AP is NaN")
-        return {task: dict.fromkeys(_metric_names(task), math.nan) for task in tasks}
+    if not detections:  # COCO would find nothing to load; a model that detects nothing scores 0, not NaN
+        log.warning("no detections at all: every AP is 0")
+        return {task: dict.fromkeys(_metric_names(task), 0.0) for task in tasks}
     ground_truth = COCO(str(annotations), print_function=_silent)
     # Loaded once for every task (as each task would load them alike); loadRes adds top-level fields to each
     # detection, so it gets shallow copies and the caller's list stays as it was.
@@ -89,6 +89,25 @@ def score_detections(
 
 def _metric_names(task: str) -> tuple[str, ...]:
     return KEYPOINT_METRICS if task == "keypoints" else METRICS
+
+
+def save_evaluation(path: Path, image_ids: Sequence[int], detections: list[dict[str, Any]]) -> None:
+    """One evaluation's input, gzipped JSON: the scored image ids and their detections (COCO results format).
+
+    Kept for every evaluation of a run so that a report can put intervals on any point of a curve by resampling
+    the images (`evaluation/bootstrap.py`) without running the model again.
+    """
+    text = json.dumps({"image_ids": [int(i) for i in image_ids], "detections": detections}, separators=(",", ":"))
+    atomic_write_bytes(path, gzip.compress(text.encode("utf-8"), compresslevel=6, mtime=0))
+
+
+def read_evaluation(path: Path) -> tuple[list[int], list[dict[str, Any]]]:
+    """(image ids, detections) of a file written by `save_evaluation`."""
+    try:
+        data = json.loads(gzip.decompress(Path(path).read_bytes()))
+        return [int(i) for i in data["image_ids"]], list(data["detections"])
+    except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
+        raise ScratchdetError(f"{path}: cannot read this saved evaluation ({exc})") from None
 
 
 def read_detections(path: Path) -> list[dict[str, Any]]:

@@ -27,7 +27,8 @@ from scratchdet.study.results import (
     read_pretraining,
     read_study,
 )
-from scratchdet.study.verdicts import FAILS, HOLDS, Verdict, all_verdicts
+from scratchdet.study.statistics import Z_975, Evidence
+from scratchdet.study.verdicts import FAILS, HOLDS, INCONCLUSIVE, Verdict, all_verdicts
 
 COLOURS = {"scratch": "tab:blue", "pretrained": "tab:orange"}
 STYLES = ["-", "--", ":", "-."]
@@ -49,8 +50,11 @@ def _style_of(arm: ArmResult, multipliers: list[float]) -> str:
     return STYLES[multipliers.index(arm.multiplier) % len(STYLES)]
 
 
-def figure_ap_curves(arms: list[ArmResult]) -> Figure:
-    """Box and mask AP against iterations, one column per norm; dotted lines mark schedule ends (Figures 1, 4)."""
+def figure_ap_curves(arms: list[ArmResult], evidence: Evidence | None = None) -> Figure:
+    """Box and mask AP against iterations, one column per norm; dotted lines mark schedule ends (Figures 1, 4).
+
+    With `evidence`, each curve carries its 95% band over validation-image resamples (where evaluations were saved).
+    """
     full = full_data_subset(arms)
     shown = [a for a in arms if a.train_subset == full]
     norms = sorted({a.norm for a in shown}) or ["-"]
@@ -64,6 +68,8 @@ def figure_ap_curves(arms: list[ArmResult]) -> Figure:
                 if curve:
                     axis.plot(*zip(*curve, strict=True), STYLES[multipliers.index(arm.multiplier) % 4], marker="o",
                               markersize=3, color=COLOURS[arm.init], label=arm.name)  # fmt: skip
+                    if evidence is not None:
+                        _band(axis, evidence, arm, task, curve)
                 if arm.total_iterations:
                     axis.axvline(arm.total_iterations, color="grey", linestyle=":", linewidth=0.8)
             axis.set_title(f"{label}, norm {norm}")
@@ -73,6 +79,19 @@ def figure_ap_curves(arms: list[ArmResult]) -> Figure:
             if axis.get_legend_handles_labels()[0]:
                 axis.legend(fontsize=7)
     return figure
+
+
+def _band(axis: plt.Axes, evidence: Evidence, arm: ArmResult, task: str, curve: list[tuple[int, float]]) -> None:
+    """Shade value ± 1.96 bootstrap standard errors at every evaluation whose detections were saved."""
+    points = []
+    for iteration, value in curve:
+        samples = evidence.samples(arm, task, "AP", iteration)
+        if samples is not None:
+            spread = Z_975 * float(samples.std(ddof=1))
+            points.append((iteration, value - spread, value + spread))
+    if len(points) > 1:
+        xs, lows, highs = zip(*points, strict=True)
+        axis.fill_between(xs, lows, highs, color=COLOURS[arm.init], alpha=0.12, linewidth=0)
 
 
 def figure_accounting(arms: list[ArmResult]) -> Figure:
@@ -213,15 +232,24 @@ def _markdown_table(rows: list[list[str]]) -> str:
 
 
 def _verdict_class(verdict: Verdict) -> str:
-    return {HOLDS: "holds", FAILS: "fails"}.get(verdict.status, "untested")
+    return {HOLDS: "holds", FAILS: "fails", INCONCLUSIVE: "inconclusive"}.get(verdict.status, "untested")
 
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #eee}
 .holds{color:#176117;font-weight:bold}.fails{color:#a31515;font-weight:bold}.untested{color:#777}
+.inconclusive{color:#8a5a00;font-weight:bold}.rule,.conditions{color:#555;font-size:.9em;margin:.2em 0}
+li{margin-bottom:.8em}
 figure{margin:1.5em 0}figcaption{color:#555;font-size:.9em}"""
 
+
+VERDICT_NOTE = (
+    "Numbers in brackets are 95% intervals: seed-to-seed spread (with two or more seeds) plus 500 bootstrap "
+    "resamples of the validation images (seeded, so the report is reproducible). A verdict holds or fails only when "
+    "its interval lies wholly on one side of its threshold and, for trained-to-the-end comparisons, both inits have "
+    "converged; otherwise it is inconclusive and says why."
+)
 
 PRETRAINING_NOTE = (
     "The backbone the pre-trained arms start from, trained as a classifier. Its accuracy says how "
@@ -234,10 +262,12 @@ def build_report(study_dir: Path) -> Path:
     study_dir = Path(study_dir)
     out = study_dir / "report"
     arms = read_study(study_dir)
-    verdicts = all_verdicts(arms)
+    evidence = Evidence(arms)
+    verdicts = all_verdicts(arms, evidence)
     builders = [
         ("ap_curves", "Box and mask AP during training, per norm; dotted lines mark the end of each schedule "
-         "(the paper's Figures 1 and 4).", figure_ap_curves),
+         "(the paper's Figures 1 and 4); shaded: the 95% band over resamples of the validation images.",
+         lambda a: figure_ap_curves(a, evidence)),
         ("accounting", "Images, instances and pixels seen: pre-training (green) plus detection training, against "
          "training from scratch (the paper's Figure 2).", figure_accounting),
         ("less_data", "Final box AP against the number of training images, at the longest schedule.",
@@ -263,8 +293,10 @@ def build_report(study_dir: Path) -> Path:
 def _markdown(study_dir: Path, verdicts: list[Verdict], figures: list[tuple[str, str, bytes]],
               tables: dict[str, list[list[str]]], unfinished: list[str]) -> str:  # fmt: skip
     lines = [f"# scratchdet study: {study_dir.name}", "", "## Verdicts", ""]
+    lines += [VERDICT_NOTE, ""]
     for verdict in verdicts:
-        lines += [f"**{verdict.finding}** — *{verdict.status}*. {verdict.evidence}", ""]
+        lines += [f"**{verdict.finding}** — *{verdict.label}*. {verdict.evidence}", "",
+                  f"Rule: {verdict.rule}.", "", f"Conditions: {'; '.join(verdict.conditions)}.", ""]  # fmt: skip
     lines += ["## Final metrics (mean ± std over seeds)", "", _markdown_table(tables["final"]), ""]
     if len(tables["pretraining"]) > 1:
         lines += ["## Pre-training", "", PRETRAINING_NOTE, "", _markdown_table(tables["pretraining"]), ""]
@@ -283,10 +315,15 @@ def _html(study_dir: Path, verdicts: list[Verdict], figures: list[tuple[str, str
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{title}</title>",
              f"<style>{CSS}</style></head><body><h1>{title}</h1>",
              "<p>Does pre-training pay off on this dataset? Each finding of <em>Rethinking ImageNet Pre-training</em> "
-             "(He, Girshick, Dollár) is checked against the runs of this study.</p><h2>Verdicts</h2><ul>"]  # fmt: skip
+             "(He, Girshick, Dollár) is checked against the runs of this study.</p><h2>Verdicts</h2>",
+             f"<p>{html.escape(VERDICT_NOTE)}</p><ul>"]  # fmt: skip
     for verdict in verdicts:
-        parts.append(f"<li><strong>{html.escape(verdict.finding)}</strong>: <span class='{_verdict_class(verdict)}'>"
-                     f"{html.escape(verdict.status)}</span>. {html.escape(verdict.evidence)}</li>")  # fmt: skip
+        parts.append(
+            f"<li><strong>{html.escape(verdict.finding)}</strong>: <span class='{_verdict_class(verdict)}'>"
+            f"{html.escape(verdict.label)}</span>. {html.escape(verdict.evidence)}"
+            f"<p class='rule'>Rule: {html.escape(verdict.rule)}.</p>"
+            f"<p class='conditions'>Conditions: {html.escape('; '.join(verdict.conditions))}.</p></li>"
+        )
     parts.append("</ul><h2>Final metrics</h2><p>Mean ± standard deviation over seeds.</p>"
                  + _html_table(tables["final"]))  # fmt: skip
     if len(tables["pretraining"]) > 1:

@@ -35,10 +35,20 @@ class ArmResult:
     final: dict[str, dict[str, float]] | None = None
     counts: dict[str, int] = field(default_factory=dict)
     pretrain_counts: dict[str, int] | None = None
+    run_dir: Path | None = None
+    val_annotations: Path | None = None
+    warmup_iters: int = 0
+    steps: tuple[int, ...] = ()
+    seconds_per_iteration: float = math.nan  # median of the logged steps (for cost estimates)
 
     @property
     def finished(self) -> bool:
         return self.final is not None
+
+    @property
+    def total_pixels(self) -> int:
+        """Pixels seen in detection training plus in the pre-training it started from (the paper's total cost)."""
+        return int(self.counts.get("pixels", 0)) + int((self.pretrain_counts or {}).get("pixels", 0))
 
     def metric(self, task: str, name: str) -> float:
         return (self.final or {}).get(task, {}).get(name, math.nan)
@@ -58,6 +68,8 @@ def read_arm(run_dir: Path) -> ArmResult | None:
     summary_path = run_dir / "summary.json"
     summary: dict[str, Any] = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     schedule = summary.get("schedule", {})
+    step_seconds = sorted(r["seconds_per_iteration"] for r in records if "seconds_per_iteration" in r)
+    val = Path(data["val_annotations"])
     return ArmResult(
         name=run_dir.name,
         init="scratch" if model["init"] == "scratch" else "pretrained",
@@ -73,6 +85,11 @@ def read_arm(run_dir: Path) -> ArmResult | None:
         final=summary.get("final"),
         counts=summary.get("counts", {}),
         pretrain_counts=summary.get("pretrain"),
+        run_dir=run_dir,
+        val_annotations=val if val.is_absolute() else Path(data["root"]) / val,
+        warmup_iters=int(schedule.get("warmup_iters", solver.get("warmup_iters", 0))),
+        steps=tuple(int(s) for s in schedule.get("steps", ())),
+        seconds_per_iteration=step_seconds[len(step_seconds) // 2] if step_seconds else math.nan,
     )
 
 

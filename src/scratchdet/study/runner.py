@@ -29,9 +29,9 @@ from tqdm import tqdm
 
 from scratchdet.config import Config
 from scratchdet.engine.checkpoint import POINTER
-from scratchdet.engine.hooks import last_logged_iteration, read_metrics
+from scratchdet.engine.hooks import evaluation_file, last_logged_iteration, read_metrics
 from scratchdet.errors import ScratchdetError
-from scratchdet.io import LOCK_FILE, atomic_write_text, lock_holder, try_lock
+from scratchdet.io import LOCK_FILE, atomic_write_bytes, atomic_write_text, lock_holder, try_lock
 from scratchdet.study.spec import StudyPlan
 
 log = logging.getLogger("scratchdet")
@@ -104,6 +104,10 @@ def _prepare_fork(job: Job) -> None:
     os.replace(checkpoints / f".{name}.tmp", checkpoints / name)
     atomic_write_text(checkpoints / POINTER, name)
     records = [r for r in read_metrics(job.fork_from / "metrics.jsonl") if r.get("iteration", 0) <= job.fork_iteration]
+    for record in records:  # the parent's evaluations up to the fork are this arm's too
+        source = evaluation_file(job.fork_from, record["iteration"])
+        if "eval" in record and source.is_file():
+            atomic_write_bytes(evaluation_file(job.run_dir, record["iteration"]), source.read_bytes())
     atomic_write_text(job.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     atomic_write_text(job.run_dir / "forked_from.json", json.dumps(
         {"run": str(job.fork_from), "iteration": job.fork_iteration}) + "\n")  # fmt: skip
@@ -281,6 +285,8 @@ def describe_plan(plan: StudyPlan, measure: bool = True) -> str:
                     f"{_duration(seconds) if measure else '-':>10s}")  # fmt: skip
         if arm.fork_parent:
             rows.append(f"{'':<6s}forked from {arm.fork_parent} at its first lr step ({arm.fork_iteration} iterations)")
+        if arm.cost:
+            rows.append(f"{'':<6s}cost-matched: {arm.cost}")
     total = sum(a.iterations for a in plan.arms)
     rows.append(f"forking saves {plan.iterations_saved:,} of {total:,} detection iterations "
                 f"({100 * plan.iterations_saved / max(total, 1):.0f}%)")  # fmt: skip

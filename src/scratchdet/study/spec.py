@@ -5,7 +5,7 @@
     axes:
       init: [scratch, pretrained]   # pretrained: the backbone pre-trained by the study itself
       norm: [gn]                    # frozen_bn | bn | syncbn | gn | none
-      schedule: [1x, 3x]
+      schedule: [1x, 3x, matched]   # matched: a scratch arm as costly as pre-training + the shortest fine-tuning
       train_subset: [null, 200]     # null: the whole training set
       seed: [0]
     pretrain: {epochs: 10}          # settings of the `pretrain` section for the pre-trained arms
@@ -14,6 +14,11 @@ Shared prefixes are trained once: two arms that differ only in schedule length s
 and initialization until the shorter one's first lr step (the data order depends on the seed and the iteration
 only). The longest arm of each such group is trained in full and keeps a checkpoint at each shorter arm's first
 step; the shorter arm starts from that checkpoint ("fork") instead of training the prefix again.
+
+The schedule `matched` adds, per norm, subset and seed, one from-scratch arm whose length makes it see as many
+input pixels as the pre-trained arm's pre-training plus its shortest fine-tuning (the paper's "comparable total
+cost"): pre-training pixels are its iterations x batch x crop size²; detection pixels per iteration are the batch
+times the expected resized image area over the training set. Its schedule follows the Nx rules at that length.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from scratchdet.config import Config, NormName, apply_overrides, build_config, r
 from scratchdet.errors import ScratchdetError
 
 AXES = ("init", "norm", "schedule", "train_subset", "seed")
+MATCHED = "matched"  # the schedule of a scratch arm as costly as pre-training + the shortest fine-tuning
 
 
 class Axes(BaseModel):
@@ -44,6 +50,13 @@ class Axes(BaseModel):
     @classmethod
     def _schedules_as_text(cls, values: Any) -> Any:
         return [f"{v}x" if isinstance(v, int | float) else v for v in values] if isinstance(values, list) else values
+
+    @field_validator("schedule")
+    @classmethod
+    def _a_regular_schedule(cls, values: list[str]) -> list[str]:
+        if all(v == MATCHED for v in values):
+            raise ValueError(f"'{MATCHED}' is matched to the shortest other schedule: list one too, e.g. [1x, matched]")
+        return values
 
 
 class StudySpec(BaseModel):
@@ -84,6 +97,7 @@ class Arm:
     fork_parent: str | None = None  # name of the arm whose checkpoint it starts from
     fork_iteration: int = 0
     keep_iterations: list[int] = field(default_factory=list)  # checkpoints forks need from this arm
+    cost: str = ""  # for a cost-matched arm: how its length was chosen
 
 
 @dataclass
@@ -155,24 +169,63 @@ def expand(spec: StudySpec, study_dir: Path, dataset_size: int | None = None) ->
     with_subset = len(axes.train_subset) > 1 or axes.train_subset[0] is not None
     arms: list[Arm] = []
     jobs: dict[str, PretrainJob] = {}
+    shortest = min((s for s in axes.schedule if s != MATCHED), key=lambda s: float(s[:-1]))
+    if MATCHED in axes.schedule and "pretrained" not in axes.init:
+        raise ScratchdetError(f"study spec: schedule '{MATCHED}' matches a scratch arm to the cost of a pre-trained "
+                              "one; add pretrained to axes.init")  # fmt: skip
     for combination in itertools.product(*(getattr(axes, axis) for axis in AXES)):
         values = dict(zip(AXES, combination, strict=True))
+        if values["schedule"] == MATCHED and values["init"] != "scratch":
+            continue  # only from-scratch training is matched to the cost of pre-training + fine-tuning
         name = arm_name(values, with_subset)
-        job = None
-        if values["init"] == "pretrained":
-            job = _pretrain_job(base, _arm_config(base, values, "to-be-pretrained", name), spec.pretrain)
-            jobs.setdefault(job.name, job)
-        init = str(backbone_path(study_dir, job.name)) if job else "scratch"
-        config = _arm_config(base, values, init, name)
         size = values["train_subset"] or dataset_size
+        job = None
+        if values["init"] == "pretrained" or values["schedule"] == MATCHED:
+            job = _pretrain_job(base, _arm_config(base, {**values, "schedule": shortest}, "to-be-pretrained", name),
+                                spec.pretrain)  # fmt: skip
+        cost = ""
+        if values["schedule"] == MATCHED:
+            assert job is not None
+            values, cost = _matched_schedule(base, values, job, shortest, size, name)
+        elif job is not None:
+            jobs.setdefault(job.name, job)
+        config = _arm_config(base, values, str(backbone_path(study_dir, job.name)) if job and not cost else "scratch",
+                             name)  # fmt: skip
         if config.solver.base_epochs is not None and not size:
             raise ScratchdetError("epoch-based schedules need the training-set size; the dataset could not be read")
         schedule = schedule_for(config, size)
         first_step = schedule.steps[0] if schedule.steps else 0
-        arms.append(Arm(name, values, config, schedule.total_iterations, first_step, job.name if job else None))
+        pretrain = job.name if job and not cost else None
+        arms.append(Arm(name, values, config, schedule.total_iterations, first_step, pretrain, cost=cost))
     if spec.fork_shared_prefixes:
         _plan_forks(arms)
     return StudyPlan(spec, list(jobs.values()), arms)
+
+
+def _matched_schedule(
+    base: dict[str, Any], values: dict[str, Any], job: PretrainJob, shortest: str, size: int | None, name: str
+) -> tuple[dict[str, Any], str]:
+    """The arm's values with the schedule that matches pre-training + fine-tuning at `shortest` in pixels seen, and
+    a line saying how (for the dry run)."""
+    from scratchdet.engine.run import mean_training_pixels, schedule_for
+    from scratchdet.engine.schedule import one_x_iterations
+    from scratchdet.study.statistics import matched_iterations
+
+    reference = _arm_config(base, {**values, "schedule": shortest}, "scratch", name)
+    solver = reference.solver
+    finetune = schedule_for(reference, size).total_iterations
+    settings = job.config.pretrain
+    pretrain_pixels = job.iterations * settings.images_per_batch * settings.image_size**2
+    per_iteration = solver.images_per_batch * mean_training_pixels(reference)
+    iterations = matched_iterations(pretrain_pixels, finetune, per_iteration)
+    unit = one_x_iterations(solver.images_per_batch, solver.base_epochs, size)
+    # A quarter iteration above the target, so that rounding the schedule's length lands on it exactly.
+    multiplier = (iterations + 0.25) / unit
+    cost = (
+        f"{iterations:,} iterations ({multiplier:.2f}x) see {iterations * per_iteration:,.0f} pixels: pre-training "
+        f"{pretrain_pixels:,} + fine-tuning at {shortest} {finetune * per_iteration:,.0f} ({finetune:,} iterations)"
+    )
+    return {**values, "schedule": f"{multiplier!r}x"}, cost
 
 
 def _pretrain_job(base: dict[str, Any], arm_config: Config, settings: dict[str, Any]) -> PretrainJob:
