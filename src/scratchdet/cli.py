@@ -67,6 +67,7 @@ def _data_synth(args: argparse.Namespace) -> int:
         max_objects=args.objects[1],
         min_radius=args.radius[0],
         max_radius=args.radius[1],
+        categories=args.categories,
     )
     started = time.perf_counter()
     generate(args.out, spec, workers=args.workers)
@@ -384,6 +385,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--radius", type=float, nargs=2, default=[0.16, 0.45], metavar=("MIN", "MAX"),
         help="object radius as a fraction of the image size, log-uniform between MIN and MAX; fewer, larger objects "
         "make easier scenes (default: %(default)s)",
+    )  # fmt: skip
+    synth.add_argument(
+        "--categories", type=int, default=6,
+        help="detection categories: the first N of circle, square, triangle, star, hexagon, cross (default: %(default)s)",
     )  # fmt: skip
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")

@@ -57,8 +57,13 @@ class SynthSpec:
     min_radius: float = 0.16
     max_radius: float = 0.45
     large_object_fraction: float = 0.35
+    categories: int = len(DETECTION_SHAPES)  # the first N shapes of DETECTION_SHAPES
 
     def __post_init__(self) -> None:
+        if not 1 <= self.categories <= len(DETECTION_SHAPES):
+            raise ScratchdetError(
+                f"--categories {self.categories}: give 1 to {len(DETECTION_SHAPES)} ({', '.join(DETECTION_SHAPES)})"
+            )
         if not 1 <= self.min_objects <= self.max_objects:
             raise ScratchdetError(
                 f"objects per scene {self.min_objects}..{self.max_objects}: give 1 <= MIN <= MAX (--objects MIN MAX)"
@@ -227,7 +232,7 @@ def render_scene(spec: SynthSpec, split: str, index: int) -> tuple[Image.Image, 
     visible: list[np.ndarray] = []  # what is still visible of each painted object
     full_areas: list[int] = []
     for radius in radii:
-        category = int(rng.integers(0, len(DETECTION_SHAPES)))
+        category = int(rng.integers(0, spec.categories))
         outline = OUTLINES[DETECTION_SHAPES[category]]
         for _ in range(PLACEMENT_TRIES):
             shape = _place(
@@ -264,7 +269,9 @@ def _write_scene(args: tuple[SynthSpec, str, int, str]) -> tuple[int, int, int, 
     return index, image.height, image.width, objects
 
 
-def _coco_json(split: str, rows: list[tuple[int, int, int, list[dict[str, Any]]]]) -> dict[str, Any]:
+def _coco_json(
+    split: str, rows: list[tuple[int, int, int, list[dict[str, Any]]]], shapes: tuple[str, ...]
+) -> dict[str, Any]:
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     for index, height, width, objects in rows:
@@ -282,7 +289,7 @@ def _coco_json(split: str, rows: list[tuple[int, int, int, list[dict[str, Any]]]
                     "iscrowd": 0,
                 }
             )
-    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(DETECTION_SHAPES)]
+    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(shapes)]
     info = {"description": f"scratchdet generated shapes ({split})", "version": "1"}
     return {"info": info, "licenses": [], "images": images, "annotations": annotations, "categories": categories}
 
@@ -341,7 +348,7 @@ def generate(out: Path, spec: SynthSpec, workers: int | None = None, quiet: bool
         (out / split).mkdir(exist_ok=True)
         scenes = [(spec, split, i, str(out / split)) for i in range(count)]
         rows = _run_parallel(_write_scene, scenes, workers, f"scenes/{split}", quiet)
-        text = json.dumps(_coco_json(split, rows), separators=(",", ":"))
+        text = json.dumps(_coco_json(split, rows, DETECTION_SHAPES[: spec.categories]), separators=(",", ":"))
         atomic_write_text(out / "annotations" / f"instances_{split}.json", text)
     classes = classification_classes()
     for split, per_class in (
