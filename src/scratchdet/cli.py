@@ -388,7 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     synth.add_argument(
         "--categories", type=int, default=6,
-        help="detection categories: the first N of circle, square, triangle, star, hexagon, cross (default: %(default)s)",
+        help="detection categories: the first N of circle, square, triangle, star, hexagon, cross "
+        "(default: %(default)s)",
     )  # fmt: skip
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")

@@ -167,6 +167,9 @@ class EvalConfig(_Section):
     score_thresh: float = Field(0.05, ge=0, lt=1)
     detections_per_image: int = Field(100, gt=0)
     max_images: int | None = Field(None, gt=0, description="evaluate on the first N val images only")
+    final_all_images: bool = Field(
+        False, description="the final evaluation uses every val image even when max_images limits the periodic ones"
+    )
     precise_bn_iterations: int = Field(
         0, ge=0, description="before each evaluation, recompute BN/SyncBN running statistics over this many "
         "training batches (Precise BN; 0: off; no effect on GN or FrozenBN models)",

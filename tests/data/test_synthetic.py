@@ -78,3 +78,7 @@ def test_scene_difficulty_knobs(tmp_path: Path) -> None:
     assert existing_spec(tmp_path / "easy") == spec
     with pytest.raises(ScratchdetError, match="--objects"):
         SynthSpec(min_objects=3, max_objects=2)
+    generate(tmp_path / "two", SynthSpec(**{**spec.__dict__, "categories": 2}), workers=1, quiet=True)
+    data = json.loads((tmp_path / "two" / "annotations" / "instances_train.json").read_text())
+    assert [c["name"] for c in data["categories"]] == ["circle", "square"]
+    assert {a["category_id"] for a in data["annotations"]} == {1, 2}

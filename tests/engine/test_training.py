@@ -177,3 +177,29 @@ def test_last_logged_iteration_reads_the_tail(tmp_path: Path) -> None:
     assert last_logged_iteration(path, default=7) == 7
     path.write_text("".join(json.dumps({"iteration": i, "total_loss": 1.0}) + "\n" for i in range(1, 2001)) + '{"iter')
     assert last_logged_iteration(path) == 2000  # the torn last line is skipped
+
+
+def test_every_evaluation_is_saved_and_rescores_to_the_logged_ap(short_run: Path) -> None:
+    from scratchdet.engine.hooks import evaluation_file
+    from scratchdet.evaluation.bootstrap import accumulate, match_detections
+    from scratchdet.evaluation.coco import read_evaluation
+
+    config = load_config(str(short_run / "config.yaml"))
+    logged = {r["iteration"]: r["eval"] for r in read_metrics(short_run / "metrics.jsonl") if "eval" in r}
+    for iteration, metrics in logged.items():
+        image_ids, detections = read_evaluation(evaluation_file(short_run, iteration))
+        assert len(image_ids) == 12
+        for task in ("bbox", "segm"):
+            table = match_detections(config.data.path(config.data.val_annotations), detections, image_ids, task)
+            assert accumulate(table)["AP"][0] == pytest.approx(metrics[task]["AP"], abs=1e-9)
+
+
+def test_the_final_evaluation_can_use_every_validation_image(synth_dir: Path, tmp_path: Path) -> None:
+    from scratchdet.engine.hooks import evaluation_file
+    from scratchdet.evaluation.coco import read_evaluation
+
+    overrides = ["solver.base_epochs=null", "solver.schedule=0.0000444444x", "eval.period=8", "eval.max_images=4",
+                 "eval.final_all_images=true"]  # fmt: skip  # 16 iterations at 4 images
+    train(load_config("demo/mask_rcnn", [*tiny_training_overrides(synth_dir), *overrides]), tmp_path / "r", quiet=True)
+    assert len(read_evaluation(evaluation_file(tmp_path / "r", 8))[0]) == 4
+    assert len(read_evaluation(evaluation_file(tmp_path / "r", 16))[0]) == 12

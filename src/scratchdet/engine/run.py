@@ -226,14 +226,14 @@ class Evaluation:
     returns the metrics.
     """
 
-    def __init__(self, config: Config, device: torch.device, quiet: bool = False) -> None:
+    def __init__(self, config: Config, device: torch.device, quiet: bool = False, every_image: bool = False) -> None:
         data = config.data
         annotations = data.path(data.val_annotations)
         prepared = prepare_eval_dataset(
             annotations,
             data.path(data.val_images),
             build_test_transforms(data.pixel_mean, data.pixel_std),
-            max_images=config.eval.max_images,
+            max_images=None if every_image else config.eval.max_images,
             quiet=quiet,
         )
         self.dataset = prepared.dataset
@@ -483,11 +483,17 @@ def train(config: Config, run_dir: Path, *, resume: bool = False, quiet: bool = 
     state, start_iteration = resume_point(run_dir, checkpointer, resume)
     writer = MetricsWriter(run_dir, start_iteration) if main else None
     evaluation = Evaluation(config, device, quiet=quiet or not main)
+    final_evaluation = (
+        Evaluation(config, device, quiet=quiet or not main, every_image=True)
+        if config.eval.final_all_images and config.eval.max_images
+        else evaluation
+    )
 
     def evaluate(iteration: int, final: bool) -> dict[str, dict[str, float]]:
         if config.eval.precise_bn_iterations:
             precise_bn(model, dataset, config, iteration, device)
-        return evaluation(model, run_dir / "detections.json" if final else None, evaluation_file(run_dir, iteration))
+        scorer = final_evaluation if final else evaluation
+        return scorer(model, run_dir / "detections.json" if final else None, evaluation_file(run_dir, iteration))
 
     eval_hook = EvalHook(evaluate, writer, config.eval.period)
     extra = {"config": config.to_yaml(), "meta": {"kind": "detection", "pretrain": pretrain}}
