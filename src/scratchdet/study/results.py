@@ -157,13 +157,3 @@ def full_data_subset(arms: list[ArmResult]) -> int | None:
     if None in subsets:
         return None
     return max(s for s in subsets if s is not None) if subsets else None
-
-
-def final_mean(arms: list[ArmResult], task: str, name: str) -> float:
-    return mean_std([a.metric(task, name) for a in arms if a.finished])[0]
-
-
-def curve_mean(arms: list[ArmResult], task: str, iteration: int) -> float:
-    """Mean over seeds of the evaluation at `iteration` (NaN where not evaluated)."""
-    values = [dict(a.curve(task)).get(iteration, math.nan) for a in arms]
-    return mean_std(values)[0]
