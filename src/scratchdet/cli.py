@@ -254,11 +254,11 @@ def _demo(args: argparse.Namespace) -> int:
     from importlib import resources
 
     from scratchdet.data.check import check_dataset
-    from scratchdet.data.synthetic import SynthSpec, existing_spec, generate
+    from scratchdet.data.synthetic import DEMO_SPEC, existing_spec, generate
     from scratchdet.study.runner import run_study
 
     started = time.perf_counter()
-    spec = SynthSpec()
+    spec = DEMO_SPEC
     if existing_spec(args.data) == spec:
         print(f"demo dataset already in {args.data}")
     else:

@@ -75,6 +75,14 @@ class SynthSpec:
             )
 
 
+# The demo's scenes (`scratchdet demo`): three categories (circle, square, triangle) instead of six, so that the
+# demo's short schedules reach a less marginal AP. Measured with the demo's model and pre-training on 2 cores: at
+# iteration 500, box AP 14.2 (pre-trained) / 9.0 (scratch) on three categories, lr not yet decayed, against
+# 9.9 / 6.2 on six after the first lr step. Neither init is near its plateau (three categories, 1x = 250
+# iterations: 4x still gains +15.8 / +8.4 box AP over 2x).
+DEMO_SPEC = SynthSpec(categories=3)
+
+
 # ------------------------------------------------------------------------------------------------ shapes
 
 
