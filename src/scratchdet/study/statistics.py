@@ -158,8 +158,7 @@ class Evidence:
 
     def estimate(self, statistic: Statistic, inputs: Inputs) -> Estimate:
         """`statistic` of the inputs' seed means, with its 95% interval (see the module docstring)."""
-        seeds = sorted(set.intersection(*({a.seed for a in arms if a.finished or it is not None}
-                                          for arms, _, _, it in inputs.values())))  # fmt: skip
+        seeds = _common_seeds(inputs)
         if not seeds:
             return Estimate(math.nan, math.nan, math.nan, 0, 0, "no seed common to every arm compared")
         per_seed = {name: np.array([self.value(_of_seed(arms, s), task, metric, it) for s in seeds])
@@ -198,6 +197,14 @@ class Evidence:
     def _image_set(self, arm: ArmResult, task: str, iteration: int | None) -> tuple[int, ...]:
         table = self._tables.get((arm.name, task, arm.total_iterations if iteration is None else iteration))
         return tuple(table.image_ids) if table else ()
+
+
+def _common_seeds(inputs: Inputs) -> list[int]:
+    """Seeds with an arm in every input (finished, where the input is a final evaluation)."""
+    per_input = [
+        {a.seed for a in arms if a.finished or iteration is not None} for arms, _, _, iteration in inputs.values()
+    ]
+    return sorted(set.intersection(*per_input)) if per_input else []
 
 
 def _of_seed(arms: list[ArmResult], seed: int) -> ArmResult:
