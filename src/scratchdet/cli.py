@@ -110,6 +110,8 @@ def _model_summary(args: argparse.Namespace) -> int:
         num_classes=_num_classes(config),
         test_size=config.data.test_size,
         max_size=config.data.max_size,
+        pixel_mean=config.data.pixel_mean,
+        pixel_std=config.data.pixel_std,
     )
     height = max(config.data.min_size)
     width = min(config.data.max_size, round(height * 4 / 3))  # a 4:3 image, COCO's most common shape
@@ -224,7 +226,7 @@ def _weights_inspect(args: argparse.Namespace) -> int:
     model, _ = build_model(config.model, num_classes=1, test_size=config.data.test_size, max_size=config.data.max_size)
     print(f"how it maps onto the backbone of {args.config}:")
     try:
-        print(load_backbone_weights(model, args.file).format())
+        print(load_backbone_weights(model, args.file, None, config.data.pixel_mean, config.data.pixel_std).format())
     except ScratchdetError as exc:
         print(exc)
         return 1

@@ -92,3 +92,39 @@ def test_describe_weight_file(tmp_path: Path) -> None:
     _write_caffe2_pkl(tmp_path / "R-50-GN.pkl", "gn")
     text = describe_weight_file(tmp_path / "R-50-GN.pkl")
     assert "metadata: format=caffe2" in text and "conv1.weight" in text
+
+
+def test_a_detectron_pkl_computes_on_scratchdets_input_what_it_computed_on_detectrons(tmp_path: Path) -> None:
+    """Detectron trained on BGR 0-255 minus its pixel means; scratchdet feeds RGB [0, 1] normalised by ImageNet's
+    mean and std. A .pkl written as Detectron would write the reference network must give the same features."""
+    torch.manual_seed(0)
+    reference = build_detector(norm="gn", **NARROW50).backbone.body.eval()
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    rgb = torch.rand(1, 3, 48, 64)
+    ours = (rgb - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+    detectron_input = rgb.flip(1) * 255 - torch.tensor([103.53, 116.28, 123.675]).view(1, 3, 1, 1)
+    state = {k: v for k, v in reference.state_dict().items() if not k.endswith("num_batches_tracked")}
+    # The same network for Detectron's input: BGR channel c of conv1 reads RGB channel 2 - c, without the scaling.
+    state["conv1.weight"] = (state["conv1.weight"] / (255 * std.view(1, 3, 1, 1))).flip(1)
+    detectron_view = build_detector(norm="gn", **NARROW50).backbone.body.eval()
+    detectron_view.load_state_dict(state, strict=False)
+    with torch.no_grad():
+        expected = reference(ours)
+        assert torch.allclose(detectron_view(detectron_input)["0"], expected["0"], atol=1e-4)  # the premise
+    blobs = {_caffe2_name(k, "gn"): v.numpy() for k, v in state.items()}
+    with open(tmp_path / "R-50-GN.pkl", "wb") as file:
+        pickle.dump({"blobs": blobs}, file, protocol=2)
+    model = build_detector(norm="gn", **NARROW50)
+    report = load_backbone_weights(model, tmp_path / "R-50-GN.pkl")
+    assert report.missing == [] and report.metadata["input"].startswith("BGR 0-255 converted")
+    with torch.no_grad():
+        loaded = model.backbone.body.eval()(ours)
+    for level in expected:
+        assert torch.allclose(loaded[level], expected[level], atol=1e-4), level
+
+
+def test_a_detectron_pkl_is_refused_with_a_pixel_mean_it_cannot_be_converted_to(tmp_path: Path) -> None:
+    _write_caffe2_pkl(tmp_path / "R-50-GN.pkl", "gn")
+    with pytest.raises(ScratchdetError, match="expects Detectron's pixel means"):
+        model = build_detector(norm="gn", **NARROW50)
+        load_backbone_weights(model, tmp_path / "R-50-GN.pkl", None, [0.5] * 3, [0.2] * 3)

@@ -406,7 +406,7 @@ def build_detection(config: Config, device: torch.device, quiet: bool = False) -
     model, report = build_model(
         config.model, num_classes=len(dataset.index.categories), test_size=data.test_size, max_size=data.max_size,
         score_thresh=config.eval.score_thresh, detections_per_image=config.eval.detections_per_image,
-        num_keypoints=keypoint_count(dataset.index.categories),
+        num_keypoints=keypoint_count(dataset.index.categories), pixel_mean=data.pixel_mean, pixel_std=data.pixel_std,
     )  # fmt: skip
     model.to(device, memory_format=torch.channels_last if solver.channels_last else torch.preserve_format)
     if report is not None:

@@ -29,6 +29,7 @@ from scratchdet.modeling.init import LoadReport, init_scratch, load_backbone_wei
 from scratchdet.modeling.norm import get_norm
 from scratchdet.modeling.roi_align import ThreadedMultiScaleRoIAlign
 from scratchdet.modeling.sampling import install_seeded_samplers
+from scratchdet.modeling.weights import IMAGENET_MEAN, IMAGENET_STD
 
 FPN_LEVELS = ["0", "1", "2", "3"]
 
@@ -154,11 +155,14 @@ def build_model(
     detections_per_image: int = 100,
     load_init_weights: bool = True,
     num_keypoints: int = 17,
+    pixel_mean: list[float] | tuple[float, ...] = IMAGENET_MEAN,
+    pixel_std: list[float] | tuple[float, ...] = IMAGENET_STD,
 ) -> tuple[MaskRCNN | FasterRCNN, LoadReport | None]:
     """The detector described by a `model` config section, initialized as `model.init` says.
 
     Returns the model and, when `model.init` is a weight file, the load report (its metadata carries the
     pre-training counts). `load_init_weights=False` skips the weight file (a checkpoint is loaded next).
+    `pixel_mean` / `pixel_std`: the input normalisation, which a Caffe2 weight file's first layer is converted to.
     """
     detector = build_detector(
         arch=model.arch,
@@ -198,5 +202,5 @@ def build_model(
     )
     init_scratch(detector, zero_init_last=model.zero_init_last)
     load = load_init_weights and model.init != "scratch"
-    report = load_backbone_weights(detector, model.init, _identity(model)) if load else None
+    report = load_backbone_weights(detector, model.init, _identity(model), pixel_mean, pixel_std) if load else None
     return detector, report

@@ -23,7 +23,7 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from scratchdet.errors import ScratchdetError
 from scratchdet.modeling.norm import NORM_TYPES
-from scratchdet.modeling.weights import read_weight_file
+from scratchdet.modeling.weights import IMAGENET_MEAN, IMAGENET_STD, caffe2_first_conv_for_rgb, read_weight_file
 
 IGNORED_PREFIXES = ("fc.",)  # an ImageNet classifier has no place in a detector
 STRIPPED_PREFIXES = ("module.", "backbone.body.", "body.", "backbone.")
@@ -179,13 +179,24 @@ def _check_norm_kinds(report: LoadReport, source: dict[str, torch.Tensor], kinds
 
 
 @torch.no_grad()
-def load_backbone_weights(model: nn.Module, path: Path | str, expected: dict[str, Any] | None = None) -> LoadReport:
+def load_backbone_weights(
+    model: nn.Module,
+    path: Path | str,
+    expected: dict[str, Any] | None = None,
+    pixel_mean: list[float] | tuple[float, ...] = IMAGENET_MEAN,
+    pixel_std: list[float] | tuple[float, ...] = IMAGENET_STD,
+) -> LoadReport:
     """Load a backbone weight file into `model.backbone.body`; raise when nothing matches or anything conflicts.
 
     `expected` settings (e.g. {"gn_groups": 32}) are compared with the file's metadata where it records them:
-    some differences (GN group count) change no tensor shape and would otherwise pass unnoticed.
+    some differences (GN group count) change no tensor shape and would otherwise pass unnoticed. `pixel_mean` /
+    `pixel_std` are the input normalisation (`data.pixel_mean` / `data.pixel_std`): a Caffe2 file's first
+    convolution is rewritten for it (see `caffe2_first_conv_for_rgb`).
     """
     raw, metadata = read_weight_file(Path(path))
+    if metadata.get("format") == "caffe2" and "conv1.weight" in raw:
+        raw["conv1.weight"] = caffe2_first_conv_for_rgb(raw["conv1.weight"], pixel_mean, pixel_std)
+        metadata["input"] = "BGR 0-255 converted to RGB normalised at load time"
     report = LoadReport(Path(path), metadata=metadata)
     for key, value in (expected or {}).items():
         if key in metadata and metadata[key] != value:

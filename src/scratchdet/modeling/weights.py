@@ -6,6 +6,10 @@
   unpickler that builds only plain containers and numpy arrays: a file that asks for anything else (a function to
   call, a class to build) is refused before any of it runs. Caffe2 blob names are mapped to torchvision's
   (`res2_0_branch2a_w` → `layer1.0.conv1.weight`, `res2_0_branch2a_gn_s` → `layer1.0.bn1.weight`, …).
+  Detectron's networks were trained on BGR images in 0–255 with its pixel means subtracted and std 1, scratchdet
+  feeds RGB in [0, 1] normalised by `data.pixel_mean` / `data.pixel_std`: `caffe2_first_conv_for_rgb` rewrites the
+  first convolution at load time so that the network computes on scratchdet's input exactly what it computed on
+  its own (exact because ImageNet's mean x 255 is Detectron's pixel mean, so both pad with the same mean pixel).
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ SAFE_GLOBALS = {
     ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 store the bytes of an array
 }
 CAFFE2_EPS = 1e-5
+CAFFE2_PIXEL_MEAN_BGR = (103.53, 116.28, 123.675)  # Detectron's PIXEL_MEANS; its PIXEL_STD is 1
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the input normalisation of torchvision's weights, and scratchdet's default
+IMAGENET_STD = (0.229, 0.224, 0.225)
 _BLOCK = re.compile(r"^res(\d)_(\d+)_branch(1|2a|2b|2c)_(w|bn_s|bn_b|bn_rm|bn_riv|gn_s|gn_b)$")
 _STEM = {
     "conv1_w": "conv1.weight",
@@ -109,6 +116,26 @@ def caffe2_to_torchvision(blobs: dict[str, np.ndarray]) -> dict[str, torch.Tenso
             converted[f"{prefix}.running_mean"] = torch.zeros_like(converted[f"{prefix}.weight"])
             converted[f"{prefix}.running_var"] = torch.full_like(converted[f"{prefix}.weight"], 1.0 - CAFFE2_EPS)
     return converted
+
+
+def caffe2_first_conv_for_rgb(
+    weight: torch.Tensor, pixel_mean: list[float] | tuple[float, ...], pixel_std: list[float] | tuple[float, ...]
+) -> torch.Tensor:
+    """A Caffe2 first convolution (its input BGR, 0–255, Detectron's means subtracted) rewritten for RGB input in
+    [0, 1] normalised by `pixel_mean` / `pixel_std`: channel order reversed, each channel scaled by 255 x std.
+
+    With x = (rgb - mean) / std, Detectron's input is 255 x std x x + (255 x mean - its mean) per channel; the
+    second term is 0 for ImageNet's mean (which is Detectron's / 255), and only then is the rewrite exact.
+    """
+    expected = [m / 255 for m in reversed(CAFFE2_PIXEL_MEAN_BGR)]
+    if any(abs(a - b) > 1e-4 for a, b in zip(pixel_mean, expected, strict=True)):
+        raise ScratchdetError(
+            f"a Detectron .pkl backbone expects Detectron's pixel means; data.pixel_mean {list(pixel_mean)} differs "
+            f"from {[round(e, 5) for e in expected]} (ImageNet's), so its first layer cannot be converted exactly; "
+            "use the ImageNet mean with this file"
+        )
+    scale = torch.tensor([255.0 * s for s in pixel_std], dtype=weight.dtype).view(1, 3, 1, 1)
+    return weight.flip(1) * scale
 
 
 def read_weight_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
