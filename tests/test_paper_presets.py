@@ -66,7 +66,9 @@ def test_preset_matches_its_table_row_and_the_recipe(name: str) -> None:
 def _check_recipe(config: Config, name: str, lr: float, iterations: int, steps: tuple[int, ...]) -> None:
     assert (config.data.min_size, config.data.max_size, config.data.flip_prob) == ([800], 1333, 0.5)
     assert config.solver.weight_decay == 1e-4 and config.solver.weight_decay_norm == 0.0
-    assert config.solver.warmup_iters == 1000 and config.solver.momentum == 0.9
+    # COCO's 1,000 warm-up iterations; the less-data presets keep that share of their 1x: images / 120.
+    assert config.solver.warmup_iters == round((config.data.train_subset or 120_000) / 120)
+    assert config.solver.momentum == 0.9
     assert "datasets/coco" in config.data.root and config.data.train_images == "train2017"
     if config.data.train_subset is None:
         assert (lr, iterations, steps) == RECIPE_SCHEDULES[(config.solver.schedule, config.solver.images_per_batch)]
@@ -105,3 +107,21 @@ def test_config_list_shows_the_presets_with_descriptions(capsys: pytest.CaptureF
     listed = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("paper/")}
     assert sorted(listed) == sorted(PAPER)
     assert all(len(line.split(None, 1)[1]) > 20 for line in listed.values())
+
+
+WARMUP_FRACTION = 0.1  # warm-up may take at most this share of the first lr phase
+COCO_TRAIN_IMAGES = 118_287  # train2017
+GENERATED_TRAIN_IMAGES = 2000  # `scratchdet data synth`'s default, what the demo presets train on
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_warm_up_stays_within_a_tenth_of_the_first_lr_phase(name: str) -> None:
+    """A run whose warm-up reaches its first lr step never trains at its full learning rate."""
+    from scratchdet.engine.run import schedule_for
+
+    config = load_config(name)
+    size = config.data.train_subset or (COCO_TRAIN_IMAGES if name.startswith("paper/") else GENERATED_TRAIN_IMAGES)
+    for schedule in ("1x", "2x", config.solver.schedule):
+        config.solver.schedule = schedule
+        first_step = schedule_for(config, size).steps[0]
+        assert config.solver.warmup_iters <= WARMUP_FRACTION * first_step, (schedule, first_step)

@@ -76,16 +76,18 @@ def presets() -> list[Preset]:
             f"keypoint_rcnn_R50_FPN_gn_{init}_{schedule}",
             f"Keypoint R-CNN R50-FPN, GN everywhere, {_init_words(init)}, {schedule} on COCO 2017 person keypoints",
             "_keypoint_rcnn_R50_FPN_gn.yaml", _init_path("R50", "gn", init), schedule, {},
-            "— (the paper: scratch catches up with pre-training at 2x; RECIPE.md records no number)",
+            "— (the paper: scratch catches up with pre-training at 2x; no number recorded here)",
         ))  # fmt: skip
     for size, (images, reference) in LESS_DATA.items():
         for init, schedule in (("scratch", "6x"), ("pretrained", "2x")):
-            # 1x = 12 epochs of the subset, as 1x is about 12 epochs of COCO: the schedule shrinks with the data.
+            # 1x = 12 epochs of the subset, as 1x is about 12 epochs of COCO: the schedule shrinks with the data, and
+            # so does the warm-up, which keeps COCO's share of 1x (1,000 of 90,000 iterations): images / 120.
             found.append(Preset(
                 f"mask_rcnn_R50_FPN_gn_{init}_{schedule}_{size}",
                 f"Mask R-CNN R50-FPN GN, {_init_words(init)}, {schedule} of 12-epoch units, {images} training images",
                 "_mask_rcnn_R50_FPN_gn.yaml", _init_path("R50", "gn", init), schedule,
-                {"data": {"train_subset": images}, "solver": {"base_epochs": 12}}, reference or "—",
+                {"data": {"train_subset": images}, "solver": {"base_epochs": 12, "warmup_iters": round(images / 120)}},
+                reference or "—",
             ))  # fmt: skip
     for schedule in ("1x", "2x"):
         found.append(Preset(
@@ -235,15 +237,18 @@ read COCO 2017 in its standard layout under `data.root` (default `datasets/coco`
 the working directory; give yours with `model.init=PATH` (Detectron's `R-50-GN.pkl` / `R-101-GN.pkl` for GN,
 torchvision's ImageNet state dicts for SyncBN and FrozenBN; `scratchdet weights inspect FILE` shows how one maps).
 
-Conventions, from `../shared/RECIPE.md`: lr 0.02 at 16 images per iteration, scaled linearly with the batch;
+Conventions, from the paper and Detectron's configs: lr 0.02 at 16 images per iteration, scaled linearly with the batch;
 1x = 90k iterations at 16 images; the lr divided by 10 at 2/3 and 8/9 of the run up to 2x and in the last 60k and
 20k iterations beyond (in 16-image iterations); 1000 warm-up iterations from lr/1000; weight decay 1e-4, none on norm
 parameters; shorter side 800, longer at most 1333, flip only. The 9x presets use detectron2's 64 images per
 iteration (lr 0.08). "norm" says where the normalization is: with the 4conv1fc head it is in backbone, FPN, box head
 and mask head; the FrozenBN baseline has the 2fc head and no norm outside the backbone. The less-data presets take
 nested subsets of train2017 (`data.train_subset`) and measure schedules in 12-epoch units of the subset
-(`solver.base_epochs: 12`), our choice since the paper's exact schedules for them are not recorded in RECIPE.md.
-Reference results are COCO val2017 box / mask AP from RECIPE.md; "—" where it records none.
+(`solver.base_epochs: 12`) with a warm-up that keeps COCO's share of 1x (images / 120 iterations), our choice since
+the paper's exact schedules for them are not recorded here. Reference results are COCO val2017 box / mask AP as
+published (the paper, Detectron, detectron2 or mmdetection, as each row says); "—" where none is recorded. Those
+published configs can differ from a preset (detectron2's 3x/9x train multi-scale at 640-800 and freeze the stem and
+res2 of pre-trained GN backbones, for example), so a preset may land off the published number where they differ.
 
 This file is written by `python tools/paper_presets.py` together with the presets; `tests/test_paper_presets.py`
 resolves every preset and checks it against this table.
