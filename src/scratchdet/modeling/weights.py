@@ -74,6 +74,23 @@ class _ArraysOnly(pickle.Unpickler):
         raise pickle.UnpicklingError(f"the file asks for {module}.{name}, which a weight file never needs")
 
 
+# The pre-training cost of published backbone files, by file name, as the paper counts it (one instance per image,
+# the training crop's pixels): Detectron's GN backbones are counted as the paper counts ImageNet pre-training (100
+# epochs of ImageNet-1k at 224 px); torchvision's ImageNet1K_V1 ResNets were trained by its reference recipe (90
+# epochs at 224 px). A study spec can give or override a file's cost (`weights: {NAME: {path, pretrain}}`).
+IMAGENET_1K_IMAGES = 1_281_167
+_IMAGENET_100 = {"dataset": "ImageNet-1k", "images_per_epoch": IMAGENET_1K_IMAGES, "epochs": 100, "input_size": 224}
+_IMAGENET_90 = {**_IMAGENET_100, "epochs": 90}
+PUBLISHED_PRETRAINING: dict[str, dict[str, Any]] = {
+    "R-50-GN.pkl": _IMAGENET_100,
+    "R-101-GN.pkl": _IMAGENET_100,
+    "resnet50-0676ba61.pth": _IMAGENET_90,
+    "resnet50-19c8e357.pth": _IMAGENET_90,
+    "resnet101-63fe2227.pth": _IMAGENET_90,
+    "resnet101-5d3b4d8f.pth": _IMAGENET_90,
+}
+
+
 def read_restricted_pickle(path: Path) -> Any:
     """Unpickle plain containers and numpy arrays only (latin-1 for Python 2 pickles, as Detectron wrote them)."""
     try:

@@ -100,7 +100,7 @@ def figure_accounting(arms: list[ArmResult]) -> Figure:
     shown = sorted([a for a in arms if a.train_subset == full and a.finished], key=lambda a: (a.init, a.multiplier))
     figure, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for axis, kind in zip(axes, ("images", "instances", "pixels"), strict=True):
-        names = [a.name for a in shown]
+        names = [a.name + ("" if a.pretrain_cost_known else " (pre-training cost unknown)") for a in shown]
         fine = [a.counts.get(kind, 0) for a in shown]
         pre = [(a.pretrain_counts or {}).get(kind, 0) for a in shown]
         axis.barh(names, pre, color="tab:green", label="pre-training")
@@ -140,20 +140,22 @@ def figure_gain(arms: list[ArmResult]) -> Figure:
     """Gain of pre-training (pre-trained − scratch) in AP50, AP75 and mask AP at each schedule (finding 4)."""
     full = full_data_subset(arms)
     groups = grouped([a for a in arms if a.train_subset == full and a.finished])
-    keys = sorted({(norm, m) for (_, norm, m, _) in groups})
+    keys = sorted({(name, norm, m) for (name, norm, m, _) in groups if name != "scratch"})
+    several = len({name for name, _, _ in keys}) > 1
     figure, axis = plt.subplots(figsize=(max(6, 1.6 * len(keys) + 2), 4.2))
     metrics = (("bbox", "AP50", "box AP50"), ("bbox", "AP75", "box AP75"), ("segm", "AP", "mask AP"))
     width = 0.8 / len(metrics)
     for index, (task, name, label) in enumerate(metrics):
         gains = []
-        for norm, multiplier in keys:
-            pre = mean_std([a.metric(task, name) for a in groups.get(("pretrained", norm, multiplier, full), [])])[0]
+        for init, norm, multiplier in keys:
+            pre = mean_std([a.metric(task, name) for a in groups.get((init, norm, multiplier, full), [])])[0]
             scratch = mean_std([a.metric(task, name) for a in groups.get(("scratch", norm, multiplier, full), [])])[0]
             gains.append(pre - scratch)
         axis.bar([k + index * width for k in range(len(keys))], [0 if math.isnan(g) else g for g in gains], width,
                  label=label)  # fmt: skip
     axis.axhline(0, color="black", linewidth=0.8)
-    axis.set_xticks([k + width for k in range(len(keys))], [f"{n} {m:g}x" for n, m in keys])
+    axis.set_xticks([k + width for k in range(len(keys))],
+                    [f"{i + ' ' if several else ''}{n} {m:g}x" for i, n, m in keys])  # fmt: skip
     axis.set_ylabel("pre-trained minus scratch (AP points)")
     axis.set_title("what pre-training buys, per metric")
     axis.legend()

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from scratchdet.engine.hooks import read_metrics
+from scratchdet.study.spec import INITS_FILE
 
 
 @dataclass
@@ -22,7 +23,7 @@ class ArmResult:
     """One finished (or partly finished) arm: its axis values and what it logged."""
 
     name: str
-    init: str  # "scratch" | "pretrained"
+    init: str  # "scratch" | "pretrained" (any init that is not scratch)
     norm: str
     schedule: str
     multiplier: float
@@ -40,6 +41,8 @@ class ArmResult:
     warmup_iters: int = 0
     steps: tuple[int, ...] = ()
     seconds_per_iteration: float = math.nan  # median of the logged steps (for cost estimates)
+    init_name: str = ""  # the study's name of the init: scratch, pretrained, or a weight file's name
+    pretrain_cost_known: bool = True  # False: a weight file of unknown pre-training cost
 
     @property
     def finished(self) -> bool:
@@ -57,8 +60,9 @@ class ArmResult:
         return [(i, r[task][name]) for i, r in self.evaluations if task in r]
 
 
-def read_arm(run_dir: Path) -> ArmResult | None:
-    """The results of one run directory, or None when it has not started."""
+def read_arm(run_dir: Path, inits: dict[str, dict[str, Any]] | None = None) -> ArmResult | None:
+    """The results of one run directory, or None when it has not started. `inits` (a study's inits.json) names the
+    weight files used as inits and their pre-training counts (None: unknown)."""
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
         return None
@@ -70,6 +74,12 @@ def read_arm(run_dir: Path) -> ArmResult | None:
     schedule = summary.get("schedule", {})
     step_seconds = sorted(r["seconds_per_iteration"] for r in records if "seconds_per_iteration" in r)
     val = Path(data["val_annotations"])
+    init_name = "scratch" if model["init"] == "scratch" else "pretrained"
+    pretrain_counts, cost_known = summary.get("pretrain"), True
+    for name, entry in (inits or {}).items():
+        if entry.get("path") == model["init"]:
+            init_name, pretrain_counts = name, pretrain_counts or entry.get("pretrain")
+            cost_known = pretrain_counts is not None
     return ArmResult(
         name=run_dir.name,
         init="scratch" if model["init"] == "scratch" else "pretrained",
@@ -84,12 +94,14 @@ def read_arm(run_dir: Path) -> ArmResult | None:
         losses=[(r["iteration"], r["total_loss"]) for r in records if "total_loss" in r],
         final=summary.get("final"),
         counts=summary.get("counts", {}),
-        pretrain_counts=summary.get("pretrain"),
+        pretrain_counts=pretrain_counts,
         run_dir=run_dir,
         val_annotations=val if val.is_absolute() else Path(data["root"]) / val,
         warmup_iters=int(schedule.get("warmup_iters", solver.get("warmup_iters", 0))),
         steps=tuple(int(s) for s in schedule.get("steps", ())),
         seconds_per_iteration=step_seconds[len(step_seconds) // 2] if step_seconds else math.nan,
+        init_name=init_name,
+        pretrain_cost_known=cost_known,
     )
 
 
@@ -128,7 +140,9 @@ def read_pretraining(study_dir: Path) -> list[PretrainResult]:
 
 def read_study(study_dir: Path) -> list[ArmResult]:
     arms_dir = Path(study_dir) / "arms"
-    arms = [read_arm(path) for path in sorted(arms_dir.iterdir())] if arms_dir.is_dir() else []
+    inits_path = Path(study_dir) / INITS_FILE
+    inits = json.loads(inits_path.read_text()) if inits_path.is_file() else {}
+    arms = [read_arm(path, inits) for path in sorted(arms_dir.iterdir())] if arms_dir.is_dir() else []
     return [arm for arm in arms if arm is not None]
 
 
@@ -141,7 +155,7 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 def group_key(arm: ArmResult) -> tuple[str, str, float, int | None]:
     """Arms equal but for the seed."""
-    return arm.init, arm.norm, arm.multiplier, arm.train_subset
+    return arm.init_name or arm.init, arm.norm, arm.multiplier, arm.train_subset
 
 
 def grouped(arms: list[ArmResult]) -> dict[tuple[str, str, float, int | None], list[ArmResult]]:

@@ -32,7 +32,7 @@ from scratchdet.engine.checkpoint import POINTER
 from scratchdet.engine.hooks import evaluation_file, last_logged_iteration, read_metrics
 from scratchdet.errors import ScratchdetError
 from scratchdet.io import LOCK_FILE, atomic_write_bytes, atomic_write_text, lock_holder, try_lock
-from scratchdet.study.spec import StudyPlan
+from scratchdet.study.spec import INITS_FILE, StudyPlan, inits_record
 
 log = logging.getLogger("scratchdet")
 POLL_SECONDS = 0.5
@@ -297,6 +297,32 @@ def describe_plan(plan: StudyPlan, measure: bool = True) -> str:
     return "\n".join(rows)
 
 
+def check_weights(plan: StudyPlan) -> list[str]:
+    """Load every weight file a study names into the backbone of each arm that uses it (once per architecture and
+    norm), before anything trains; a file that does not fit raises with its load report. Returns the reports."""
+    from scratchdet.modeling.detector import build_model
+
+    reports, seen = [], set()
+    for arm in plan.arms:
+        if arm.values["init"] not in plan.spec.weights:
+            continue
+        model, data = arm.config.model, arm.config.data
+        key = (model.init, model.arch, model.backbone, model.norm, model.narrow_width, model.narrow_depth)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            _, report = build_model(model, num_classes=2, test_size=data.test_size, max_size=data.max_size,
+                                    pixel_mean=data.pixel_mean, pixel_std=data.pixel_std)  # fmt: skip
+        except ScratchdetError as exc:
+            raise ScratchdetError(
+                f"init {arm.values['init']} ({model.init}) does not fit arm {arm.name}: {exc}"
+            ) from None
+        assert report is not None
+        reports.append(f"init {arm.values['init']} for {model.arch} {model.backbone} {model.norm}:\n{report.format()}")
+    return reports
+
+
 def run_study(spec_path: Path, study_dir: Path, *, parallel: int = 1, dry_run: bool = False) -> Path | None:
     """Plan, run what is missing, and write the report; returns the report's path (None for a dry run)."""
     from scratchdet.engine.run import setup_logging
@@ -305,8 +331,11 @@ def run_study(spec_path: Path, study_dir: Path, *, parallel: int = 1, dry_run: b
     setup_logging(None)
     study_dir = Path(study_dir)
     plan = plan_study(spec_path, study_dir)
+    load_reports = check_weights(plan)
     if dry_run:
         print(describe_plan(plan))
+        for text in load_reports:
+            print(text)
         return None
     spec_text = Path(spec_path).read_text()
     saved = study_dir / "study.yaml"
@@ -321,6 +350,7 @@ def run_study(spec_path: Path, study_dir: Path, *, parallel: int = 1, dry_run: b
         )
     try:
         atomic_write_text(saved, spec_text)
+        atomic_write_text(study_dir / INITS_FILE, json.dumps(inits_record(plan.spec), indent=2) + "\n")
         started = time.perf_counter()
         failed = run_jobs(jobs_of(plan, study_dir), study_dir, parallel)
         report = build_report(study_dir)

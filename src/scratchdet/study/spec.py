@@ -3,12 +3,14 @@
     base: demo/mask_rcnn            # a preset or a YAML file (relative to the spec's folder)
     overrides: [eval.period=100]    # applied to the base before the axes
     axes:
-      init: [scratch, pretrained]   # pretrained: the backbone pre-trained by the study itself
+      init: [scratch, pretrained]   # pretrained: the backbone pre-trained by the study itself; or a name in weights
       norm: [gn]                    # frozen_bn | bn | syncbn | gn | none
       schedule: [1x, 3x, matched]   # matched: a scratch arm as costly as pre-training + the shortest fine-tuning
       train_subset: [null, 200]     # null: the whole training set
       seed: [0]
     pretrain: {epochs: 10}          # settings of the `pretrain` section for the pre-trained arms
+    weights:                        # published backbones as inits: `init: [scratch, imagenet]`
+      imagenet: weights/R-50-GN.pkl # a path (relative to the spec's folder), or {path: ..., pretrain: {...}}
 
 Shared prefixes are trained once: two arms that differ only in schedule length see the same data, learning rate
 and initialization until the shorter one's first lr step (the data order depends on the seed and the iteration
@@ -24,23 +26,25 @@ times the expected resized image area over the training set. Its schedule follow
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from scratchdet.config import Config, NormName, apply_overrides, build_config, read_config_data, read_yaml_mapping
 from scratchdet.errors import ScratchdetError
 
 AXES = ("init", "norm", "schedule", "train_subset", "seed")
+INITS = ("scratch", "pretrained")  # any other init is the name of a weight file under `weights`
 MATCHED = "matched"  # the schedule of a scratch arm as costly as pre-training + the shortest fine-tuning
 
 
 class Axes(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    init: list[Literal["scratch", "pretrained"]] = Field(["scratch", "pretrained"], min_length=1)
+    init: list[str] = Field(["scratch", "pretrained"], min_length=1)
     norm: list[NormName] = Field(["gn"], min_length=1)
     schedule: list[str] = Field(["1x"], min_length=1)
     train_subset: list[int | None] = Field([None], min_length=1)
@@ -59,6 +63,39 @@ class Axes(BaseModel):
         return values
 
 
+class PretrainCost(BaseModel):
+    """What a published backbone's pre-training cost (the paper's accounting: one instance per image)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str
+    images_per_epoch: int = Field(gt=0)
+    epochs: float = Field(gt=0)
+    input_size: int = Field(gt=0, description="training crop side in pixels")
+
+    def counts(self) -> dict[str, int]:
+        images = round(self.images_per_epoch * self.epochs)
+        return {"images": images, "instances": images, "pixels": images * self.input_size**2}
+
+
+class WeightsInit(BaseModel):
+    """A weight file used as an init; `pretrain` gives (or overrides) its pre-training cost."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str
+    pretrain: PretrainCost | None = None
+
+    def pretrain_counts(self) -> dict[str, int] | None:
+        """Images / instances / pixels of its pre-training: given in the spec, else from the table of known files
+        (`PUBLISHED_PRETRAINING`), else None ("cost unknown", never 0)."""
+        from scratchdet.modeling.weights import PUBLISHED_PRETRAINING
+
+        known = PUBLISHED_PRETRAINING.get(Path(self.path).name)
+        cost = self.pretrain or (PretrainCost(**known) if known else None)
+        return cost.counts() if cost else None
+
+
 class StudySpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -67,7 +104,30 @@ class StudySpec(BaseModel):
     overrides: list[str] = []
     axes: Axes = Field(default_factory=Axes)
     pretrain: dict[str, Any] = {}
+    weights: dict[str, WeightsInit] = {}
     fork_shared_prefixes: bool = True
+
+    @field_validator("weights", mode="before")
+    @classmethod
+    def _paths_alone(cls, value: Any) -> Any:
+        return (
+            {k: {"path": v} if isinstance(v, str) else v for k, v in value.items()}
+            if isinstance(value, dict)
+            else value
+        )
+
+    @model_validator(mode="after")
+    def _inits_are_known(self) -> StudySpec:
+        for name in self.weights:
+            if name in INITS or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]*", name):
+                raise ValueError(
+                    f"weights name {name!r}: use letters, digits, '.' or '-', other than {' or '.join(INITS)}"
+                )
+        unknown = [i for i in self.axes.init if i not in INITS and i not in self.weights]
+        if unknown:
+            raise ValueError(f"axes.init {unknown}: an init is scratch, pretrained, or a name under weights "
+                             f"({', '.join(self.weights) or 'none given'})")  # fmt: skip
+        return self
 
 
 @dataclass
@@ -121,6 +181,10 @@ def read_spec(path: Path) -> StudySpec:
     base = Path(path).parent / spec.base
     if base.is_file():
         spec.base = str(base)
+    for entry in spec.weights.values():
+        entry.path = str(Path(path).parent / entry.path)
+        if not Path(entry.path).is_file():
+            raise ScratchdetError(f"{path}: weights file {entry.path} not found; give its path relative to the spec")
     return spec
 
 
@@ -151,6 +215,13 @@ def _arm_config(base: dict[str, Any], values: dict[str, Any], init: str, name: s
     if init == "scratch":
         overrides.append("model.freeze_at=0")
     return build_config(apply_overrides(base, overrides), f"study arm {name}")
+
+
+INITS_FILE = "inits.json"  # STUDY_DIR/inits.json: each weight-file init's name, path and pre-training counts
+
+
+def inits_record(spec: StudySpec) -> dict[str, dict[str, Any]]:
+    return {name: {"path": entry.path, "pretrain": entry.pretrain_counts()} for name, entry in spec.weights.items()}
 
 
 def backbone_path(study_dir: Path, job: str) -> Path:
@@ -189,8 +260,12 @@ def expand(spec: StudySpec, study_dir: Path, dataset_size: int | None = None) ->
             values, cost = _matched_schedule(base, values, job, shortest, size, name)
         elif job is not None:
             jobs.setdefault(job.name, job)
-        config = _arm_config(base, values, str(backbone_path(study_dir, job.name)) if job and not cost else "scratch",
-                             name)  # fmt: skip
+        init = "scratch"
+        if values["init"] in spec.weights:
+            init = spec.weights[values["init"]].path
+        elif job is not None and not cost:
+            init = str(backbone_path(study_dir, job.name))
+        config = _arm_config(base, values, init, name)
         if config.solver.base_epochs is not None and not size:
             raise ScratchdetError("epoch-based schedules need the training-set size; the dataset could not be read")
         schedule = schedule_for(config, size)

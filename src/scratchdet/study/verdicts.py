@@ -9,6 +9,7 @@ have converged. Each verdict states its rule, its numbers with their intervals, 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -215,6 +216,14 @@ def _convergence_speed(evidence: Evidence, arms: list[ArmResult], norm: str, sub
     pre_short = _group(arms, "pretrained", norm, pre_schedules[0], subset)
     trunks = {init: _group(arms, init, norm, _schedules(arms, init, norm, subset)[-1], subset)
               for init in ("scratch", "pretrained")}  # fmt: skip
+    if not all(a.pretrain_cost_known for a in pre_short):
+        return Part(
+            norm,
+            UNTESTED,
+            "pre-training cost unknown",
+            f"{norm}: the pre-training cost of the weight file "
+            "is unknown, so no total cost can be compared: give weights.NAME.pretrain in the study spec",
+        )
     target, latest = early_iteration([*pre_short, *trunks["scratch"], *trunks["pretrained"]])
     common = set.intersection(*({i for i, _ in a.curve("bbox")} for group in trunks.values() for a in group))
     early = sorted(i for i in common if target <= i <= latest)
@@ -348,7 +357,20 @@ def finding_4_localization(arms: list[ArmResult], evidence: Evidence) -> Verdict
                     "needs a finished scratch and a finished pre-trained arm of the same norm")  # fmt: skip
 
 
+FINDINGS = (finding_1_matching, finding_2_convergence, finding_3_less_data, finding_4_localization)
+
+
 def all_verdicts(arms: list[ArmResult], evidence: Evidence | None = None) -> list[Verdict]:
+    """The four findings; with several pre-trained inits (the study's own, published weight files), the four for
+    each, scratch against that init alone."""
     evidence = evidence or Evidence(arms)
-    return [finding(arms, evidence) for finding in
-            (finding_1_matching, finding_2_convergence, finding_3_less_data, finding_4_localization)]  # fmt: skip
+    names = sorted({a.init_name for a in arms if a.init != "scratch"})
+    if len(names) <= 1:
+        return [finding(arms, evidence) for finding in FINDINGS]
+    verdicts = []
+    for name in names:
+        chosen = [a for a in arms if a.init == "scratch" or a.init_name == name]
+        for finding in FINDINGS:
+            verdict = finding(chosen, evidence)
+            verdicts.append(dataclasses.replace(verdict, finding=f"{verdict.finding} (pre-trained: {name})"))
+    return verdicts
