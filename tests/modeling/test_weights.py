@@ -128,3 +128,29 @@ def test_a_detectron_pkl_is_refused_with_a_pixel_mean_it_cannot_be_converted_to(
     with pytest.raises(ScratchdetError, match="expects Detectron's pixel means"):
         model = build_detector(norm="gn", **NARROW50)
         load_backbone_weights(model, tmp_path / "R-50-GN.pkl", None, [0.5] * 3, [0.2] * 3)
+
+
+def test_a_timm_gn_resnet_checkpoint_loads_as_safetensors_and_as_pth(tmp_path: Path) -> None:
+    """timm's ResNets (resnet50_gn) use torchvision's layer names plus a classifier `fc`; timm publishes
+    .safetensors, and training scripts save {"state_dict": ...} with DDP's "module." prefix."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1)
+    reference = build_detector(norm="gn", **NARROW50).backbone.body.eval()
+    state = {k: v.contiguous() for k, v in reference.state_dict().items()}
+    state |= {"fc.weight": torch.zeros(10, 256), "fc.bias": torch.zeros(10)}
+    save_file(state, str(tmp_path / "resnet50_gn.safetensors"))
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 3}, tmp_path / "checkpoint.pth")
+    image = torch.randn(1, 3, 48, 64)
+    with torch.no_grad():
+        expected = reference(image)
+    for name in ("resnet50_gn.safetensors", "checkpoint.pth"):
+        model = build_detector(norm="gn", **NARROW50)
+        report = load_backbone_weights(model, tmp_path / name)
+        assert report.missing == [] and report.unexpected == [] and report.ignored, name
+        with torch.no_grad():
+            loaded = model.backbone.body.eval()(image)
+        assert all(torch.equal(loaded[k], expected[k]) for k in expected), name
+    (tmp_path / "broken.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
+    with pytest.raises(ScratchdetError, match=r"broken\.safetensors: cannot be read"):
+        load_backbone_weights(build_detector(norm="gn", **NARROW50), tmp_path / "broken.safetensors")

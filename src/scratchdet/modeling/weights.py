@@ -2,6 +2,8 @@
 
 * `.pth` / `.pt`: `torch.load(weights_only=True)`; a state dict, or {"model": state dict, "meta": {...}} as
   written by scratchdet (pre-training output, checkpoints).
+* `.safetensors`: a tensor table that holds no code at all (timm publishes its ResNets so; timm's ResNet, e.g.
+  `resnet50_gn`, names its layers as torchvision does, so its keys need no mapping).
 * `.pkl`: Detectron / detectron2 Caffe2-format backbones (such as the R-50-GN file the paper used), read by an
   unpickler that builds only plain containers and numpy arrays: a file that asks for anything else (a function to
   call, a class to build) is refused before any of it runs. Caffe2 blob names are mapped to torchvision's
@@ -160,6 +162,14 @@ def read_weight_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
     path = Path(path)
     if not path.is_file():
         raise ScratchdetError(f"model.init={path}: no such file; give 'scratch' or the path of a weight file")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return dict(load_file(str(path), device="cpu")), {"format": "safetensors"}
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ScratchdetError(f"{path}: cannot be read as a .safetensors weight file ({exc})") from None
     if path.suffix == ".pkl":
         content = read_restricted_pickle(path)
         blobs = content.get("blobs", content) if isinstance(content, dict) else None
