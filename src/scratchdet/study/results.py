@@ -82,7 +82,7 @@ def read_arm(run_dir: Path, inits: dict[str, dict[str, Any]] | None = None) -> A
             cost_known = pretrain_counts is not None
     return ArmResult(
         name=run_dir.name,
-        init="scratch" if model["init"] == "scratch" else "pretrained",
+        init="scratch" if init_name == "scratch" else "pretrained",
         norm=model["norm"],
         schedule=solver["schedule"],
         multiplier=float(solver["schedule"][:-1]),
