@@ -92,6 +92,13 @@ CASES = [
     # ---- the annotation file
     Case("malformed JSON", "error", r"instances\.json: not valid JSON \(line 1", _raw_json('{"images": [')),
     Case("not a JSON object", "error", r"instances\.json: expected a JSON object", _raw_json("[1, 2]")),
+    Case(
+        "deeply nested JSON",
+        "error",
+        r"instances\.json: JSON nested too deeply to be a COCO annotation file",
+        _raw_json("[" * 200_000 + "]" * 200_000),
+    ),
+    Case("no images", "error", r"instances\.json: the 'images' list is empty", _set("images", [])),
     Case("missing top-level key", "error", r"missing or not a list: annotations", lambda r, d: d.pop("annotations")),
     Case(
         "annotation without bbox",

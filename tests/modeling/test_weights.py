@@ -154,3 +154,16 @@ def test_a_timm_gn_resnet_checkpoint_loads_as_safetensors_and_as_pth(tmp_path: P
     (tmp_path / "broken.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
     with pytest.raises(ScratchdetError, match=r"broken\.safetensors: cannot be read"):
         load_backbone_weights(build_detector(norm="gn", **NARROW50), tmp_path / "broken.safetensors")
+
+
+def test_a_pth_that_asks_for_code_is_refused_without_advice_to_lower_the_guard(tmp_path: Path) -> None:
+    class Payload:
+        def __reduce__(self) -> tuple:
+            return (print, ("this ran",))
+
+    torch.save({"conv1.weight": torch.zeros(1), "x": Payload()}, tmp_path / "evil.pth")
+    with pytest.raises(ScratchdetError) as caught:
+        load_backbone_weights(build_detector(norm="gn", **NARROW50), tmp_path / "evil.pth")
+    message = str(caught.value)
+    assert "refused to load: the file asks for" in message and "print" in message
+    assert "weights_only" not in message and "Only trusted weight files of tensors load" in message

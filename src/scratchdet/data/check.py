@@ -349,6 +349,9 @@ def check_dataset(
         except ScratchdetError as exc:
             report.add("error", str(exc))
             return report
+    if not data["images"]:
+        report.add("error", f"{report.annotations_path}: the 'images' list is empty: there is nothing to train or "
+                   "evaluate on")  # fmt: skip
     category_ids = _check_categories(report, data["categories"])
     image_ids = _check_ids(report, data["images"], "image")
     images = [i for i in data["images"] if isinstance(i, dict) and isinstance(i.get("id"), int)]

@@ -39,6 +39,8 @@ def read_coco_json(path: Path) -> dict[str, Any]:
             f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
             "the file may be truncated or not a COCO annotation file"
         ) from None
+    except RecursionError:  # e.g. [[[[... a million levels deep: no COCO file nests more than a few levels
+        raise ScratchdetError(f"{path}: JSON nested too deeply to be a COCO annotation file") from None
     if not isinstance(data, dict):
         raise ScratchdetError(f"{path}: expected a JSON object with {', '.join(REQUIRED_TOP_LEVEL)}")
     missing = [key for key in REQUIRED_TOP_LEVEL if not isinstance(data.get(key), list)]

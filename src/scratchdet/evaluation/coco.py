@@ -106,8 +106,8 @@ def read_evaluation(path: Path) -> tuple[list[int], list[dict[str, Any]]]:
     try:
         data = json.loads(gzip.decompress(Path(path).read_bytes()))
         return [int(i) for i in data["image_ids"]], list(data["detections"])
-    except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
-        raise ScratchdetError(f"{path}: cannot read this saved evaluation ({exc})") from None
+    except (OSError, EOFError, ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise ScratchdetError(f"{path}: cannot read this saved evaluation ({type(exc).__name__}: {exc})") from None
 
 
 def read_detections(path: Path) -> list[dict[str, Any]]:
@@ -115,6 +115,8 @@ def read_detections(path: Path) -> list[dict[str, Any]]:
         detections = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ScratchdetError(f"{path}: cannot read detections ({exc})") from None
+    except RecursionError:
+        raise ScratchdetError(f"{path}: JSON nested too deeply to be a COCO results file") from None
     if not isinstance(detections, list):
         raise ScratchdetError(f"{path}: a COCO results file is a JSON list of detections")
     return detections

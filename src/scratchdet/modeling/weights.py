@@ -178,7 +178,14 @@ def read_weight_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
         return caffe2_to_torchvision(blobs), {"format": "caffe2"}
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt, truncated, or holding objects that weights_only refuses
+    except pickle.UnpicklingError as exc:  # asks for code or objects: refused, and it must stay refused
+        wanted = re.search(r"GLOBAL (\S+)", str(exc))
+        asked = f"asks for {wanted.group(1)}, " if wanted else "holds objects other than tensors, "
+        raise ScratchdetError(
+            f"{path}: refused to load: the file {asked}which a weight file never needs. Only trusted weight files "
+            "of tensors load; save the state dict alone (torch.save(model.state_dict(), path))"
+        ) from None
+    except Exception as exc:  # corrupt or truncated
         raise ScratchdetError(f"{path}: cannot be read as a weight file ({exc})") from None
     metadata: dict[str, Any] = {}
     if isinstance(content, dict) and isinstance(content.get("model"), dict):
