@@ -82,3 +82,22 @@ def test_no_detections_score_zero_and_resamples_are_seeded(synth_dir: Path) -> N
     assert accumulate(match_detections(annotations, [], ids, "bbox"))["AP"][0] == 0.0
     assert np.array_equal(resample_weights(10, 4, seed=1), resample_weights(10, 4, seed=1))
     assert resample_weights(10, 4, seed=1).sum(axis=1).tolist() == [10.0] * 4
+
+
+def test_precision_at_recall_thresholds_is_coco_searchsorted_row_by_row():
+    """The vectorized lookup equals COCO's per-row searchsorted, including recalls exactly on a threshold, rows that
+    never reach some thresholds, and runs of equal recall."""
+    from scratchdet.evaluation.bootstrap import RECALL_THRESHOLDS, _at_recall_thresholds
+
+    rng = np.random.default_rng(0)
+    for detections in (1, 7, 40):
+        steps = rng.choice([0.0, 0.01, 0.02, 0.05, 1 / 3, 0.1], size=(6, 10, detections))
+        recall = np.minimum(np.cumsum(steps, axis=2), rng.choice([0.55, 1.0], size=(6, 10, 1)))
+        precision = rng.random((6, 10, detections))
+        expected = np.zeros((6, 10, len(RECALL_THRESHOLDS)))
+        for r in range(6):
+            for t in range(10):
+                found = np.searchsorted(recall[r, t], RECALL_THRESHOLDS, side="left")
+                inside = found < detections
+                expected[r, t, inside] = precision[r, t, found[inside]]
+        assert np.array_equal(_at_recall_thresholds(recall, precision), expected)

@@ -158,15 +158,26 @@ def _category_precision(category: CategoryMatches, weights: np.ndarray) -> np.nd
     recall = tp / np.maximum(total, 1e-12)[:, None, None]
     precision = tp / np.maximum(tp + fp, np.spacing(1))
     precision = np.maximum.accumulate(precision[..., ::-1], axis=2)[..., ::-1]  # COCO's precision envelope
-    detections = recall.shape[2]
-    for r in np.flatnonzero(total > 0):
-        for t in range(thresholds):
-            found = np.searchsorted(recall[r, t], RECALL_THRESHOLDS, side="left")
-            values = np.zeros(len(RECALL_THRESHOLDS))
-            inside = found < detections
-            values[inside] = precision[r, t, found[inside]]
-            out[r, t] = values
+    out[total > 0] = _at_recall_thresholds(recall, precision)[total > 0]
     return out
+
+
+def _at_recall_thresholds(recall: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """(R, T, recall thresholds): for each row of `recall` (non-decreasing along the last axis) and each threshold q,
+    the precision at the first detection whose recall reaches q (0 where none does) — COCO's
+    `searchsorted(recall, q, side="left")`, for every row at once. A detection's count of thresholds at or below
+    its recall, k, is non-decreasing along a row, and the first detection reaching threshold j is the first with
+    k > j: so the index sought is the number of detections with k <= j, a cumulative histogram of k."""
+    rows, thresholds, detections = recall.shape
+    levels = len(RECALL_THRESHOLDS)
+    if detections == 0:
+        return np.zeros((rows, thresholds, levels))
+    k = np.searchsorted(RECALL_THRESHOLDS, recall, side="right").reshape(rows * thresholds, detections)
+    offsets = np.arange(rows * thresholds)[:, None] * (levels + 1)
+    histogram = np.bincount((k + offsets).ravel(), minlength=rows * thresholds * (levels + 1))
+    found = np.cumsum(histogram.reshape(rows * thresholds, levels + 1), axis=1)[:, :levels]
+    values = np.take_along_axis(precision.reshape(rows * thresholds, detections), np.minimum(found, detections - 1), 1)
+    return np.where(found < detections, values, 0.0).reshape(rows, thresholds, levels)
 
 
 def resample_weights(images: int, resamples: int, seed: int) -> np.ndarray:
