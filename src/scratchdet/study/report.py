@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import os
 from pathlib import Path
 
 import matplotlib
@@ -32,6 +33,7 @@ from scratchdet.study.verdicts import FAILS, HOLDS, INCONCLUSIVE, Verdict, all_v
 
 COLOURS = {"scratch": "tab:blue", "pretrained": "tab:orange"}
 STYLES = ["-", "--", ":", "-."]
+BAND_RESAMPLES = 100  # a curve's band is a picture of the noise: 100 of the verdicts' resamples draw it
 TABLE_METRICS = (("bbox", "AP"), ("bbox", "AP50"), ("bbox", "AP75"), ("segm", "AP"))
 
 
@@ -85,7 +87,7 @@ def _band(axis: plt.Axes, evidence: Evidence, arm: ArmResult, task: str, curve: 
     """Shade value ± 1.96 bootstrap standard errors at every evaluation whose detections were saved."""
     points = []
     for iteration, value in curve:
-        samples = evidence.samples(arm, task, "AP", iteration)
+        samples = evidence.samples(arm, task, "AP", iteration, resamples=BAND_RESAMPLES)
         if samples is not None:
             spread = Z_975 * float(samples.std(ddof=1))
             points.append((iteration, value - spread, value + spread))
@@ -259,12 +261,26 @@ PRETRAINING_NOTE = (
 )
 
 
+def resampling_requests(arms: list[ArmResult]) -> list[tuple[ArmResult, str, int | None, int | None]]:
+    """What the report resamples: every evaluation on a curve (for its band) and every final one (for the
+    verdicts' intervals, at the full count)."""
+    requests: list[tuple[ArmResult, str, int | None, int | None]] = []
+    for arm in arms:
+        requests += [
+            (arm, task, iteration, BAND_RESAMPLES) for iteration, metrics in arm.evaluations for task in metrics
+        ]
+        if arm.finished and arm.final:
+            requests += [(arm, task, None, None) for task in arm.final]
+    return requests
+
+
 def build_report(study_dir: Path) -> Path:
     """Write STUDY_DIR/report/{report.html, report.md, figures/*.png}; returns the HTML path."""
     study_dir = Path(study_dir)
     out = study_dir / "report"
     arms = read_study(study_dir)
     evidence = Evidence(arms)
+    evidence.prefetch(resampling_requests(arms), workers=os.cpu_count() or 1)
     verdicts = all_verdicts(arms, evidence)
     builders = [
         ("ap_curves", "Box and mask AP during training, per norm; dotted lines mark the end of each schedule "

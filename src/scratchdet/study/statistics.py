@@ -16,8 +16,11 @@ never zero. AP of an evaluation without detections is 0, not NaN.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import multiprocessing
 from collections.abc import Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +28,7 @@ import numpy as np
 from faster_coco_eval import COCO
 
 from scratchdet.engine.hooks import evaluation_file
-from scratchdet.evaluation.bootstrap import MatchTable, accumulate, match_detections, resample_weights
+from scratchdet.evaluation.bootstrap import accumulate, match_detections, resample_weights
 from scratchdet.evaluation.coco import read_evaluation
 from scratchdet.study.results import ArmResult
 
@@ -84,18 +87,44 @@ Inputs = Mapping[str, tuple[list[ArmResult], str, str, int | None]]
 Statistic = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 
+@dataclass(frozen=True)
+class Resampled:
+    """One saved evaluation's metrics over the bootstrap resamples of its images."""
+
+    image_ids: tuple[int, ...]
+    values: dict[str, np.ndarray]  # metric (AP, AP50, AP75) -> (resamples,)
+
+
+# (validation annotations, saved evaluation, task, resamples used, resamples drawn, seed): what one resampling needs.
+ResampleJob = tuple[Path, Path, str, int, int, int]
+_WORKER_GROUND_TRUTH: dict[Path, COCO] = {}
+
+
+def resample_evaluation(job: ResampleJob) -> Resampled:
+    """Match a saved evaluation once and re-accumulate its AP, AP50 and AP75 over the first `used` of `drawn`
+    seeded resamples (a module function: worker processes run it)."""
+    annotations, path, task, used, drawn, seed = job
+    if annotations not in _WORKER_GROUND_TRUTH:
+        _WORKER_GROUND_TRUTH[annotations] = COCO(str(annotations), print_function=lambda *a, **k: None)
+    image_ids, detections = read_evaluation(path)
+    table = match_detections(_WORKER_GROUND_TRUTH[annotations], detections, image_ids, task)
+    weights = resample_weights(len(table.image_ids), drawn, seed)[:used]
+    values = {metric: np.nan_to_num(v, nan=0.0) for metric, v in accumulate(table, weights).items()}
+    return Resampled(tuple(table.image_ids), values)
+
+
 class Evidence:
-    """A study's arms, their logged metrics, and the bootstrap of their saved evaluations (loaded lazily, cached)."""
+    """A study's arms, their logged metrics, and the bootstrap of their saved evaluations (loaded lazily, cached;
+    `prefetch` computes many at once on every core)."""
 
     def __init__(self, arms: list[ArmResult], resamples: int = RESAMPLES, seed: int = BOOTSTRAP_SEED) -> None:
         self.arms = arms
         self.resamples = resamples
         self.seed = seed
-        self._ground_truth: dict[Path, COCO | None] = {}
-        self._samples: dict[tuple[str, str, str, int], np.ndarray | None] = {}
-        self._tables: dict[tuple[str, str, int], MatchTable | None] = {}
+        self._located: dict[tuple[str, int], tuple[Path, Path, str] | None] = {}
+        # Keyed by content: a forked arm's copies of its parent's evaluations are resampled once.
+        self._resampled: dict[tuple[str, str, int], Resampled] = {}
         self.image_counts: set[int] = set()  # sizes of the validation sets resampled
-        self._weights: dict[tuple[int, ...], np.ndarray] = {}
         self.notes: set[str] = set()
 
     # ------------------------------------------------------------------------------------------ values
@@ -111,48 +140,67 @@ class Evidence:
             finished = iteration in dict(arm.curve(task, metric))
         return 0.0 if finished and math.isnan(value) else value
 
-    def samples(self, arm: ArmResult, task: str, metric: str, iteration: int | None) -> np.ndarray | None:
-        """(resamples,) bootstrap values of the metric; None when the evaluation was not saved or not readable."""
-        at = arm.total_iterations if iteration is None else iteration
-        key = (arm.name, task, metric, at)
-        if key not in self._samples:
-            table = self._table(arm, task, at)
-            if table is None:
-                self._samples[key] = None
-            else:
-                values = accumulate(table, self._weights_for(table))[metric]
-                self._samples[key] = np.nan_to_num(values, nan=0.0)
-        return self._samples[key]
+    def samples(
+        self, arm: ArmResult, task: str, metric: str, iteration: int | None, resamples: int | None = None
+    ) -> np.ndarray | None:
+        """(resamples,) bootstrap values of the metric; None when the evaluation was not saved or not readable.
+        `resamples` below the Evidence's own count takes the first of the same seeded draws (a band on a curve
+        needs fewer than an interval)."""
+        resampled = self._get(arm, task, iteration, resamples)
+        return None if resampled is None else resampled.values[metric]
 
-    def _table(self, arm: ArmResult, task: str, iteration: int) -> MatchTable | None:
-        key = (arm.name, task, iteration)
-        if key in self._tables:
-            return self._tables[key]
-        table = None
-        path = evaluation_file(arm.run_dir, iteration) if arm.run_dir else None
-        ground_truth = self._annotations(arm.val_annotations) if arm.val_annotations else None
-        if path is None or not path.is_file():
-            self.notes.add("some evaluations were not saved (RUN_DIR/evaluations): their intervals are unknown")
-        elif ground_truth is None:
-            self.notes.add(f"validation annotations {arm.val_annotations} not found: intervals unknown")
+    def prefetch(self, requests: list[tuple[ArmResult, str, int | None, int | None]], workers: int) -> None:
+        """Compute the resamplings of (arm, task, iteration, resamples) requests on `workers` processes."""
+        jobs = {}
+        for arm, task, iteration, resamples in requests:
+            key, job = self._job(arm, task, iteration, resamples)
+            if key is not None and key not in self._resampled:
+                jobs[key] = job
+        if workers > 1 and len(jobs) > 1:
+            context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
+            with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
+                results = list(pool.map(resample_evaluation, jobs.values()))
         else:
-            image_ids, detections = read_evaluation(path)
-            table = match_detections(ground_truth, detections, image_ids, task)
-            self.image_counts.add(len(table.image_ids))
-        self._tables[key] = table
-        return table
+            results = [resample_evaluation(job) for job in jobs.values()]
+        for key, result in zip(jobs, results, strict=True):
+            self._resampled[key] = result
+            self.image_counts.add(len(result.image_ids))
 
-    def _annotations(self, path: Path) -> COCO | None:
-        if path not in self._ground_truth:
-            self._ground_truth[path] = COCO(str(path), print_function=lambda *a, **k: None) if path.is_file() else None
-        return self._ground_truth[path]
+    def _get(self, arm: ArmResult, task: str, iteration: int | None, resamples: int | None) -> Resampled | None:
+        key, job = self._job(arm, task, iteration, resamples)
+        if key is None:
+            return None
+        if key not in self._resampled:
+            self._resampled[key] = resample_evaluation(job)
+            self.image_counts.add(len(self._resampled[key].image_ids))
+        return self._resampled[key]
 
-    def _weights_for(self, table: MatchTable) -> np.ndarray:
-        """The resamples of this evaluation's image set: the same for every arm evaluated on it (paired)."""
-        key = tuple(table.image_ids)
-        if key not in self._weights:
-            self._weights[key] = resample_weights(len(key), self.resamples, self.seed)
-        return self._weights[key]
+    def _job(
+        self, arm: ArmResult, task: str, iteration: int | None, resamples: int | None
+    ) -> tuple[tuple[str, str, int] | None, ResampleJob]:
+        at = arm.total_iterations if iteration is None else iteration
+        used = min(resamples or self.resamples, self.resamples)
+        located = self._locate(arm, at)
+        if located is None:
+            return None, (Path(), Path(), task, 0, 0, 0)
+        annotations, path, digest = located
+        return (digest, task, used), (annotations, path, task, used, self.resamples, self.seed)
+
+    def _locate(self, arm: ArmResult, iteration: int) -> tuple[Path, Path, str] | None:
+        """(annotations, saved evaluation, digest of its content), or None (with a note) when either is missing."""
+        key = (arm.name, iteration)
+        if key not in self._located:
+            path = evaluation_file(arm.run_dir, iteration) if arm.run_dir else None
+            located = None
+            if path is None or not path.is_file():
+                self.notes.add("some evaluations were not saved (RUN_DIR/evaluations): their intervals are unknown")
+            elif arm.val_annotations is None or not Path(arm.val_annotations).is_file():
+                self.notes.add(f"validation annotations {arm.val_annotations} not found: intervals unknown")
+            else:
+                digest = hashlib.sha1(path.read_bytes()).hexdigest() + str(arm.val_annotations)
+                located = (Path(arm.val_annotations), path, digest)
+            self._located[key] = located
+        return self._located[key]
 
     # --------------------------------------------------------------------------------------- estimates
 
@@ -195,8 +243,8 @@ class Evidence:
         return statistic(means)
 
     def _image_set(self, arm: ArmResult, task: str, iteration: int | None) -> tuple[int, ...]:
-        table = self._tables.get((arm.name, task, arm.total_iterations if iteration is None else iteration))
-        return tuple(table.image_ids) if table else ()
+        resampled = self._get(arm, task, iteration, None)
+        return resampled.image_ids if resampled else ()
 
 
 def _common_seeds(inputs: Inputs) -> list[int]:
