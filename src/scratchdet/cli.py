@@ -7,6 +7,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,8 @@ if TYPE_CHECKING:
     from scratchdet.config import Config
 
 DEMO_DATA = Path("data/demo")
+DEMO_GPU_DATA = Path("data/demo_gpu")
+DEMO_GPU_JOBS = 8  # arms sharing one GPU in the GPU demo (calibrated: tools/gpu_demo_calibration.py)
 EPILOG = """examples:
   scratchdet data synth --out data/demo                  generate the demo dataset
   scratchdet data check data/demo/annotations/instances_train.json --images data/demo/train
@@ -251,30 +254,94 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class DemoVariant:
+    """What `scratchdet demo` runs on one kind of machine: its study, its data, and arms trained at once."""
+
+    study: str  # under configs/demo/
+    data: Path
+    out: Path
+    jobs: int
+
+
+def demo_variants() -> dict[str, DemoVariant]:
+    cores = os.cpu_count() or 1
+    return {
+        # The CPU demo's small model keeps about one core busy: two arms at once finish about a third sooner.
+        "cpu": DemoVariant("study.yaml", DEMO_DATA, Path("runs/demo"), min(2, cores)),
+        # At this model size one process leaves most of the GPU idle: arms share it (as clients of one MPS server,
+        # engine/mps.py), each with two cores.
+        "cuda": DemoVariant(
+            "study_gpu.yaml", DEMO_GPU_DATA, Path("runs/demo_gpu"), max(1, min(DEMO_GPU_JOBS, cores // 2))
+        ),
+    }
+
+
+def _demo_device(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ScratchdetError("--device cuda: PyTorch sees no CUDA device here; run the CPU demo with --device cpu")
+    return requested
+
+
+def _demo_study(packaged: Path, data: Path, out: Path, moved: bool) -> Path:
+    """The demo's study spec; with the data elsewhere than the preset expects, a copy pointed at it, written as the
+    study directory's own spec (a study directory holds one spec: a run with other data is refused there)."""
+    import yaml
+
+    from scratchdet.io import atomic_write_text
+
+    if not moved:
+        return packaged
+    spec = yaml.safe_load(packaged.read_text())
+    spec["overrides"] = [*spec.get("overrides", []), f"data.root={data.resolve()}",
+                         f"pretrain.root={(data / 'classification').resolve()}"]  # fmt: skip
+    text = f"# {packaged.name} with the data in {data}\n" + yaml.safe_dump(spec, sort_keys=False)
+    saved = out / "study.yaml"
+    if saved.is_file() and saved.read_text() != text:
+        raise ScratchdetError(f"{out} holds a study with another spec ({saved}); use another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(saved, text)
+    return saved
+
+
 def _demo(args: argparse.Namespace) -> int:
     """Generate the demo data (if absent), check it, run the demo study and print the report's path."""
     from importlib import resources
 
     from scratchdet.data.check import check_dataset
-    from scratchdet.data.synthetic import DEMO_SPEC, existing_spec, generate
+    from scratchdet.data.synthetic import DEMO_GPU_SPEC, DEMO_SPEC, existing_spec, generate
+    from scratchdet.engine import mps
     from scratchdet.study.runner import run_study
 
     started = time.perf_counter()
-    spec = DEMO_SPEC
-    if existing_spec(args.data) == spec:
-        print(f"demo dataset already in {args.data}")
+    device = _demo_device(args.device)
+    variant = demo_variants()[device]
+    data, out, jobs = args.data or variant.data, args.out or variant.out, args.jobs or variant.jobs
+    if device == "cuda" and not args.jobs and not mps.available():
+        print(f"CUDA MPS is not available here ({mps.CONTROL}): arms would time-share the GPU, no faster than one "
+              "at a time, so the demo trains one at a time")  # fmt: skip
+        jobs = 1
+    spec = DEMO_GPU_SPEC if device == "cuda" else DEMO_SPEC
+    print(f"the {device.upper()} demo: configs/demo/{variant.study}, data in {data}, study in {out}, {jobs} at once")
+    if existing_spec(data) == spec:
+        print(f"demo dataset already in {data}")
     else:
-        print(f"generating the demo dataset in {args.data}")
-        generate(args.data, spec)
+        print(f"generating the demo dataset in {data}")
+        generate(data, spec)
     for split in ("train", "val"):
-        report = check_dataset(args.data / "annotations" / f"instances_{split}.json", args.data / split, quiet=True)
+        report = check_dataset(data / "annotations" / f"instances_{split}.json", data / split, quiet=True)
         print(report.format(max_problems=20))
         if not report.ok:
-            raise ScratchdetError(f"the demo dataset in {args.data} has errors; delete it and run again")
+            raise ScratchdetError(f"the demo dataset in {data} has errors; delete it and run again")
     if args.check_only:
         return 0
-    study = Path(str(resources.files("scratchdet") / "configs" / "demo" / "study.yaml"))
-    path = run_study(study, args.out, parallel=args.jobs)
+    study = _demo_study(Path(str(resources.files("scratchdet") / "configs" / "demo" / variant.study)), data, out,
+                        moved=data != variant.data)  # fmt: skip
+    path = run_study(study, out, parallel=jobs)
     print(f"demo finished in {time.perf_counter() - started:.0f} s")
     print(f"report: {path}")
     return 0
@@ -468,14 +535,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     demo = _command(commands, "demo", _demo, "the whole demo: generated data, pre-training, the study and its report")
-    demo.add_argument("--data", type=Path, default=DEMO_DATA, help="where the generated data goes")
-    demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="study directory (re-run to resume)")
+    demo.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="auto (default): the GPU demo when PyTorch sees a CUDA device (configs/demo/study_gpu.yaml: 1x = 12 "
+        "epochs, schedules to 6x, a cost-matched scratch arm, two seeds; about 10 minutes on one H100/H200), else "
+        "the CPU demo (configs/demo/study.yaml: about 15 minutes on 2 cores)",
+    )
+    demo.add_argument(
+        "--data", type=Path, help="where the generated data goes (default: data/demo, GPU: data/demo_gpu)"
+    )
+    demo.add_argument("--out", type=Path, help="study directory; run again to resume (default: runs/demo, GPU: "
+                      "runs/demo_gpu)")  # fmt: skip
     demo.add_argument(
         "--jobs",
         type=int,
-        default=min(2, os.cpu_count() or 1),
-        help="arms trained at once, each on its share of the cores (default: %(default)s; the demo's small model "
-        "keeps only about one core busy, so two arms at once finish the study about a third sooner on 2 cores)",
+        help="arms trained at once (default: 2 on a CPU, each on its share of the cores; on a GPU, "
+        f"{DEMO_GPU_JOBS} sharing it through CUDA MPS, two cores each, or 1 where MPS is not available)",
     )
     demo.add_argument("--check-only", action="store_true", help="only generate and check the data")
     return parser

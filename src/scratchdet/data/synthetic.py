@@ -82,6 +82,18 @@ class SynthSpec:
 # iterations: 4x still gains +15.8 / +8.4 box AP over 2x).
 DEMO_SPEC = SynthSpec(categories=3)
 
+# The GPU demo's data (`scratchdet demo` on a CUDA machine): all six shape categories, 500 validation scenes (the
+# verdicts' intervals narrow with the validation set), and 300 classification images per class. The number of
+# training scenes is what one GPU can train at the paper's proportions (1x = 12 epochs, the longest arm 6x) within
+# the demo's 10 minutes: measured by tools/gpu_demo_calibration.py.
+DEMO_GPU_TRAIN_IMAGES = 400
+DEMO_GPU_SPEC = SynthSpec(
+    train_images=DEMO_GPU_TRAIN_IMAGES,
+    val_images=500,
+    classification_train_per_class=300,
+    classification_val_per_class=50,
+)
+
 
 # ------------------------------------------------------------------------------------------------ shapes
 
