@@ -89,6 +89,11 @@ class ModelConfig(_Section):
     init: str = Field("scratch", description="'scratch' or the path of a backbone checkpoint / weight file")
     allow_frozen_bn_scratch: bool = Field(False, description="permit init=scratch with norm=frozen_bn")
     zero_init_last: bool = Field(False, description="zero the last norm of each residual block")
+    stride_in_1x1: bool = Field(
+        False,
+        description="bottlenecks stride in their first 1x1 conv (MSRA's layout, as in Detectron's BN R-50.pkl / "
+        "R-101.pkl), not the 3x3 (torchvision's); a weight file is refused in the other layout",
+    )
     num_classes: int | None = Field(None, gt=0, description="object categories; None: from the dataset")
     box_head: Literal["4conv1fc", "2fc"] = "4conv1fc"
     box_head_conv_dim: int = Field(256, gt=0)

@@ -61,7 +61,7 @@ def test_caffe2_gn_pickle_loads_completely(tmp_path: Path) -> None:
 
 def test_caffe2_affine_bn_pickle_into_frozen_bn_is_exact(tmp_path: Path) -> None:
     blobs = _write_caffe2_pkl(tmp_path / "R-50.pkl", "bn")
-    model = build_detector(norm="frozen_bn", **NARROW50)
+    model = build_detector(norm="frozen_bn", stride_in_1x1=True, **NARROW50)  # a BN .pkl is MSRA's layout
     report = load_backbone_weights(model, tmp_path / "R-50.pkl")
     assert report.missing == [] and report.folded_norms > 0
     frozen = model.backbone.body.layer2[0].bn3
@@ -167,3 +167,55 @@ def test_a_pth_that_asks_for_code_is_refused_without_advice_to_lower_the_guard(t
     message = str(caught.value)
     assert "refused to load: the file asks for" in message and "print" in message
     assert "weights_only" not in message and "Only trusted weight files of tensors load" in message
+
+
+def test_an_msra_pkl_loads_only_into_its_own_layout_and_then_computes_what_it_did(tmp_path: Path) -> None:
+    """MSRA's BN ResNets (Detectron's R-50.pkl) stride in each stage's first 1x1 conv. Written as Detectron would
+    write a reference network of that layout, the file gives the reference's features in a backbone built with
+    model.stride_in_1x1; torchvision's layout is refused with the reason, and really computes something else."""
+    torch.manual_seed(0)
+    reference = build_detector(norm="frozen_bn", stride_in_1x1=True, **NARROW50).backbone.body.eval()
+    assert reference.layer2[0].conv1.stride == (2, 2) and reference.layer2[0].conv2.stride == (1, 1)
+    state = {}
+    for key, tensor in reference.state_dict().items():
+        if key.endswith("running_mean"):
+            state[key] = torch.zeros_like(tensor)
+        elif key.endswith("running_var"):
+            state[key] = torch.full_like(tensor, 1 - 1e-5)  # what a Caffe2 frozen affine becomes
+        else:
+            state[key] = torch.randn_like(tensor) * (0.1 if tensor.dim() == 4 else 1.0)
+    reference.load_state_dict(state)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    ours = (torch.rand(1, 3, 64, 64) - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = reference(ours)
+    written = dict(state)
+    written["conv1.weight"] = (state["conv1.weight"] / (255 * std.view(1, 3, 1, 1))).flip(1)  # Detectron's input
+    blobs = {_caffe2_name(k, "bn"): v.numpy() for k, v in written.items() if not k.endswith(("_mean", "_var"))}
+    with open(tmp_path / "R-50.pkl", "wb") as file:
+        pickle.dump({"blobs": blobs}, file, protocol=2)
+
+    model = build_detector(norm="frozen_bn", stride_in_1x1=True, **NARROW50)
+    report = load_backbone_weights(model, tmp_path / "R-50.pkl")
+    assert report.missing == [] and report.metadata["stride_in_1x1"] is True
+    with torch.no_grad():
+        loaded = model.backbone.body.eval()(ours)
+    for level in expected:
+        torch.testing.assert_close(loaded[level], expected[level], atol=1e-4, rtol=1e-4)
+
+    torchvision_layout = build_detector(norm="frozen_bn", **NARROW50)
+    with pytest.raises(ScratchdetError, match=r"stride_in_1x1: file True, model False .*set model.stride_in_1x1=true"):
+        load_backbone_weights(torchvision_layout, tmp_path / "R-50.pkl")
+    torchvision_layout.backbone.body.load_state_dict(model.backbone.body.state_dict())  # the same weights
+    with torch.no_grad():
+        other = torchvision_layout.backbone.body.eval()(ours)
+    assert torch.allclose(other["0"], expected["0"], atol=1e-4)  # res2 has no stride to place
+    assert not torch.allclose(other["3"], expected["3"], atol=1e-2)  # res5: loaded silently, it would compute this
+
+
+def test_a_torchvision_layout_file_is_refused_by_an_msra_layout_backbone(tmp_path: Path) -> None:
+    _write_caffe2_pkl(tmp_path / "R-50-GN.pkl", "gn")  # FAIR's GN files stride in the 3x3, as torchvision does
+    with pytest.raises(ScratchdetError, match=r"stride_in_1x1: file False, model True .*set model.stride_in_1x1=false"):
+        load_backbone_weights(build_detector(norm="gn", stride_in_1x1=True, **NARROW50), tmp_path / "R-50-GN.pkl")
+    with pytest.raises(ScratchdetError, match="needs bottleneck blocks"):
+        build_detector(norm="gn", **{**NARROW50, "narrow_depth": 18}, stride_in_1x1=True)

@@ -23,7 +23,7 @@ from scratchdet.study.runner import run_study
 from tests.conftest import tiny_training_overrides
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
-import gpu_demo_calibration  # noqa: E402
+import gpu_demo_calibration
 
 PACKAGED = Path(str(resources.files("scratchdet") / "configs" / "demo"))
 

@@ -153,6 +153,7 @@ def build_pretraining(config: Config, device: torch.device) -> PretrainingSetup:
         norm=get_norm(norm, gn_groups=model_config.gn_groups, gn_eps=model_config.gn_eps),
         narrow_width=model_config.narrow_width,
         narrow_depth=model_config.narrow_depth,
+        stride_in_1x1=model_config.stride_in_1x1,
     )
     init_backbone(body, model_config.zero_init_last)
     model = Classifier(body, len(train_set.classes), settings.label_smoothing).to(device)
@@ -240,6 +241,7 @@ def pretrain(config: Config, run_dir: Path, *, resume: bool = False, quiet: bool
         "narrow_depth": model_config.narrow_depth,
         "norm": norm,
         "gn_groups": model_config.gn_groups,
+        "stride_in_1x1": model_config.stride_in_1x1,
         "epochs": settings.epochs,
         "iterations": trainer.iteration,
         "image_size": settings.image_size,

@@ -87,23 +87,53 @@ class NarrowResNet(nn.Module):
 
 
 def build_resnet(
-    name: str, *, norm: NormFactory | None, narrow_width: int = 32, narrow_depth: int = 18, num_classes: int = 0
+    name: str,
+    *,
+    norm: NormFactory | None,
+    narrow_width: int = 32,
+    narrow_depth: int = 18,
+    num_classes: int = 0,
+    stride_in_1x1: bool = False,
 ) -> nn.Module:
-    """A ResNet body by name ("resnet50", …, or "resnet_narrow"), randomly initialized, with `norm` everywhere."""
+    """A ResNet body by name ("resnet50", …, or "resnet_narrow"), randomly initialized, with `norm` everywhere.
+
+    `stride_in_1x1`: each stage's first bottleneck strides in its first 1x1 convolution (MSRA's original layout,
+    kept by Detectron's BN R-50.pkl / R-101.pkl) instead of its 3x3 (torchvision's, and FAIR's GN files'). The
+    weights have the same shapes either way; the function they compute does not.
+    """
     factory = norm_or_identity(norm)
     if name == "resnet_narrow":
         if narrow_depth not in NARROW_LAYOUTS:
             raise ScratchdetError(f"narrow_depth={narrow_depth}; choose one of {sorted(NARROW_LAYOUTS)}")
         block, layers = NARROW_LAYOUTS[narrow_depth]
-        return NarrowResNet(block, layers, narrow_width, factory, num_classes)
-    if name not in TORCHVISION_RESNETS:
+        model: nn.Module = NarrowResNet(block, layers, narrow_width, factory, num_classes)
+    elif name in TORCHVISION_RESNETS:
+        model = TORCHVISION_RESNETS[name](weights=None, norm_layer=factory, num_classes=max(num_classes, 1))
+        if not num_classes:
+            model.fc = nn.Identity()
+    else:
         raise ScratchdetError(
             f"unknown backbone {name!r}; choose one of {', '.join([*TORCHVISION_RESNETS, 'resnet_narrow'])}"
         )
-    model = TORCHVISION_RESNETS[name](weights=None, norm_layer=factory, num_classes=max(num_classes, 1))
-    if not num_classes:
-        model.fc = nn.Identity()
+    if stride_in_1x1:
+        _move_strides_to_1x1(model, name)
     return model
+
+
+def _move_strides_to_1x1(body: nn.Module, name: str) -> None:
+    for stage in ("layer1", "layer2", "layer3", "layer4"):
+        first = body.get_submodule(f"{stage}.0")
+        if not isinstance(first, Bottleneck):
+            raise ScratchdetError(
+                f"model.stride_in_1x1=true needs bottleneck blocks (ResNet-50 and deeper); {name} has basic blocks"
+            )
+        first.conv1.stride, first.conv2.stride = first.conv2.stride, (1, 1)
+
+
+def stride_in_1x1(body: nn.Module) -> bool:
+    """Whether a ResNet body built here strides in its bottlenecks' first 1x1 convolution (see `build_resnet`)."""
+    first = body.get_submodule("layer2.0")
+    return isinstance(first, Bottleneck) and first.conv1.stride != (1, 1)
 
 
 def res5_features(body: nn.Module, images: Tensor) -> Tensor:

@@ -62,6 +62,7 @@ def build_detector(
     test_size: int = 800,
     max_size: int = 1333,
     threaded_roi_align: bool = True,
+    stride_in_1x1: bool = False,
     **detector_options: Any,
 ) -> MaskRCNN | FasterRCNN:
     """A randomly initialized detector; `num_classes` counts object categories (background is added).
@@ -75,7 +76,8 @@ def build_detector(
         raise ValueError(f"unknown arch {arch!r}; choose mask_rcnn, faster_rcnn or keypoint_rcnn")
     backbone_norm = get_norm(norm, gn_groups=gn_groups, gn_eps=gn_eps)
     norm_factory = get_norm(head_norm or norm, gn_groups=gn_groups, gn_eps=gn_eps)  # FPN and heads
-    body = build_resnet(backbone, norm=backbone_norm, narrow_width=narrow_width, narrow_depth=narrow_depth)
+    body = build_resnet(backbone, norm=backbone_norm, narrow_width=narrow_width, narrow_depth=narrow_depth,
+                        stride_in_1x1=stride_in_1x1)  # fmt: skip
     freeze_stages(body, freeze_at)
     features = build_backbone_with_fpn(body, fpn_channels=fpn_channels, fpn_norm=norm_factory)
     anchors = AnchorGenerator(
@@ -191,6 +193,7 @@ def build_model(
         test_size=test_size,
         max_size=max_size,
         threaded_roi_align=model.threaded_roi_align,
+        stride_in_1x1=model.stride_in_1x1,
         rpn_pre_nms_top_n_train=model.rpn_pre_nms_top_n_train,
         rpn_pre_nms_top_n_test=model.rpn_pre_nms_top_n_test,
         rpn_post_nms_top_n_train=model.rpn_post_nms_top_n_train,

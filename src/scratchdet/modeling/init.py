@@ -22,6 +22,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.ops import FrozenBatchNorm2d
 
 from scratchdet.errors import ScratchdetError
+from scratchdet.modeling.backbone import stride_in_1x1
 from scratchdet.modeling.norm import NORM_TYPES
 from scratchdet.modeling.weights import IMAGENET_MEAN, IMAGENET_STD, caffe2_first_conv_for_rgb, read_weight_file
 
@@ -201,6 +202,15 @@ def load_backbone_weights(
     for key, value in (expected or {}).items():
         if key in metadata and metadata[key] != value:
             report.setting_mismatches.append(f"{key}: file {metadata[key]!r}, config {value!r}")
+    body: Any = model.get_submodule("backbone.body")
+    layout = stride_in_1x1(body)
+    if metadata.get("stride_in_1x1", False) != layout:
+        report.setting_mismatches.append(
+            f"stride_in_1x1: file {metadata.get('stride_in_1x1', False)}, model {layout} — "
+            + ("the file strides in each stage's first 1x1 conv (MSRA's layout, as Detectron's BN R-50.pkl / "
+               "R-101.pkl): set model.stride_in_1x1=true (in a study, for every arm, so that they stay matched)"
+               if not layout else "the file strides in the 3x3 (torchvision's layout): set model.stride_in_1x1=false")
+        )  # fmt: skip
     source: dict[str, torch.Tensor] = {}
     for key, tensor in raw.items():
         name = _strip(key)
@@ -208,7 +218,6 @@ def load_backbone_weights(
             report.ignored.append(key)
         elif not name.endswith("num_batches_tracked"):
             source[name] = tensor
-    body: Any = model.get_submodule("backbone.body")
     kinds = _norm_kinds(body)
     _check_norm_kinds(report, source, kinds)
     for prefix, kind in kinds.items():

@@ -12,6 +12,8 @@
   feeds RGB in [0, 1] normalised by `data.pixel_mean` / `data.pixel_std`: `caffe2_first_conv_for_rgb` rewrites the
   first convolution at load time so that the network computes on scratchdet's input exactly what it computed on
   its own (exact because ImageNet's mean x 255 is Detectron's pixel mean, so both pad with the same mean pixel).
+  Detectron's BN ResNets (MSRA's R-50.pkl / R-101.pkl) stride in each stage's first 1x1 convolution: they load
+  only into a backbone built so (`model.stride_in_1x1=true`); every other file only into torchvision's layout.
 """
 
 from __future__ import annotations
@@ -86,6 +88,10 @@ _IMAGENET_90 = {**_IMAGENET_100, "epochs": 90}
 PUBLISHED_PRETRAINING: dict[str, dict[str, Any]] = {
     "R-50-GN.pkl": _IMAGENET_100,
     "R-101-GN.pkl": _IMAGENET_100,
+    # MSRA's BN ResNets in Detectron's model zoo (model.stride_in_1x1=true): the ResNet paper's 60 x 10^4
+    # iterations of 256 images, about 120 epochs.
+    "R-50.pkl": {**_IMAGENET_100, "epochs": 120},
+    "R-101.pkl": {**_IMAGENET_100, "epochs": 120},
     "resnet50-0676ba61.pth": _IMAGENET_90,
     "resnet50-19c8e357.pth": _IMAGENET_90,
     "resnet101-63fe2227.pth": _IMAGENET_90,
@@ -167,7 +173,7 @@ def read_weight_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
         from safetensors.torch import load_file
 
         try:
-            return dict(load_file(str(path), device="cpu")), {"format": "safetensors"}
+            return dict(load_file(str(path), device="cpu")), {"format": "safetensors", "stride_in_1x1": False}
         except (SafetensorError, OSError, ValueError) as exc:
             raise ScratchdetError(f"{path}: cannot be read as a .safetensors weight file ({exc})") from None
     if path.suffix == ".pkl":
@@ -175,7 +181,10 @@ def read_weight_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
         blobs = content.get("blobs", content) if isinstance(content, dict) else None
         if not isinstance(blobs, dict) or not all(isinstance(v, np.ndarray) for v in blobs.values()):
             raise ScratchdetError(f"{path}: expected a dict of arrays (Caffe2 blobs), found {type(content).__name__}")
-        return caffe2_to_torchvision(blobs), {"format": "caffe2"}
+        # Detectron's Caffe2 BN ResNets (MSRA's R-50.pkl / R-101.pkl, a frozen affine per norm) stride in the 1x1;
+        # its GN ResNets (FAIR's R-50-GN.pkl / R-101-GN.pkl) in the 3x3, as torchvision does.
+        msra = any("_bn_" in name for name in blobs)
+        return caffe2_to_torchvision(blobs), {"format": "caffe2", "stride_in_1x1": msra}
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:  # asks for code or objects: refused, and it must stay refused
@@ -195,7 +204,7 @@ def read_weight_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
         content = content["state_dict"]
     if not isinstance(content, dict) or not all(isinstance(v, torch.Tensor) for v in content.values()):
         raise ScratchdetError(f"{path}: expected a state dict (names → tensors), found {type(content).__name__}")
-    return content, metadata
+    return content, {"stride_in_1x1": False, **metadata}  # torchvision's layout, unless the file says otherwise
 
 
 def describe_weight_file(path: Path, limit: int = 20) -> str:
