@@ -125,3 +125,25 @@ def test_warm_up_stays_within_a_tenth_of_the_first_lr_phase(name: str) -> None:
         config.solver.schedule = schedule
         first_step = schedule_for(config, size).steps[0]
         assert config.solver.warmup_iters <= WARMUP_FRACTION * first_step, (schedule, first_step)
+
+
+def test_every_row_with_a_reference_says_how_to_train_as_its_source_did() -> None:
+    """docs/paper_presets.md: each preset with a reference result names the published config, how it differs, and
+    overrides that resolve on the preset and change what they say they change."""
+    text = DOC.read_text()
+    with_reference = [name for name, row in table().items() if not row["reference"].startswith("—")]
+    assert with_reference
+    for name in with_reference:
+        section = text.split(f"### `{name}`", 1)
+        assert len(section) == 2, f"{name}: no 'Matching a published result' section"
+        commands = re.findall(rf"`scratchdet train {re.escape(name)} ([^`]+)`", section[1].split("\n### ", 1)[0])
+        assert commands, name
+        preset = load_config(name)
+        for command in commands:
+            overrides = command.split()
+            matched = load_config(name, overrides)
+            for override in overrides:
+                section_name, field = override.split("=", 1)[0].split(".")
+                assert getattr(getattr(matched, section_name), field) != getattr(
+                    getattr(preset, section_name), field
+                ), f"{name}: {override} changes nothing"
