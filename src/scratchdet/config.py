@@ -71,7 +71,7 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    """The detector: backbone, normalization, heads, initialization (see RECIPE.md, "The system")."""
+    """The detector: backbone, normalization, heads, initialization."""
 
     arch: Literal["mask_rcnn", "faster_rcnn", "keypoint_rcnn"] = "mask_rcnn"
     backbone: BackboneName = "resnet50"
@@ -130,7 +130,7 @@ class ModelConfig(_Section):
 
 
 class SolverConfig(_Section):
-    """Detectron-style SGD schedule (RECIPE.md, "Optimization" and "Schedules")."""
+    """Detectron-style SGD schedule (see engine/schedule.py for the Nx convention)."""
 
     schedule: str = Field("1x", description="'1x', '2x', '3x', '6x', '9x' or any '<number>x'")
     base_epochs: float | None = Field(

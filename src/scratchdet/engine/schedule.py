@@ -1,6 +1,6 @@
 """Detectron schedules as pure functions of the iteration, and the SGD optimizer with its weight-decay groups.
 
-The N× convention (RECIPE.md, "Schedules"). One "1x" unit U is 90,000 iterations at 16 images per iteration
+The N× convention (the paper's, after Detectron). One "1x" unit U is 90,000 iterations at 16 images per iteration
 (about 12 COCO epochs), or `base_epochs` passes over the training set when that is given. An Nx schedule lasts
 L = N·U iterations. The learning rate is divided by 10 twice:
 
