@@ -18,8 +18,8 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "paper_presets.md"
 PAPER = [name for name in preset_names() if name.startswith("paper/")]
 COLUMNS = ["preset", "arch", "backbone", "schedule", "images", "lr", "iterations", "steps", "norm", "box_head", "init",
            "input", "train_images", "reference"]  # fmt: skip
-# The paper's schedules: N x 90k iterations at 16 images, lr 0.02; steps at 2/3 and 8/9 up to 2x, else the last 60k and 20k;
-# detectron2's 9x at 64 images per iteration with lr 0.08 (iterations and steps divided by 4).
+# The paper's schedules: N x 90k iterations at 16 images, lr 0.02; steps at 2/3 and 8/9 up to 2x, else the last 60k
+# and 20k; detectron2's 9x at 64 images per iteration with lr 0.08 (iterations and steps divided by 4).
 RECIPE_SCHEDULES = {
     ("1x", 16): (0.02, 90_000, (60_000, 80_000)),
     ("2x", 16): (0.02, 180_000, (120_000, 160_000)),

@@ -91,3 +91,36 @@ def test_matched_needs_a_pretrained_arm_and_a_schedule_to_match(tmp_path: Path) 
     (tmp_path / "spec.yaml").write_text("base: demo/mask_rcnn\naxes: {schedule: [matched]}\n")
     with pytest.raises(ScratchdetError, match="list one too"):
         plan_study(tmp_path / "spec.yaml", tmp_path / "study")
+
+
+def test_matched_arms_for_published_weights_of_known_cost(synth_dir: Path, tmp_path: Path) -> None:
+    """`matched` is matched to each pre-trained init of known cost: the study's own pre-training and a weight file
+    whose pre-training the spec gives (pixels = images x epochs x size²); a file of unknown cost gets none."""
+    (tmp_path / "in.pth").write_bytes(b"")  # planning does not read weight files
+    (tmp_path / "unknown.pth").write_bytes(b"")
+    common = f"""
+base: demo/mask_rcnn
+overrides: [data.root={synth_dir}, solver.base_epochs=1, solver.images_per_batch=4,
+            pretrain.root={synth_dir / "classification"}]
+pretrain: {{epochs: 2, images_per_batch: 16, image_size: 32}}
+weights:
+  imagenet: {{path: in.pth, pretrain: {{dataset: tiny, images_per_epoch: 100, epochs: 3, input_size: 64}}}}
+  mystery: unknown.pth
+"""
+    (tmp_path / "spec.yaml").write_text(common + "axes: {init: [scratch, pretrained, imagenet, mystery], "
+                                        "schedule: [1x, matched]}\n")  # fmt: skip
+    plan = plan_study(tmp_path / "spec.yaml", tmp_path / "study")
+    matched = {a.name: a for a in plan.arms if "matched" in a.name}
+    assert sorted(matched) == ["scratch_gn_matched-imagenet_seed0", "scratch_gn_matched-pretrained_seed0"]
+    own, published = matched["scratch_gn_matched-pretrained_seed0"], matched["scratch_gn_matched-imagenet_seed0"]
+    assert "pre-training (imagenet) 1,228,800 +" in published.cost  # 100 x 3 images of 64 x 64
+    assert "pre-training (pretrained) " in own.cost and own.iterations != published.iterations
+    assert all(a.config.model.init == "scratch" and a.pretrain is None for a in matched.values())
+
+    (tmp_path / "spec.yaml").write_text(common + "axes: {init: [scratch, imagenet], schedule: [1x, matched]}\n")
+    only = [a for a in plan_study(tmp_path / "spec.yaml", tmp_path / "study").arms if "matched" in a.name]
+    assert [a.name for a in only] == ["scratch_gn_matched_seed0"] and only[0].iterations == published.iterations
+
+    (tmp_path / "spec.yaml").write_text(common + "axes: {init: [scratch, mystery], schedule: [1x, matched]}\n")
+    with pytest.raises(ScratchdetError, match="a weight-file init whose pre-training cost is known"):
+        plan_study(tmp_path / "spec.yaml", tmp_path / "study")

@@ -241,44 +241,80 @@ def expand(spec: StudySpec, study_dir: Path, dataset_size: int | None = None) ->
     arms: list[Arm] = []
     jobs: dict[str, PretrainJob] = {}
     shortest = min((s for s in axes.schedule if s != MATCHED), key=lambda s: float(s[:-1]))
-    if MATCHED in axes.schedule and "pretrained" not in axes.init:
-        raise ScratchdetError(f"study spec: schedule '{MATCHED}' matches a scratch arm to the cost of a pre-trained "
-                              "one; add pretrained to axes.init")  # fmt: skip
-    for combination in itertools.product(*(getattr(axes, axis) for axis in AXES)):
-        values = dict(zip(AXES, combination, strict=True))
-        if values["schedule"] == MATCHED and values["init"] != "scratch":
-            continue  # only from-scratch training is matched to the cost of pre-training + fine-tuning
+    for values, target in _grid(spec):
         name = arm_name(values, with_subset)
         size = values["train_subset"] or dataset_size
         job = None
-        if values["init"] == "pretrained" or values["schedule"] == MATCHED:
+        if values["init"] == "pretrained" or target == "pretrained":
             job = _pretrain_job(base, _arm_config(base, {**values, "schedule": shortest}, "to-be-pretrained", name),
                                 spec.pretrain)  # fmt: skip
         cost = ""
-        if values["schedule"] == MATCHED:
-            assert job is not None
-            values, cost = _matched_schedule(base, values, job, shortest, size, name)
+        if target is not None:
+            if job is not None:
+                settings = job.config.pretrain
+                pixels = job.iterations * settings.images_per_batch * settings.image_size**2
+            else:
+                counts = spec.weights[target].pretrain_counts()
+                assert counts is not None  # _matched_targets keeps only the files of known cost
+                pixels = counts["pixels"]
+            values, cost = _matched_schedule(base, values, pixels, target, shortest, size, name)
+            job = None  # a from-scratch arm: it only borrows the pre-training's cost
         elif job is not None:
             jobs.setdefault(job.name, job)
         init = "scratch"
         if values["init"] in spec.weights:
             init = spec.weights[values["init"]].path
-        elif job is not None and not cost:
+        elif job is not None:
             init = str(backbone_path(study_dir, job.name))
         config = _arm_config(base, values, init, name)
         if config.solver.base_epochs is not None and not size:
             raise ScratchdetError("epoch-based schedules need the training-set size; the dataset could not be read")
         schedule = schedule_for(config, size)
         first_step = schedule.steps[0] if schedule.steps else 0
-        pretrain = job.name if job and not cost else None
+        pretrain = job.name if job else None
         arms.append(Arm(name, values, config, schedule.total_iterations, first_step, pretrain, cost=cost))
     if spec.fork_shared_prefixes:
         _plan_forks(arms)
     return StudyPlan(spec, list(jobs.values()), arms)
 
 
+def _matched_targets(spec: StudySpec) -> list[str]:
+    """The pre-trained inits whose cost a `matched` arm can be matched to: the study's own pre-training, and weight
+    files whose pre-training cost is known (given in the spec or in the table of published files)."""
+    known = {name for name, entry in spec.weights.items() if entry.pretrain_counts() is not None}
+    targets = [i for i in spec.axes.init if i == "pretrained" or i in known]
+    if MATCHED in spec.axes.schedule and not targets:
+        raise ScratchdetError(
+            f"study spec: schedule '{MATCHED}' matches a scratch arm to the cost of pre-training + fine-tuning; add "
+            "pretrained to axes.init, or a weight-file init whose pre-training cost is known (weights: {NAME: {path: "
+            "..., pretrain: {dataset, images_per_epoch, epochs, input_size}}})"
+        )
+    return targets
+
+
+def _grid(spec: StudySpec) -> list[tuple[dict[str, Any], str | None]]:
+    """Every arm's axis values, with the init a cost-matched arm is matched to (None for the others). `matched` is
+    a from-scratch schedule: one arm per pre-trained init of known cost, named after it when there are several."""
+    targets = _matched_targets(spec)
+    grid: list[tuple[dict[str, Any], str | None]] = []
+    for combination in itertools.product(*(getattr(spec.axes, axis) for axis in AXES)):
+        values = dict(zip(AXES, combination, strict=True))
+        if values["schedule"] != MATCHED:
+            grid.append((values, None))
+        elif values["init"] == "scratch":
+            grid += [({**values, "schedule": MATCHED if len(targets) == 1 else f"{MATCHED}-{target}"}, target)
+                     for target in targets]  # fmt: skip
+    return grid
+
+
 def _matched_schedule(
-    base: dict[str, Any], values: dict[str, Any], job: PretrainJob, shortest: str, size: int | None, name: str
+    base: dict[str, Any],
+    values: dict[str, Any],
+    pretrain_pixels: int,
+    target: str,
+    shortest: str,
+    size: int | None,
+    name: str,
 ) -> tuple[dict[str, Any], str]:
     """The arm's values with the schedule that matches pre-training + fine-tuning at `shortest` in pixels seen, and
     a line saying how (for the dry run)."""
@@ -289,8 +325,6 @@ def _matched_schedule(
     reference = _arm_config(base, {**values, "schedule": shortest}, "scratch", name)
     solver = reference.solver
     finetune = schedule_for(reference, size).total_iterations
-    settings = job.config.pretrain
-    pretrain_pixels = job.iterations * settings.images_per_batch * settings.image_size**2
     per_iteration = solver.images_per_batch * mean_training_pixels(reference)
     iterations = matched_iterations(pretrain_pixels, finetune, per_iteration)
     unit = one_x_iterations(solver.images_per_batch, solver.base_epochs, size)
@@ -298,7 +332,8 @@ def _matched_schedule(
     multiplier = (iterations + 0.25) / unit
     cost = (
         f"{iterations:,} iterations ({multiplier:.2f}x) see {iterations * per_iteration:,.0f} pixels: pre-training "
-        f"{pretrain_pixels:,} + fine-tuning at {shortest} {finetune * per_iteration:,.0f} ({finetune:,} iterations)"
+        f"({target}) {pretrain_pixels:,} + fine-tuning at {shortest} {finetune * per_iteration:,.0f} ({finetune:,} "
+        "iterations)"
     )
     return {**values, "schedule": f"{multiplier!r}x"}, cost
 
