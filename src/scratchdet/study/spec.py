@@ -17,10 +17,12 @@ and initialization until the shorter one's first lr step (the data order depends
 only). The longest arm of each such group is trained in full and keeps a checkpoint at each shorter arm's first
 step; the shorter arm starts from that checkpoint ("fork") instead of training the prefix again.
 
-The schedule `matched` adds, per norm, subset and seed, one from-scratch arm whose length makes it see as many
-input pixels as the pre-trained arm's pre-training plus its shortest fine-tuning (the paper's "comparable total
-cost"): pre-training pixels are its iterations x batch x crop size²; detection pixels per iteration are the batch
-times the expected resized image area over the training set. Its schedule follows the Nx rules at that length.
+The schedule `matched` adds, per norm, subset and seed, a from-scratch arm whose length makes it see as many input
+pixels as a pre-trained arm's pre-training plus its shortest fine-tuning (the paper's "comparable total cost"): one
+per pre-trained init of known cost (the study's own pre-training: its iterations x batch x crop size²; a weight file:
+images x epochs x input size² from the spec or the table of published files), named `matched-<init>` when there
+are several. Detection pixels per iteration are the batch times the expected resized image area over the training
+set. Its schedule follows the Nx rules at that length.
 """
 
 from __future__ import annotations
