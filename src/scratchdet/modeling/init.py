@@ -236,7 +236,7 @@ def load_backbone_weights(
     report.unexpected = [name for name in source if name not in target]
     if report.shape_mismatches or report.norm_mismatches or report.setting_mismatches:
         raise ScratchdetError(
-            "the weight file does not fit this backbone (another depth, width or norm?); "
+            "the weight file does not fit this backbone (another depth, width, norm or stride layout?); "
             f"use a file made for model.backbone / model.norm as configured\n{report.format()}"
         )
     if not report.loaded:
