@@ -15,6 +15,7 @@ from scratchdet.engine.pretrain import pretrain
 from scratchdet.engine.run import train
 from scratchdet.errors import ScratchdetError
 from tests.conftest import tiny_training_overrides
+from tests.pinned import assert_pinned
 
 CHANCE = 100 / len(classification_classes())
 PRETRAIN = ["pretrain.image_size=48", "pretrain.epochs=8", "pretrain.images_per_batch=32", "pretrain.base_lr=0.4",
@@ -37,6 +38,7 @@ def test_pretraining_reaches_far_above_chance(pretrained: Path) -> None:
     top1 = summary["final"]["classification"]["top1"]
     print(f"pre-training top-1 {top1:.1f}% (chance {CHANCE:.1f}%)")
     assert top1 > 3 * CHANCE
+    assert_pinned("pretraining top-1", top1)
     assert summary["counts"]["images"] == summary["counts"]["instances"] == summary["iteration"] * 32
     assert summary["counts"]["pixels"] == summary["counts"]["images"] * 48 * 48
 

@@ -19,8 +19,11 @@ from scratchdet import cli
 from scratchdet.config import load_config
 from scratchdet.errors import ScratchdetError
 from scratchdet.study import runner
+from scratchdet.study.results import read_study
 from scratchdet.study.runner import run_study
+from scratchdet.study.verdicts import all_verdicts
 from tests.conftest import tiny_training_overrides
+from tests.pinned import PINNED_VERDICTS, assert_pinned
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 import gpu_demo_calibration
@@ -108,3 +111,8 @@ def test_the_gpu_study_shrunk_to_a_cpu_runs_every_arm_and_judges(synth_dir: Path
     assert report is not None
     text = report.with_suffix(".md").read_text()
     assert "seeds: 2 (0, 1)" in text and "validation images: 6, 12" in text
+    results = read_study(tmp_path / "out")
+    for arm in results:
+        assert_pinned(f"shrunk GPU study: {arm.name} box AP", arm.metric("bbox", "AP"))
+    statuses = {verdict.finding.split(".")[0]: verdict.label for verdict in all_verdicts(results)}
+    assert statuses == PINNED_VERDICTS, statuses
