@@ -196,6 +196,23 @@ def test_every_evaluation_is_saved_and_rescores_to_the_logged_ap(short_run: Path
             assert accumulate(table)["AP"][0] == pytest.approx(metrics[task]["AP"], abs=1e-9)
 
 
+def test_a_real_runs_detections_rescored_by_pycocotools_give_its_final_metrics(short_run: Path) -> None:
+    """The run's own detections.json (boxes and masks), scored by pycocotools on the images the run evaluated."""
+    from scratchdet.engine.hooks import evaluation_file
+    from scratchdet.evaluation.coco import read_evaluation
+    from tests.evaluation.test_coco import _pycocotools
+
+    config = load_config(str(short_run / "config.yaml"))
+    summary = json.loads((short_run / "summary.json").read_text())
+    image_ids, _ = read_evaluation(evaluation_file(short_run, summary["iteration"]))
+    for task in ("bbox", "segm"):
+        reference = _pycocotools(config.data.path(config.data.val_annotations), short_run / "detections.json", task,
+                                 image_ids)  # fmt: skip
+        final = summary["final"][task]
+        for value, expected in zip(final.values(), reference[: len(final)], strict=True):
+            assert value == pytest.approx(expected, abs=1e-4), task
+
+
 def test_the_final_evaluation_can_use_every_validation_image(synth_dir: Path, tmp_path: Path) -> None:
     from scratchdet.engine.hooks import evaluation_file
     from scratchdet.evaluation.coco import read_evaluation

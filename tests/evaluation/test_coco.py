@@ -52,16 +52,19 @@ def _noisy_detections(annotations: dict[str, Any], seed: int = 0) -> list[dict[s
     return detections
 
 
-def _pycocotools(annotations: Path, results: Path, task: str) -> list[float]:
+def _pycocotools(annotations: Path, results: Path, task: str, image_ids: list[int] | None = None) -> list[float]:
+    """pycocotools' 12 COCO numbers (x 100) for a results file, on `image_ids` (all images when None)."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     ground_truth = COCO(str(annotations))
     evaluator = COCOeval(ground_truth, ground_truth.loadRes(str(results)), task)
+    if image_ids is not None:
+        evaluator.params.imgIds = sorted(image_ids)
     evaluator.evaluate()
     evaluator.accumulate()
     evaluator.summarize()
-    return [float(v) * 100 for v in evaluator.stats[:6]]
+    return [float(v) * 100 for v in evaluator.stats]
 
 
 def test_ap_equals_pycocotools_on_the_same_results_file(synth_dir: Path, tmp_path: Path) -> None:
@@ -73,8 +76,30 @@ def test_ap_equals_pycocotools_on_the_same_results_file(synth_dir: Path, tmp_pat
     for task in ("bbox", "segm"):
         reference = _pycocotools(annotations, results, task)
         assert 5 < reference[0] < 95  # a non-trivial score, so equality means something
-        for value, expected in zip(ours[task].values(), reference, strict=True):
+        for value, expected in zip(ours[task].values(), reference[: len(ours[task])], strict=True):
             assert value == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize("task", ["bbox", "segm"])
+def test_ap_equals_pycocotools_with_crowds_on_an_image_subset_with_a_crowded_image(
+    synth_dir: Path, tmp_path: Path, task: str
+) -> None:
+    """What the demo scores: the first images of the set only (eval.max_images); and what COCO holds: crowd regions,
+    and an image with more than 100 detections (only the 100 best count)."""
+    from tests.evaluation.test_bootstrap import _with_crowds_and_a_crowded_image
+
+    data, detections = _with_crowds_and_a_crowded_image(synth_dir / "annotations" / "instances_train.json",
+                                                        tmp_path / "gt.json")  # fmt: skip
+    assert any(a["iscrowd"] for a in data["annotations"])
+    (tmp_path / "detections.json").write_text(json.dumps(detections))
+    subset = [i["id"] for i in data["images"]][:40]
+    crowded = detections[-1]["image_id"]
+    assert crowded in subset and sum(d["image_id"] == crowded for d in detections) > 100
+    ours = score_detections(tmp_path / "gt.json", read_detections(tmp_path / "detections.json"), subset, (task,))
+    reference = _pycocotools(tmp_path / "gt.json", tmp_path / "detections.json", task, subset)
+    assert 5 < reference[0] < 95
+    for value, expected in zip(ours[task].values(), reference[: len(ours[task])], strict=True):
+        assert value == pytest.approx(expected, abs=1e-4)
 
 
 def test_no_detection_gives_zero_not_nan(synth_dir: Path) -> None:
