@@ -90,6 +90,24 @@ def test_accounting_equals_a_recount_from_the_dataset_and_transform(short_run: P
     assert logged[-1]["pixels_seen"] == pixels
 
 
+def test_accounting_equals_a_count_made_without_the_pipeline(short_run: Path, synth_dir: Path) -> None:
+    """Counted from the annotation file alone: 160 iterations of 4 are 8 epochs of the 80 training images, each
+    epoch visits every image once, every image keeps its annotations, and its pixels follow the resize rule written
+    out here (shorter side to 64, longer at most 96, truncated to whole pixels)."""
+    data = json.loads((synth_dir / "annotations" / "instances_train.json").read_text())
+    assert len(data["images"]) * 8 == 160 * 4
+    annotations_of = {image["id"]: 0 for image in data["images"]}
+    for annotation in data["annotations"]:
+        annotations_of[annotation["image_id"]] += not annotation.get("iscrowd", 0)
+    pixels = 0
+    for image in data["images"]:
+        scale = min(64 / min(image["height"], image["width"]), 96 / max(image["height"], image["width"]))
+        pixels += int(image["height"] * scale) * int(image["width"] * scale)
+    summary = json.loads((short_run / "summary.json").read_text())
+    assert summary["counts"] == {"images": 8 * len(data["images"]), "instances": 8 * sum(annotations_of.values()),
+                                 "pixels": 8 * pixels}  # fmt: skip
+
+
 def test_resuming_a_finished_run_does_nothing(short_run: Path) -> None:
     before = (short_run / "metrics.jsonl").read_text()
     result = subprocess.run(

@@ -51,6 +51,9 @@ def test_forked_arm_equals_the_same_arm_trained_from_the_start(
     assert forked.keys() == reference.keys()
     for name in forked:
         assert torch.equal(forked[name], reference[name]), name
+    # What it has seen, too: the parent's counts up to the fork plus its own equal the run trained alone.
+    counts = json.loads((out / "arms" / "scratch_gn_0.0000333333x_seed0" / "summary.json").read_text())["counts"]
+    assert counts == json.loads((alone / "summary.json").read_text())["counts"]
     # The forked arm's record is complete: the parent's evaluations up to the fork, then its own.
     records = [json.loads(line) for line in (out / "arms" / "scratch_gn_0.0000333333x_seed0" / "metrics.jsonl").open()]
     assert [r["iteration"] for r in records if "eval" in r] == [4, 8, 12]
