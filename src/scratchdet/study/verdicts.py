@@ -207,7 +207,7 @@ def _cost_matched(arms: list[ArmResult], pre_short: list[ArmResult], norm: str, 
     budget = float(np.mean([a.total_pixels for a in pre_short]))
     ratios = {m: float(np.mean([a.total_pixels for a in _group(arms, "scratch", norm, m, subset)])) / budget
               for m in _schedules(arms, "scratch", norm, subset)} if budget else {}  # fmt: skip
-    close = {m: r for m, r in ratios.items() if abs(r - 1) <= COST_TOLERANCE}
+    close = {m: r for m, r in ratios.items() if abs(r - 1) <= COST_TOLERANCE + 1e-9}  # ±10% inclusive at both ends
     return min(close, key=lambda m: abs(close[m] - 1)) if close else None
 
 

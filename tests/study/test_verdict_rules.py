@@ -1,0 +1,93 @@
+"""The verdicts' rules at their boundaries, on exact numbers: where an interval touches a threshold, where the
+signal floor and the cost tolerance lie, how parts combine, and what unfinished, subset-only and NaN inputs give."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from scratchdet.study import verdicts
+from scratchdet.study.results import ArmResult, read_study
+from scratchdet.study.statistics import Estimate
+from scratchdet.study.verdicts import FAILS, HOLDS, INCONCLUSIVE, UNTESTED, Part, all_verdicts
+from tests.study.test_verdicts import _pair
+
+
+def _estimate(low: float, high: float) -> Estimate:
+    return Estimate((low + high) / 2, low, high, 1, 100)
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "status"),
+    [
+        (-0.999, 2.0, HOLDS),  # wholly above -1
+        (-1.0, 2.0, INCONCLUSIVE),  # touching the threshold is not above it
+        (-3.0, -1.0, INCONCLUSIVE),
+        (-3.0, -1.001, FAILS),  # wholly below
+        (math.nan, math.nan, INCONCLUSIVE),
+    ],
+)
+def test_an_interval_decides_only_when_wholly_on_one_side(low: float, high: float, status: str) -> None:
+    judged, reason = verdicts._judge(_estimate(low, high), -verdicts.MATCH_TOLERANCE)
+    assert judged == status
+    if math.isnan(low):
+        assert reason == "interval unknown (saved evaluations missing)"
+    elif status == INCONCLUSIVE:
+        assert reason == "within noise"
+
+
+def test_the_signal_floor_is_one_ap_on_every_arm_compared() -> None:
+    assert verdicts.SIGNAL_FLOOR == 1.0
+    assert verdicts._too_little_signal(0.999, 0.5)
+    assert not verdicts._too_little_signal(1.0, 0.5)  # one arm at the floor is enough signal
+    assert verdicts._too_little_signal(math.nan, 0.2) and not verdicts._too_little_signal(math.nan, 1.5)
+
+
+def _arm(init: str, multiplier: float, pixels: int, pretrain: int | None = None) -> ArmResult:
+    return ArmResult(f"{init}_{multiplier}", init, "gn", f"{multiplier}x", multiplier, None, 0, 100, 1000,
+                     counts={"pixels": pixels}, pretrain_counts={"pixels": pretrain} if pretrain else None,
+                     final={"bbox": {"AP": 5.0}})  # fmt: skip
+
+
+@pytest.mark.parametrize(("scratch_pixels", "matched"), [(110, True), (90, True), (111, False), (89, False)])
+def test_a_comparable_cost_is_within_ten_percent_of_the_pixels(scratch_pixels: int, matched: bool) -> None:
+    pre = [_arm("pretrained", 1.0, 40, pretrain=60)]  # pre-training 60 + fine-tuning 40 = 100 pixels
+    arms = [*pre, _arm("scratch", 1.0, 40), _arm("scratch", 2.5, scratch_pixels)]
+    found = verdicts._cost_matched(arms, pre, "gn", None)
+    assert found == (2.5 if matched else None)
+
+
+def test_parts_combine_into_one_verdict() -> None:
+    def combine(*statuses: str) -> tuple[str, str]:
+        parts = [Part(f"n{i}", s, "why" if s in (UNTESTED, INCONCLUSIVE) else "", "") for i, s in enumerate(statuses)]
+        verdict = verdicts._combine("t", parts, "rule", [], "needs arms")
+        return verdict.status, verdict.reason
+
+    assert combine(HOLDS, HOLDS) == (HOLDS, "")
+    assert combine(HOLDS, UNTESTED) == (HOLDS, "")  # an untested part does not count against the others
+    assert combine(FAILS, FAILS) == (FAILS, "")
+    assert combine(HOLDS, FAILS) == (INCONCLUSIVE, "the parts disagree")
+    assert combine(HOLDS, INCONCLUSIVE) == (INCONCLUSIVE, "the parts disagree")
+    assert combine(UNTESTED, UNTESTED) == (UNTESTED, "why")
+    empty = verdicts._combine("t", [], "rule", [], "needs arms")
+    assert (empty.status, empty.reason, empty.evidence) == (UNTESTED, "no such arms", "needs arms")
+
+
+def test_an_unfinished_arm_is_not_judged(tmp_path: Path) -> None:
+    _pair(tmp_path, "scratch", (0.8, 0.8))
+    _pair(tmp_path, "pretrained", (0.8, 0.8), early=0.6)
+    for name in ("pretrained_gn_1x_seed0", "pretrained_gn_2x_seed0"):
+        (tmp_path / "arms" / name / "summary.json").unlink()  # still training
+    first = all_verdicts(read_study(tmp_path))[0]
+    assert first.label == "not tested: no such arms"
+
+
+def test_a_study_of_subsets_only_judges_its_largest_subset_as_the_full_data(tmp_path: Path) -> None:
+    for subset in (500, 100):
+        _pair(tmp_path, "scratch", (0.8, 0.8), subset=subset)
+        _pair(tmp_path, "pretrained", (0.8, 0.8), early=0.6, subset=subset)
+    found = all_verdicts(read_study(tmp_path))
+    assert found[0].status == HOLDS and "n500" not in found[0].evidence
+    assert found[2].status == HOLDS, found[2].evidence  # the reduced set: 100 images
