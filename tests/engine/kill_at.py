@@ -3,7 +3,8 @@
     python tests/engine/kill_at.py POINT N scratchdet-arguments...
 
 The process SIGKILLs itself the N-th time it reaches POINT: a real SIGKILL (no handler, no cleanup, no flush),
-placed where an outside signal would land only by luck. `disk-full` instead makes the N-th checkpoint write fail
+placed where an outside signal would land only by luck. `hang` stops the process there instead (SIGSTOP: a
+peer that no longer answers). `disk-full` instead makes the N-th checkpoint write fail
 the way a full disk does (ENOSPC).
 """
 
@@ -87,6 +88,8 @@ def plant(point: str, n: int) -> None:
     points: dict[str, Callable[[], None]] = {
         # after backward, before the weights change
         "step": lambda: on_nth_call(torch.optim.SGD, "step", n, killed),
+        # the same point, but the process stops (SIGSTOP) instead: alive, and answering nobody
+        "hang": lambda: on_nth_call(torch.optim.SGD, "step", n, lambda *a, **k: os.kill(os.getpid(), signal.SIGSTOP)),
         # half of the checkpoint's bytes are in its temporary file
         "checkpoint-write": lambda: on_nth_call(checkpoint, "atomic_write", n, _half_written_checkpoint),
         # the checkpoint is in place, the `last_checkpoint` pointer still names the previous one

@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ import torch
 
 from scratchdet.engine.hooks import read_metrics
 from tests.conftest import tiny_training_overrides
+from tests.engine.test_faults import KILL_AT
 
 # Settings under which 2 processes × 2 images compute exactly what 1 process × 4 images computes, up to the
 # order of floating-point sums:
@@ -31,7 +31,6 @@ LONG_RUN = "solver.schedule=0.0005556x"  # 200 iterations
 SPARSE_OUTPUT = ["output.checkpoint_period=20", "output.log_period=2"]
 # Two partial sums averaged by DDP instead of one sum: float32 rounding, about 1e-6 after 6 steps (measured).
 WEIGHT_TOLERANCE = 1e-5
-FAILURE_SECONDS = 30  # a surviving rank must have stopped this long after its peer died
 
 
 def _scratchdet(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -124,15 +123,18 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _start_ranks(synth_dir: Path, out: Path, extra_env: dict[str, str]) -> list[subprocess.Popen[str]]:
+def _start_ranks(
+    synth_dir: Path, out: Path, extra_env: dict[str, str], faults: dict[int, tuple[str, int]]
+) -> list[subprocess.Popen[str]]:
     """Two ranks started the way torchrun starts them, but without its agent (which would stop the survivor
-    itself): what the processes do on their own when a peer on another node fails."""
+    itself): what the processes do on their own when a peer on another node fails. `faults`: per rank, a fault
+    planted by tests/engine/kill_at.py (point, n)."""
     overrides = [*tiny_training_overrides(synth_dir), *EQUAL_SPLIT, LONG_RUN, *SPARSE_OUTPUT]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
            "WORLD_SIZE": "2", **extra_env}  # fmt: skip
     return [
         subprocess.Popen(
-            [sys.executable, "-m", "scratchdet", "train", "demo/mask_rcnn", *overrides, "--out", str(out)],
+            [*_launcher(faults.get(rank)), "train", "demo/mask_rcnn", *overrides, "--out", str(out)],
             env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -142,13 +144,10 @@ def _start_ranks(synth_dir: Path, out: Path, extra_env: dict[str, str]) -> list[
     ]
 
 
-def _wait_for_checkpoint(out: Path, ranks: list[subprocess.Popen[str]]) -> None:
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and all(p.poll() is None for p in ranks):
-        if (out / "checkpoints" / "model_0000020.pth").exists() and (out / "checkpoints" / "last_checkpoint").exists():
-            return
-        time.sleep(0.05)
-    raise AssertionError("the run ended or stalled before its first checkpoint")
+def _launcher(fault: tuple[str, int] | None) -> list[str]:
+    if fault is None:
+        return [sys.executable, "-m", "scratchdet"]
+    return [sys.executable, str(KILL_AT), fault[0], str(fault[1])]
 
 
 @pytest.mark.parametrize("how", ["killed", "hung"])
@@ -156,17 +155,16 @@ def test_when_a_rank_dies_or_hangs_the_other_stops_with_a_clear_error(
     synth_dir: Path, tmp_path: Path, how: str
 ) -> None:
     out = tmp_path / "run"
-    ranks = _start_ranks(synth_dir, out, {"SCRATCHDET_DIST_TIMEOUT": "5"})
+    # Rank 1 dies (SIGKILL) or stops answering (SIGSTOP) at its 25th step, past the checkpoint at 20.
+    fault = ("step" if how == "killed" else "hang", 25)
+    ranks = _start_ranks(synth_dir, out, {"SCRATCHDET_DIST_TIMEOUT": "5"}, {1: fault})
     try:
-        _wait_for_checkpoint(out, ranks)
-        ranks[1].send_signal(signal.SIGKILL if how == "killed" else signal.SIGSTOP)
-        stopped = time.monotonic()
-        _, stderr = ranks[0].communicate(timeout=FAILURE_SECONDS)
-        print(f"{how}: rank 0 exited {time.monotonic() - stopped:.1f} s later")
+        _, stderr = ranks[0].communicate(timeout=300)
     finally:
         for process in ranks:
             process.kill()
             process.wait()
+    assert (out / "checkpoints" / "model_0000020.pth").is_file()
     assert ranks[0].returncode == 2
     assert "another process of this run stopped or stopped answering" in stderr and "--resume" in stderr
     assert "Traceback" not in stderr
@@ -174,14 +172,12 @@ def test_when_a_rank_dies_or_hangs_the_other_stops_with_a_clear_error(
 
 
 def _killed_after_first_checkpoint(synth_dir: Path, out: Path) -> None:
-    ranks = _start_ranks(synth_dir, out, {})
-    try:
-        _wait_for_checkpoint(out, ranks)
-    finally:
-        for process in ranks:
-            process.kill()
-            process.wait()
-    assert not (out / "summary.json").exists()
+    """Both ranks SIGKILLed by a planted fault at their 25th step: past the checkpoint at 20, before the next."""
+    ranks = _start_ranks(synth_dir, out, {}, {0: ("step", 25), 1: ("step", 25)})
+    for process in ranks:
+        process.communicate(timeout=300)
+        assert process.returncode == -signal.SIGKILL
+    assert (out / "checkpoints" / "model_0000020.pth").is_file() and not (out / "summary.json").exists()
 
 
 @pytest.mark.slow

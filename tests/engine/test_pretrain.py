@@ -15,6 +15,7 @@ from scratchdet.engine.pretrain import pretrain
 from scratchdet.engine.run import train
 from scratchdet.errors import ScratchdetError
 from tests.conftest import tiny_training_overrides
+from tests.engine.test_faults import KILL_AT
 from tests.pinned import assert_pinned
 
 CHANCE = 100 / len(classification_classes())
@@ -73,7 +74,6 @@ def test_killed_pretraining_resumes_to_the_same_backbone(pretrained: Path, synth
     import signal
     import subprocess
     import sys
-    import time
 
     import torch
 
@@ -84,15 +84,11 @@ def test_killed_pretraining_resumes_to_the_same_backbone(pretrained: Path, synth
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     subprocess.run([*command, str(tmp_path / "reference")], check=True, capture_output=True, env=env)
     killed = tmp_path / "killed"
-    process = subprocess.Popen([*command, str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and process.poll() is None:
-        if max((r["iteration"] for r in read_metrics(killed / "metrics.jsonl")), default=0) >= 12:
-            break
-        time.sleep(0.05)
-    assert process.poll() is None, "the run ended before it could be killed"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    # SIGKILLed by a planted fault at its 12th optimizer step: past the checkpoint at 10.
+    planted = [sys.executable, str(KILL_AT), "step", "12", *command[3:], str(killed)]
+    died = subprocess.run(planted, capture_output=True, env=env, check=False)
+    assert died.returncode == -signal.SIGKILL, died.stderr
+    assert not (killed / "summary.json").exists()
     subprocess.run([sys.executable, "-m", "scratchdet", "pretrain", "--resume", str(killed)], check=True,
                    capture_output=True, env=env)  # fmt: skip
     ours = torch.load(killed / "backbone.pth", weights_only=True)

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from scratchdet.data.coco import CocoDetection, CocoIndex
 from scratchdet.engine.hooks import read_metrics
 from scratchdet.engine.run import _train_transforms, train
 from tests.conftest import final_weights, tiny_training_overrides
+from tests.engine.test_faults import KILL_AT
 from tests.pinned import assert_pinned
 
 SHORT = ["solver.base_epochs=null", "solver.schedule=0.000444444x", "eval.max_images=12"]  # 160 iterations at 4
@@ -139,18 +139,10 @@ def test_sigkill_then_resume_ends_with_the_same_weights(synth_dir: Path, tmp_pat
     reference = tmp_path / "reference"
     subprocess.run(_train_command(synth_dir, reference, []), check=True, capture_output=True, env=env)
     killed = tmp_path / "killed"
-    process = subprocess.Popen(
-        _train_command(synth_dir, killed, []), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
-    )
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and process.poll() is None:
-        logged = [r["iteration"] for r in read_metrics(killed / "metrics.jsonl")]
-        if logged and max(logged) >= 22:  # past the checkpoint at 20, before the next
-            break
-        time.sleep(0.05)
-    assert process.poll() is None, "the run ended before it could be killed"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    # SIGKILLed by a planted fault at its 22nd optimizer step: past the checkpoint at 20, before the next.
+    planted = [sys.executable, str(KILL_AT), "step", "22", *_train_command(synth_dir, killed, [])[3:]]
+    died = subprocess.run(planted, capture_output=True, env=env, check=False)
+    assert died.returncode == -signal.SIGKILL, died.stderr
     assert not (killed / "summary.json").exists()
     resumed = subprocess.run(
         [sys.executable, "-m", "scratchdet", "train", "--resume", str(killed)],
