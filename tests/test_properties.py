@@ -13,7 +13,7 @@ from torchvision import tv_tensors
 
 from scratchdet.data.coco import nested_subset
 from scratchdet.data.transforms import build_train_transforms, with_seed
-from scratchdet.engine.schedule import build_schedule
+from scratchdet.engine.schedule import build_schedule, one_x_iterations
 from scratchdet.errors import ScratchdetError
 
 
@@ -69,8 +69,12 @@ def test_every_schedule_decays_monotonically_after_warmup_with_steps_inside_the_
     try:
         schedule = build_schedule(multiplier=multiplier, images_per_batch=batch, base_lr=0.02, warmup_iters=warmup,
                                   warmup_factor=0.001, base_epochs=base_epochs, dataset_size=dataset)  # fmt: skip
-    except ScratchdetError:
-        return  # a schedule too short for its steps is refused with a message, never built wrong
+    except ScratchdetError as refusal:
+        # Refused only when the run is too short to hold its lr steps: a few iterations at most, and it says so.
+        length = multiplier * one_x_iterations(batch, base_epochs, dataset)
+        assert length < 20, f"a schedule of {length:.0f} iterations was refused: {refusal}"
+        assert "lengthen solver.schedule" in str(refusal)
+        return
     total = schedule.total_iterations
     assert all(0 < step < total for step in schedule.steps)
     assert list(schedule.steps) == sorted(set(schedule.steps))
