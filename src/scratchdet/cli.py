@@ -169,7 +169,7 @@ def _eval(args: argparse.Namespace) -> int:
     from scratchdet.engine.run import evaluate_saved, setup_logging
 
     setup_logging(None)
-    results = evaluate_saved(args.target, args.overrides)
+    results = evaluate_saved(args.target, args.overrides, detections=args.detections)
     if not _is_main_process():
         return 0
     for task, metrics in results.items():
@@ -493,6 +493,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("target", type=Path, metavar="RUN_DIR_OR_CHECKPOINT")
     evaluate.add_argument(
         "overrides", nargs="*", metavar="key=value", help="e.g. data.val_annotations=other.json data.val_images=other/"
+    )
+    evaluate.add_argument(
+        "--detections", type=Path, metavar="FILE", help="also write the detections there (COCO results JSON)"
     )
     _add_nproc_argument(evaluate)
 

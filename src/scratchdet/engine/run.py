@@ -533,11 +533,12 @@ def train(config: Config, run_dir: Path, *, resume: bool = False, quiet: bool = 
 
 
 def evaluate_saved(
-    target: Path, overrides: list[str] | None = None, quiet: bool = False
+    target: Path, overrides: list[str] | None = None, quiet: bool = False, detections: Path | None = None
 ) -> dict[str, dict[str, float]]:
     """Score a run directory's newest checkpoint, or a checkpoint file, on its config's validation set.
 
-    `overrides` (`data.val_annotations=…`, `eval.max_images=…`) change the evaluation data or settings.
+    `overrides` (`data.val_annotations=…`, `eval.max_images=…`) change the evaluation data or settings;
+    `detections`: also write the detections there (COCO results JSON).
     """
     target = Path(target)
     if target.is_dir():
@@ -568,4 +569,4 @@ def evaluate_saved(
         raise ScratchdetError(f"{path}: the weights do not fit the model its config describes ({exc})") from None
     model.to(device)
     log.info(f"evaluating {path} (iteration {state['iteration']})")
-    return Evaluation(config, device, quiet=quiet)(model)
+    return Evaluation(config, device, quiet=quiet)(model, detections_path=detections)
