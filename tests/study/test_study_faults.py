@@ -14,12 +14,13 @@ import pytest
 import torch
 import yaml
 
-from scratchdet.engine.hooks import last_logged_iteration, read_metrics
+from scratchdet.engine.hooks import read_metrics
 from scratchdet.study.runner import run_study
 from tests.conftest import final_weights, tiny_training_overrides
 
 pytestmark = pytest.mark.slow
 
+PLANTED = Path(__file__).resolve().parents[1] / "engine" / "planted"  # sitecustomize.py: faults in child processes
 LONG, SHORT = "scratch_gn_0.0000666667x_seed0", "scratch_gn_0.0000333333x_seed0"  # 24 and 12 iterations
 
 
@@ -50,10 +51,15 @@ def test_a_killed_study_resumes_only_what_is_missing_and_ends_like_an_uninterrup
     out = tmp_path / "killed"
     command = [sys.executable, "-m", "scratchdet", "study", str(spec_path), "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    study = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    # The long arm stops itself (SIGSTOP, planted) at its 12th step, past the checkpoint at 10: the arm has work to
+    # keep and work to redo, and the study is certainly still running when it is killed.
+    planted = {**env, "SCRATCHDET_PLANT": "hang:12",
+               "PYTHONPATH": os.pathsep.join([str(PLANTED), env.get("PYTHONPATH", "")])}  # fmt: skip
+    study = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=planted)
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and last_logged_iteration(out / "arms" / LONG / "metrics.jsonl") < 12:
-        time.sleep(0.05)  # past the checkpoint at 10: the arm has work to keep and work to redo
+    pointer = out / "arms" / LONG / "checkpoints" / "last_checkpoint"
+    while time.monotonic() < deadline and not (pointer.is_file() and pointer.read_text() == "model_0000010.pth"):
+        time.sleep(0.1)  # the checkpoint at 10 is in place; the arm cannot get past step 12
     assert study.poll() is None, "the study ended before it could be killed"
     study.send_signal(signal.SIGKILL)  # the study process alone, as `kill -9 PID` would
     study.wait()
