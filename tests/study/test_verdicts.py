@@ -130,6 +130,16 @@ def test_finding_2_does_not_hold_when_scratch_leads_early(tmp_path: Path) -> Non
     assert _verdicts(tmp_path)[1].status == FAILS
 
 
+def test_finding_2_does_not_hold_when_scratch_leads_early_even_if_the_matched_arm_catches_up(tmp_path: Path) -> None:
+    """Each condition alone decides: here the cost-matched arm is level, but pre-training does not lead early."""
+    _pair(tmp_path, "scratch", (0.8, 0.8), early=0.6)
+    _pair(tmp_path, "pretrained", (0.8, 0.8), early=0.3)
+    _matched_scratch(tmp_path, 0.8)
+    verdict = _verdicts(tmp_path)[1]
+    assert verdict.status == FAILS, verdict.evidence
+    assert "pre-training leads by -" in verdict.evidence and "vs pre-trained 1x: +0.0" in verdict.evidence
+
+
 def test_finding_2_does_not_hold_when_the_matched_arm_stays_behind(tmp_path: Path) -> None:
     _pair(tmp_path, "scratch", (0.6, 0.8), early=0.3)
     _pair(tmp_path, "pretrained", (0.8, 0.8), early=0.6)
