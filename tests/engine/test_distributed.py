@@ -16,7 +16,7 @@ import torch
 
 from scratchdet.engine.hooks import read_metrics
 from tests.conftest import tiny_training_overrides
-from tests.engine.test_faults import KILL_AT
+from tests.engine.test_faults import KILL_AT, PLANTED
 
 # Settings under which 2 processes × 2 images compute exactly what 1 process × 4 images computes, up to the
 # order of floating-point sums:
@@ -253,3 +253,15 @@ def test_syncbn_in_two_processes_trains_and_detects_as_batch_norm_in_one(synth_d
         assert (mine["image_id"], mine["category_id"]) == (reference["image_id"], reference["category_id"])
         assert mine["score"] == pytest.approx(reference["score"], abs=1e-4)
         assert mine["bbox"] == pytest.approx(reference["bbox"], abs=1e-2)
+
+
+def test_when_a_launched_process_dies_the_launcher_says_how_to_resume(synth_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    planted = {
+        "SCRATCHDET_PLANT": "step:3",
+        "PYTHONPATH": os.pathsep.join([str(PLANTED), os.environ.get("PYTHONPATH", "")]),
+    }
+    died = _scratchdet("train", "demo/mask_rcnn", *tiny_training_overrides(synth_dir), *EQUAL_SPLIT, SIX_ITERATIONS,
+                       "--out", str(out), "--nproc", "2", env=planted)  # fmt: skip
+    assert died.returncode != 0 and "Traceback" not in died.stderr
+    assert f"continue it with `scratchdet train --resume {out} --nproc 2`" in died.stderr, died.stderr[-2000:]

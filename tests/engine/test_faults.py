@@ -25,6 +25,7 @@ from tests.conftest import final_weights, tiny_training_overrides
 pytestmark = pytest.mark.slow
 
 KILL_AT = Path(__file__).with_name("kill_at.py")
+PLANTED = Path(__file__).with_name("planted")  # on PYTHONPATH with SCRATCHDET_PLANT=POINT:N: kill_at's faults anywhere
 ENV = {**os.environ, "OMP_NUM_THREADS": "2"}
 # 40 iterations of 4 images; a checkpoint every 5 iterations, an evaluation every 10, a metrics record every 5.
 RUN = ["solver.base_epochs=null", "solver.schedule=0.000111111x", "eval.max_images=4", "eval.period=10",

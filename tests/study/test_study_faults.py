@@ -17,10 +17,10 @@ import yaml
 from scratchdet.engine.hooks import read_metrics
 from scratchdet.study.runner import run_study
 from tests.conftest import final_weights, tiny_training_overrides
+from tests.engine.test_faults import PLANTED
 
 pytestmark = pytest.mark.slow
 
-PLANTED = Path(__file__).resolve().parents[1] / "engine" / "planted"  # sitecustomize.py: faults in child processes
 LONG, SHORT = "scratch_gn_0.0000666667x_seed0", "scratch_gn_0.0000333333x_seed0"  # 24 and 12 iterations
 
 

@@ -214,9 +214,25 @@ def launch_local(nproc: int, argv: Sequence[str]) -> int:
     except ChildFailedError as exc:
         failed_rank, failure = exc.get_first_failure()
         code = failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode  # a signal: as a shell says
-        print(f"error: process {failed_rank} of {nproc} failed first (exit status {failure.exitcode})", file=sys.stderr)
+        print(f"error: process {failed_rank} of {nproc} failed first (exit status {failure.exitcode}); "
+              f"{_how_to_continue(argv, nproc)}", file=sys.stderr)  # fmt: skip
         return code
     return 0
+
+
+def _how_to_continue(argv: Sequence[str], nproc: int) -> str:
+    """What to run next after a failed launch: resume the run (its checkpoints are kept), or run it again."""
+    command = argv[0] if argv else ""
+    run_dir = None
+    for i, argument in enumerate(argv):
+        if argument in ("--out", "--resume") and i + 1 < len(argv):
+            run_dir = argv[i + 1]
+        elif argument.startswith(("--out=", "--resume=")):
+            run_dir = argument.split("=", 1)[1]
+    if command in ("train", "pretrain") and run_dir:
+        resume = f"scratchdet {command} --resume {run_dir} --nproc {nproc}"
+        return f"the run keeps its last checkpoint: continue it with `{resume}`"
+    return "nothing was saved: run the same command again"
 
 
 def sum_over_processes(values: Sequence[float]) -> list[float]:
