@@ -144,6 +144,18 @@ CASES = [
         "image file missing", "error", r"b\.png: image file is missing", lambda r, d: (r / "images" / "b.png").unlink()
     ),
     Case("zero-byte image", "error", r"b\.png: file is not an image", _write_file("b.png", b"")),
+    Case(
+        "file_name climbs out of the image folder",
+        "error",
+        r"file_name '\.\./outside\.png' points outside the image folder .*images",
+        _set("images.1.file_name", "../outside.png"),
+    ),
+    Case(
+        "absolute file_name",
+        "error",
+        r"file_name '/etc/hostname' points outside the image folder",
+        _set("images.1.file_name", "/etc/hostname"),
+    ),
     Case("not an image", "error", r"b\.png: file is not an image", _write_file("b.png", b"name,box\nx,1 2 3 4\n")),
     # Training reads only the image headers up front (decoding every file of COCO takes minutes); a truncated file
     # stops the run when it is first read. `scratchdet data check` decodes everything and finds it beforehand.
@@ -230,6 +242,13 @@ CASES = [
         r"data\.train_subset=10 is larger than the training set \(3 usable images\)",
         overrides=("data.train_subset=10",),
     ),
+    # ---- a start that fails after the run directory was made: running the same command again must not be refused
+    Case(
+        "weight file missing",
+        "error",
+        r"model\.init=/nonexistent/backbone\.pth: no such file",
+        overrides=("model.init=/nonexistent/backbone.pth",),
+    ),
 ]
 
 
@@ -269,6 +288,11 @@ def test_bad_input_ends_as_documented(case: Case, tmp_path: Path, capsys: pytest
     assert code == (2 if case.outcome == "error" else 0), output[-2000:]
     if case.outcome == "error":
         assert not (out / "checkpoints").exists()  # refused before any training
+        # The same command again meets the same refusal: a run that never started does not block its directory.
+        again = main(["train", "demo/mask_rcnn", *files, *TINY_RUN, *case.overrides, "--out", str(out)])
+        printed = capsys.readouterr()
+        assert again == 2 and re.search(case.message, printed.out + printed.err, re.DOTALL), printed.err[-2000:]
+        assert "already holds a run" not in printed.err
     else:
         assert (out / "summary.json").is_file()
 

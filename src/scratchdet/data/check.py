@@ -9,6 +9,7 @@ image is converted to RGB).
 from __future__ import annotations
 
 import math
+import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -161,9 +162,23 @@ def _inspect_image_file(path: Path, deep: bool) -> tuple[str | None, tuple[int, 
         return f"image cannot be decoded ({exc}); it may be truncated: re-export or remove it", None, None
 
 
+def _leaves_folder(report: CheckReport, image: dict[str, Any], images_dir: Path) -> bool:
+    """An absolute `file_name`, or one whose `..` climbs out of the image folder, would make the tool read a file
+    the dataset does not hold (someone else's COCO file choosing what this machine opens): an error."""
+    name = image["file_name"]
+    normal = os.path.normpath(name)
+    if os.path.isabs(name) or normal == ".." or normal.startswith(".." + os.sep):
+        report.add("error", f"file_name {name!r} points outside the image folder {images_dir}; give a path inside "
+                   "it (relative, without '..' climbing out)", image_id=image["id"])  # fmt: skip
+        return True
+    return False
+
+
 def _check_image_files(
     report: CheckReport, images: list[dict[str, Any]], images_dir: Path, deep: bool, quiet: bool
 ) -> None:
+    inside = [image for image in images if not _leaves_folder(report, image, images_dir)]
+    images = inside
     paths = [images_dir / image["file_name"] for image in images]
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(

@@ -300,7 +300,9 @@ def _open_run_directory(run_dir: Path, config: Config, resume: bool, command: st
         return None
     run_dir.mkdir(parents=True, exist_ok=True)
     _lock_run_directory(run_dir, command)
-    if (run_dir / "config.yaml").exists():
+    if (run_dir / "config.yaml").exists() and _never_started(run_dir):
+        log.info(f"{run_dir} holds a run that never started (no checkpoint, nothing logged): starting it afresh")
+    elif (run_dir / "config.yaml").exists():
         release_run_directory(run_dir)
         raise ScratchdetError(
             f"{run_dir} already holds a run; continue it with `scratchdet {command} --resume {run_dir}` "
@@ -308,6 +310,15 @@ def _open_run_directory(run_dir: Path, config: Config, resume: bool, command: st
         )
     atomic_write_text(run_dir / "config.yaml", config.to_yaml())
     return None
+
+
+def _never_started(run_dir: Path) -> bool:
+    """A run directory whose start failed (a bad weight file, data that does not load): nothing in it to keep."""
+    checkpoints = run_dir / "checkpoints"
+    metrics = run_dir / "metrics.jsonl"
+    return not (checkpoints.is_dir() and any(checkpoints.iterdir())) and not (
+        metrics.is_file() and metrics.stat().st_size
+    )
 
 
 _held_locks: dict[Path, int] = {}  # run directory → descriptor of its lock, for as long as this process runs it
