@@ -300,3 +300,20 @@ def test_bad_input_ends_as_documented(case: Case, tmp_path: Path, capsys: pytest
 def test_the_docs_table_lists_every_case_with_its_outcome() -> None:
     rows = re.findall(r"^\| ([^|]+?) \| (error|skipped|works) \|", DOCS.read_text(), re.MULTILINE)
     assert sorted(rows) == sorted((c.name, c.outcome) for c in CASES)
+
+
+def test_data_check_reads_a_huge_images_header_and_does_not_decode_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """13000 x 13000 is under PIL's bomb limit but 0.5 GB decoded: data check refuses by the header, unless told."""
+    data = tiny_coco(tmp_path)
+    (tmp_path / "images" / "b.png").write_bytes(png_claiming(13000, 13000))
+    data["images"][1].update(width=13000, height=13000)
+    (tmp_path / "instances.json").write_text(json.dumps(data))
+    command = ["data", "check", str(tmp_path / "instances.json"), "--images", str(tmp_path / "images")]
+    assert main(command) == 1
+    printed = capsys.readouterr().out
+    assert "b.png: image is 13000x13000, above the 64,000,000 pixels data check decodes" in printed
+    assert "--max-pixels" in printed and "Traceback" not in printed
+    assert main([*command, "--max-pixels", "200000000"]) == 1  # now decoded: this one is also truncated
+    assert "b.png: image cannot be decoded" in capsys.readouterr().out

@@ -84,7 +84,8 @@ def _data_synth(args: argparse.Namespace) -> int:
 def _data_check(args: argparse.Namespace) -> int:
     from scratchdet.data.check import check_dataset
 
-    report = check_dataset(args.annotations, args.images, deep=not args.quick)
+    limit = {"max_pixels": args.max_pixels} if args.max_pixels else {}
+    report = check_dataset(args.annotations, args.images, deep=not args.quick, **limit)
     print(report.format(max_problems=args.max_problems))
     return 0 if report.ok else 1
 
@@ -469,6 +470,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--images", type=Path, required=True, help="folder holding the images")
     check.add_argument("--quick", action="store_true", help="read image headers only (misses truncated files)")
     check.add_argument("--max-problems", type=int, default=200, help="problems to print at most")
+    check.add_argument(
+        "--max-pixels",
+        type=int,
+        help="decode images of at most this many pixels; a larger one is an error, not decoded (default: 64000000)",
+    )
 
     train = _command(commands, "train", _train, "train a detector; --resume continues a run exactly")
     train.add_argument("config", nargs="?", help="a packaged preset or a YAML file")

@@ -25,6 +25,9 @@ from scratchdet.data.coco import read_coco_json, segmentation_to_rle
 from scratchdet.errors import ScratchdetError
 
 Severity = Literal["error", "warning", "note"]
+# What `data check` decodes at most per image (64 megapixels, 8000 x 8000; COCO's are under 0.5): a header claiming
+# more is reported, not decoded, so a hostile or mistaken file cannot make the check allocate gigabytes.
+MAX_DECODED_PIXELS = 64_000_000
 CONVERTED_MODES = {
     "L": "grey",
     "LA": "grey with alpha",
@@ -145,10 +148,17 @@ def _check_image_record(report: CheckReport, image: dict[str, Any]) -> bool:
     return ok
 
 
-def _inspect_image_file(path: Path, deep: bool) -> tuple[str | None, tuple[int, int] | None, str | None]:
-    """(error, (width, height), mode) of an image file; `deep` decodes every pixel to catch truncation."""
+def _inspect_image_file(
+    path: Path, deep: bool, max_pixels: int = MAX_DECODED_PIXELS
+) -> tuple[str | None, tuple[int, int] | None, str | None]:
+    """(error, (width, height), mode) of an image file; `deep` decodes every pixel to catch truncation, unless the
+    header's size is above `max_pixels` (decoding it would take its width x height x 3 bytes and more)."""
     try:
         with Image.open(path) as image:
+            width, height = image.size
+            if deep and width * height > max_pixels:
+                return (f"image is {width}x{height}, above the {max_pixels:,} pixels data check decodes; resize it, "
+                        "or raise the limit with --max-pixels if images this large are meant"), None, None  # fmt: skip
             if deep:
                 image.load()
             return None, image.size, image.mode
@@ -175,7 +185,7 @@ def _leaves_folder(report: CheckReport, image: dict[str, Any], images_dir: Path)
 
 
 def _check_image_files(
-    report: CheckReport, images: list[dict[str, Any]], images_dir: Path, deep: bool, quiet: bool
+    report: CheckReport, images: list[dict[str, Any]], images_dir: Path, deep: bool, quiet: bool, max_pixels: int
 ) -> None:
     inside = [image for image in images if not _leaves_folder(report, image, images_dir)]
     images = inside
@@ -183,7 +193,7 @@ def _check_image_files(
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(
             tqdm(
-                pool.map(lambda p: _inspect_image_file(p, deep), paths),
+                pool.map(lambda p: _inspect_image_file(p, deep, max_pixels), paths),
                 total=len(paths),
                 desc="checking images",
                 disable=quiet or None,  # None: only on a terminal
@@ -351,9 +361,15 @@ def _summarize(
 
 
 def check_dataset(
-    annotations_path: Path, images_dir: Path, deep: bool = True, quiet: bool = False, data: dict[str, Any] | None = None
+    annotations_path: Path,
+    images_dir: Path,
+    deep: bool = True,
+    quiet: bool = False,
+    data: dict[str, Any] | None = None,
+    max_pixels: int = MAX_DECODED_PIXELS,
 ) -> CheckReport:
-    """Check a COCO instances file and its images; `deep` decodes every image (catches truncated files).
+    """Check a COCO instances file and its images; `deep` decodes every image (catches truncated files) whose
+    header says at most `max_pixels`.
 
     `data`: the file's content when the caller has already read it (COCO's train JSON takes seconds to parse).
     """
@@ -374,7 +390,7 @@ def check_dataset(
     if not images_dir.is_dir():
         report.add("error", f"image folder {images_dir} does not exist; check the --images / data path")
     else:
-        _check_image_files(report, usable, report.images_dir, deep, quiet)
+        _check_image_files(report, usable, report.images_dir, deep, quiet, max_pixels)
     by_id = {image["id"]: image for image in images if image["id"] in image_ids}
     valid = _check_annotations(report, data["annotations"], by_id, category_ids)
     report.summary = _summarize(images, valid, data["categories"])
