@@ -219,3 +219,35 @@ def test_a_torchvision_layout_file_is_refused_by_an_msra_layout_backbone(tmp_pat
         load_backbone_weights(build_detector(norm="gn", stride_in_1x1=True, **NARROW50), tmp_path / "R-50-GN.pkl")
     with pytest.raises(ScratchdetError, match="needs bottleneck blocks"):
         build_detector(norm="gn", **{**NARROW50, "narrow_depth": 18}, stride_in_1x1=True)
+
+
+class _Crafted:
+    """Pickles as numpy's own array reconstruction with a state of our choosing: only allowed names, put together
+    the way no weight file is."""
+
+    def __init__(self, state: object) -> None:
+        self.state = state
+
+    def __reduce__(self) -> tuple:
+        return (np._core.multiarray._reconstruct, (np.ndarray, (0,), b"b"), self.state)
+
+
+@pytest.mark.parametrize(
+    ("state", "complaint"),
+    [
+        ((1, (2,), np.dtype("O"), False, b"\0" * 16), r"dtype dtype\('O'\): only arrays of numbers load"),
+        ((1, (10**13,), np.dtype("f8"), False, b"\0" * 8), r"declares 10,000,000,000,000 elements .* holds 8 bytes"),
+        ("nonsense", r"an array's state is str, not numpy's 5-tuple"),
+        ((1, (-3,), np.dtype("f4"), False, b"\0"), r"shape \(-3,\) is not a tuple of sizes"),
+    ],
+    ids=["object array", "10^13 elements", "bad __setstate__ argument", "negative shape"],
+)
+def test_a_crafted_pickle_of_allowed_names_is_refused_by_name(tmp_path: Path, state: object, complaint: str) -> None:
+    path = tmp_path / "crafted.pkl"
+    with open(path, "wb") as file:
+        pickle.dump({"blobs": {"conv1_w": _Crafted(state)}}, file, protocol=2)
+    model = build_detector(norm="gn", **NARROW50)
+    with pytest.raises(ScratchdetError, match=rf"crafted\.pkl: refused to load: .*{complaint}"):
+        load_backbone_weights(model, path)
+    with pytest.raises(ScratchdetError, match="refused to load"):
+        describe_weight_file(path)  # `scratchdet weights inspect`

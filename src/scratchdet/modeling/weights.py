@@ -18,10 +18,11 @@
 
 from __future__ import annotations
 
+import math
 import pickle
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -71,11 +72,44 @@ _PARAMETER = {
 }
 
 
-class _ArraysOnly(pickle.Unpickler):
+class _ArraysOnly(pickle._Unpickler):  # the pure-Python unpickler: its BUILD step can be checked (below)
+    """Plain containers and numpy arrays of numbers, nothing else. An array is rebuilt in two steps (an empty array,
+    then `__setstate__` with its shape, dtype and bytes); the second is checked before numpy sees it, so an array of
+    Python objects, or one declaring more elements than its bytes hold (numpy would allocate them first), is
+    refused instead of crashing or exhausting memory."""
+
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in SAFE_GLOBALS:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"the file asks for {module}.{name}, which a weight file never needs")
+
+    def load_build(self) -> None:
+        stack: list[Any] = self.stack  # type: ignore[attr-defined]
+        state, target = stack[-1], stack[-2]
+        if isinstance(target, np.ndarray):
+            _check_array_state(state)
+        elif not isinstance(target, np.dtype):  # a dtype's state is a few flags: numpy checks them itself
+            raise pickle.UnpicklingError(f"the file sets the state of a {type(target).__name__}, not of an array")
+        pickle._Unpickler.load_build(self)  # type: ignore[attr-defined]
+
+    dispatch: ClassVar[dict[int, Any]] = {**pickle._Unpickler.dispatch, pickle.BUILD[0]: load_build}
+
+
+def _check_array_state(state: Any) -> None:
+    """numpy's array state: (version, shape, dtype, Fortran order, raw bytes), with exactly the bytes it declares."""
+    if not (isinstance(state, tuple) and len(state) == 5):
+        raise pickle.UnpicklingError(f"an array's state is {type(state).__name__}, not numpy's 5-tuple")
+    _, shape, dtype, _, raw = state
+    if not isinstance(dtype, np.dtype) or dtype.hasobject:
+        raise pickle.UnpicklingError(f"an array of dtype {dtype!r}: only arrays of numbers load (no Python objects)")
+    if not (isinstance(shape, tuple) and all(isinstance(n, int) and n >= 0 for n in shape)):
+        raise pickle.UnpicklingError(f"an array's shape {shape!r} is not a tuple of sizes")
+    if not isinstance(raw, bytes | str):
+        raise pickle.UnpicklingError(f"an array's data is {type(raw).__name__}, not bytes")
+    declared = math.prod(shape) * dtype.itemsize
+    if declared != len(raw):
+        raise pickle.UnpicklingError(f"an array declares {math.prod(shape):,} elements ({declared:,} bytes) but "
+                                     f"holds {len(raw):,} bytes")  # fmt: skip
 
 
 # The pre-training cost of published backbone files, by file name, as the paper counts it (one instance per image,
@@ -106,6 +140,10 @@ def read_restricted_pickle(path: Path) -> Any:
             return _ArraysOnly(file, encoding="latin1").load()
     except pickle.UnpicklingError as exc:
         raise ScratchdetError(f"{path}: refused to load: {exc}. Only trusted weight files of arrays load") from None
+    except (TypeError, AttributeError, IndexError, KeyError, MemoryError, RecursionError) as exc:
+        # Allowed names put together wrongly: not a weight file anyone wrote
+        raise ScratchdetError(f"{path}: refused to load: not a pickled weight file ({type(exc).__name__}: {exc}). "
+                              "Only trusted weight files of arrays load") from None  # fmt: skip
     except (OSError, EOFError, ValueError) as exc:
         raise ScratchdetError(f"{path}: cannot be read as a pickled weight file ({exc})") from None
 
