@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 import time
@@ -567,6 +568,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _after_a_full_disk(args: argparse.Namespace) -> str:
+    """What is kept and what to run once space is freed, for the command that ran out of it."""
+    run_dir = getattr(args, "resume", None) or getattr(args, "out", None)
+    command = getattr(args, "scratchdet_command", "")
+    if command in ("train", "pretrain") and run_dir is not None:
+        pointer = Path(run_dir) / "checkpoints" / "last_checkpoint"
+        kept = f"its newest checkpoint, {pointer.read_text().strip()}," if pointer.is_file() else "no checkpoint yet"
+        return f"the run keeps {kept} and what it wrote before. Free disk space, then continue with " \
+               f"`scratchdet {command} --resume {run_dir}`"  # fmt: skip
+    if command in ("study", "demo"):
+        return "finished arms and the checkpoints of the others are kept. Free disk space, then run it again"
+    return "free disk space, then run the same command again"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -582,6 +597,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args))
     except ScratchdetError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"error: no space left on device writing {exc.filename or 'a file'}; {_after_a_full_disk(args)}",
+              file=sys.stderr)  # fmt: skip
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -20,6 +20,11 @@ def _umask() -> int:
     return mask
 
 
+def with_file_name(error: OSError, path: Path) -> OSError:
+    """`error` naming `path` when it names no file (a write to a full disk does not say which file it was)."""
+    return error if error.filename else OSError(error.errno, error.strerror, str(path))
+
+
 def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     """Call `write(file)` on a temporary file beside `path`, then move it into place."""
     path = Path(path)
@@ -32,6 +37,9 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
+    except OSError as exc:
+        Path(temporary).unlink(missing_ok=True)
+        raise with_file_name(exc, path) from None
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise

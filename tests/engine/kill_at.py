@@ -3,7 +3,8 @@
     python tests/engine/kill_at.py POINT N scratchdet-arguments...
 
 The process SIGKILLs itself the N-th time it reaches POINT: a real SIGKILL (no handler, no cleanup, no flush),
-placed where an outside signal would land only by luck. `hang` stops the process there instead (SIGSTOP: a
+placed where an outside signal would land only by luck. `disk-full-*` make one kind of write fail as on a full
+disk (ENOSPC). `hang` stops the process there instead (SIGSTOP: a
 peer that no longer answers). `disk-full` instead makes the N-th checkpoint write fail
 the way a full disk does (ENOSPC).
 """
@@ -67,6 +68,27 @@ def _full_disk(original: Callable[..., Any], path: Path, write: Callable[[Any], 
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
+def _no_space(file_name: str | None) -> Callable[..., Any]:
+    """A fault raising what a write to a full disk raises (a file object's write names no file: None)."""
+
+    def fault(original: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), file_name)
+
+    return fault
+
+
+def full_disk_writing(owner: Any, name: str, file_name: str) -> None:
+    """Replace `owner.name(path, ...)` so that writing `file_name` fails as on a full disk."""
+    original = getattr(owner, name)
+
+    def wrapper(path: Path, *args: Any, **kwargs: Any) -> Any:
+        if Path(path).name == file_name:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return original(path, *args, **kwargs)
+
+    setattr(owner, name, wrapper)
+
+
 def die_before_writing(owner: Any, name: str, file_name: str) -> None:
     """Replace `owner.name(path, value)` so that it kills the process instead of writing `file_name`."""
     original = getattr(owner, name)
@@ -81,8 +103,10 @@ def die_before_writing(owner: Any, name: str, file_name: str) -> None:
 
 def plant(point: str, n: int) -> None:
     import torch
+    from torch.utils.tensorboard import SummaryWriter
 
     from scratchdet.engine import checkpoint, hooks, run
+    from scratchdet.evaluation import coco
 
     killed = lambda original, *args, **kwargs: die()  # noqa: E731
     points: dict[str, Callable[[], None]] = {
@@ -101,6 +125,13 @@ def plant(point: str, n: int) -> None:
         # training, the last checkpoint and the final evaluation are done; summary.json is not written yet
         "summary": lambda: die_before_writing(run, "_write_json", "summary.json"),
         "disk-full": lambda: on_nth_call(checkpoint, "atomic_write", n, _full_disk),
+        # a full disk at every other kind of write a run makes (the n-th such write)
+        # (as a real write does, these name no file: the run must say which one it was writing)
+        "disk-full-metrics": lambda: on_nth_call(hooks, "append_line", n, _no_space(None)),
+        "disk-full-log": lambda: on_nth_call(run._LogFile, "flush", n, _no_space(None)),
+        "disk-full-tensorboard": lambda: on_nth_call(SummaryWriter, "add_scalar", n, _no_space(None)),
+        "disk-full-detections": lambda: full_disk_writing(coco, "atomic_write_text", "detections.json"),
+        "disk-full-summary": lambda: full_disk_writing(run, "atomic_write_text", "summary.json"),
     }
     points[point]()
 

@@ -110,6 +110,28 @@ def test_a_full_disk_stops_the_run_with_a_clear_error_and_resume_finishes_it(
     _assert_same_run(run_dir, reference)
 
 
+@pytest.mark.parametrize(
+    ("fault", "written"),
+    [(("disk-full-metrics", 4), "/metrics.jsonl"), (("disk-full-log", 10), "/log.txt"),
+     (("disk-full-tensorboard", 20), "/tensorboard"), (("disk-full-detections", 1), "detections.json"),
+     (("disk-full-summary", 1), "summary.json")],
+    ids=["metrics", "log", "tensorboard", "detections", "summary"],
+)  # fmt: skip
+def test_a_full_disk_at_any_write_ends_in_one_message_and_resume_finishes_the_run(
+    reference: Path, synth_dir: Path, tmp_path: Path, fault: tuple[str, int], written: str
+) -> None:
+    run_dir = tmp_path / "full"
+    failed = _scratchdet(_start_arguments(synth_dir, run_dir), fault=fault)
+    assert failed.returncode == 2, failed.stderr[-2000:]
+    assert "Traceback" not in failed.stderr and "Logging error" not in failed.stderr
+    message = failed.stderr.strip().splitlines()[-1]
+    assert "no space left on device writing" in message and written in message, message
+    assert "the run keeps" in message and f"`scratchdet train --resume {run_dir}`" in message, message
+    resumed = _scratchdet(["train", "--resume", str(run_dir)])
+    assert resumed.returncode == 0, resumed.stderr
+    _assert_same_run(run_dir, reference)
+
+
 def test_a_second_process_on_a_running_run_is_refused(reference: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "busy"
     run_dir.mkdir()

@@ -71,3 +71,27 @@ def test_pretraining_runs_and_their_accuracy_are_reported(tmp_path: Path) -> Non
     assert "| pretrain/resnet_narroww32d18_gn | finished | 680 | 43,520 | 65.1 | 85.1 |" in markdown
     assert "| pretrain/resnet_narroww32d18_bn | unfinished | 100 | 6,400 | - | - |" in markdown
     assert "<h2>Pre-training</h2>" in html_text and "<td>65.1</td>" in html_text
+
+
+def test_a_full_disk_while_writing_the_report_names_the_file_and_says_what_to_do(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """A real write to a full disk fails in the file's write or fsync and names no file: the report's writer
+    names it, and the command ends in one line instead of a traceback."""
+    import errno
+    import os
+
+    from scratchdet import io
+    from scratchdet.cli import main
+
+    paper_like_study(tmp_path)
+
+    def no_space(descriptor: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(io.os, "fsync", no_space)
+    assert main(["report", str(tmp_path)]) == 2
+    message = capsys.readouterr().err.strip()
+    assert message.startswith(f"error: no space left on device writing {tmp_path / 'report' / 'figures'}")
+    assert message.endswith("free disk space, then run the same command again")
+    assert not list((tmp_path / "report").rglob("*.tmp"))  # no temporary file left behind

@@ -18,6 +18,7 @@ from typing import Any
 from scratchdet.engine import distributed
 from scratchdet.engine.checkpoint import Checkpointer
 from scratchdet.engine.trainer import HookBase
+from scratchdet.io import with_file_name
 
 log = logging.getLogger("scratchdet")
 EvaluateFn = Callable[[int, bool], dict[str, dict[str, float]]]  # (iteration, final) → metrics
@@ -69,6 +70,14 @@ def truncate_metrics(path: Path, iteration: int) -> None:
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
+def append_line(path: Path, line: str) -> None:
+    """Append one line and make it durable before going on (a record is on disk, or is not there at all)."""
+    with open(path, "a", encoding="utf-8") as file:
+        file.write(line + "\n")
+        file.flush()
+        os.fsync(file.fileno())
+
+
 class MetricsWriter:
     """Appends one JSON object per record to metrics.jsonl, and mirrors scalars to TensorBoard."""
 
@@ -84,14 +93,17 @@ class MetricsWriter:
             log.warning("tensorboard is not installed: no event files")
 
     def write(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a", encoding="utf-8") as file:
-            file.write(json.dumps(record) + "\n")
-            file.flush()
-            os.fsync(file.fileno())
+        try:
+            append_line(self.path, json.dumps(record))
+        except OSError as exc:
+            raise with_file_name(exc, self.path) from None
         if self._tensorboard is not None:
-            for key, value in _flatten(record).items():
-                if key != "iteration" and isinstance(value, int | float) and not isinstance(value, bool):
-                    self._tensorboard.add_scalar(key, value, record["iteration"])
+            try:
+                for key, value in _flatten(record).items():
+                    if key != "iteration" and isinstance(value, int | float) and not isinstance(value, bool):
+                        self._tensorboard.add_scalar(key, value, record["iteration"])
+            except OSError as exc:
+                raise with_file_name(exc, self.path.parent / "tensorboard") from None
 
     def close(self) -> None:
         if self._tensorboard is not None:

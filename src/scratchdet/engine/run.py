@@ -26,6 +26,7 @@ import math
 import os
 import platform
 import random
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -63,7 +64,7 @@ from scratchdet.engine.trainer import Trainer
 from scratchdet.errors import ScratchdetError
 from scratchdet.evaluation.coco import CocoEvaluator, save_evaluation
 from scratchdet.evaluation.inference import run_inference
-from scratchdet.io import LOCK_FILE, atomic_write_text, lock_holder, try_lock
+from scratchdet.io import LOCK_FILE, atomic_write_text, lock_holder, try_lock, with_file_name
 from scratchdet.modeling.detector import build_model
 
 log = logging.getLogger("scratchdet")
@@ -86,9 +87,20 @@ def setup_logging(run_dir: Path | None) -> None:
     console.setFormatter(logging.Formatter(prefix + "%(message)s"))
     logger.addHandler(console)
     if run_dir is not None:
-        file = logging.FileHandler(run_dir / "log.txt", encoding="utf-8")
+        file = _LogFile(run_dir / "log.txt", encoding="utf-8")
         file.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
         logger.addHandler(file)
+
+
+class _LogFile(logging.FileHandler):
+    """log.txt, whose write errors (a full disk) stop the run like any other write's, instead of being printed as a
+    logging traceback and ignored."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            raise with_file_name(error, Path(self.baseFilename)) from None
+        super().handleError(record)
 
 
 def seed_everything(seed: int) -> None:
