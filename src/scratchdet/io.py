@@ -7,11 +7,14 @@ within one filesystem), and fsync the folder so the rename itself survives a pow
 from __future__ import annotations
 
 import errno
+import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+from scratchdet.errors import ScratchdetError
 
 
 def _umask() -> int:
@@ -93,3 +96,12 @@ def lock_holder(path: Path) -> str:
         return f"process {int(Path(path).read_text().split()[0])}"
     except (OSError, ValueError, IndexError):
         return "another process"
+
+
+def read_json_file(path: Path, fix: str) -> Any:
+    """A JSON file this tool wrote (a summary, a study's records); damaged or edited, a clear error saying `fix`."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        detail = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise ScratchdetError(f"{path}: not readable JSON ({detail}); the file was damaged or edited: {fix}") from None

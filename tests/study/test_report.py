@@ -95,3 +95,18 @@ def test_a_full_disk_while_writing_the_report_names_the_file_and_says_what_to_do
     assert message.startswith(f"error: no space left on device writing {tmp_path / 'report' / 'figures'}")
     assert message.endswith("free disk space, then run the same command again")
     assert not list((tmp_path / "report").rglob("*.tmp"))  # no temporary file left behind
+
+
+def test_a_damaged_summary_or_record_of_a_study_is_named_not_a_traceback(tmp_path: Path, capsys) -> None:
+    from scratchdet.cli import main
+
+    paper_like_study(tmp_path)
+    arm = sorted((tmp_path / "arms").iterdir())[0]
+    (arm / "summary.json").write_text('{"final": {"bbox": ')
+    assert main(["report", str(tmp_path)]) == 2
+    message = capsys.readouterr().err
+    assert f"{arm / 'summary.json'}: not readable JSON" in message and "Traceback" not in message
+    assert f"run `scratchdet train --resume {arm}` to redo the final evaluation" in message
+    (arm / "summary.json").write_text("[" * 100_000)
+    assert main(["report", str(tmp_path)]) == 2
+    assert "not readable JSON (nested too deeply)" in capsys.readouterr().err

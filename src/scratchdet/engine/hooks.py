@@ -39,7 +39,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     for line in path.read_text().splitlines():
         try:
             records.append(json.loads(line))
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # torn, or not a record this tool wrote
             continue
     return records
 
@@ -56,7 +56,7 @@ def last_logged_iteration(path: Path, default: int = 0) -> int:
     for line in reversed(lines):
         try:
             return int(json.loads(line)["iteration"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             continue  # a torn last line, or the cut first line of the window
     return default
 

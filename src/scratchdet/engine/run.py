@@ -64,7 +64,7 @@ from scratchdet.engine.trainer import Trainer
 from scratchdet.errors import ScratchdetError
 from scratchdet.evaluation.coco import CocoEvaluator, save_evaluation
 from scratchdet.evaluation.inference import run_inference
-from scratchdet.io import LOCK_FILE, atomic_write_text, lock_holder, try_lock, with_file_name
+from scratchdet.io import LOCK_FILE, atomic_write_text, lock_holder, read_json_file, try_lock, with_file_name
 from scratchdet.modeling.detector import build_model
 
 log = logging.getLogger("scratchdet")
@@ -308,7 +308,8 @@ def _open_run_directory(run_dir: Path, config: Config, resume: bool, command: st
         if (run_dir / "summary.json").is_file():
             release_run_directory(run_dir)
             log.info(f"{run_dir} has already finished; nothing to do (its results are in summary.json)")
-            return dict(json.loads((run_dir / "summary.json").read_text()))
+            fix = f"delete it and run `scratchdet {command} --resume {run_dir}` again to redo the final evaluation"
+            return dict(read_json_file(run_dir / "summary.json", fix))
         return None
     run_dir.mkdir(parents=True, exist_ok=True)
     _lock_run_directory(run_dir, command)

@@ -5,17 +5,19 @@ Nothing here imports trainer state: a report can be rebuilt anywhere the run dir
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean, stdev
 from typing import Any
 
-import yaml
-
+from scratchdet.config import read_yaml_mapping
 from scratchdet.engine.hooks import read_metrics
+from scratchdet.io import read_json_file
 from scratchdet.study.spec import INITS_FILE
+
+# A run's summary is written last, atomically: a damaged one is redone by resuming the finished run.
+_REDO = "delete it and run `scratchdet train --resume {}` to redo the final evaluation and write it again"
 
 
 @dataclass
@@ -66,11 +68,11 @@ def read_arm(run_dir: Path, inits: dict[str, dict[str, Any]] | None = None) -> A
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
         return None
-    config = yaml.safe_load(config_path.read_text())
+    config = read_yaml_mapping(config_path)
     model, solver, data = config["model"], config["solver"], config["data"]
     records = read_metrics(run_dir / "metrics.jsonl")
     summary_path = run_dir / "summary.json"
-    summary: dict[str, Any] = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary: dict[str, Any] = read_json_file(summary_path, _REDO.format(run_dir)) if summary_path.is_file() else {}
     schedule = summary.get("schedule", {})
     step_seconds = sorted(r["seconds_per_iteration"] for r in records if "seconds_per_iteration" in r)
     val = Path(data["val_annotations"])
@@ -126,7 +128,9 @@ def read_pretraining(study_dir: Path) -> list[PretrainResult]:
         steps = [r for r in read_metrics(run.parent / "metrics.jsonl") if "images_seen" in r]
         last = steps[-1] if steps else {"iteration": 0, "images_seen": 0}
         summary_path = run.parent / "summary.json"
-        summary: dict[str, Any] = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        summary: dict[str, Any] = (
+            read_json_file(summary_path, _REDO.format(run.parent)) if summary_path.is_file() else {}
+        )
         accuracy = (summary.get("final") or {}).get("classification", {})
         results.append(PretrainResult(
             name=run.parent.name,
@@ -141,7 +145,7 @@ def read_pretraining(study_dir: Path) -> list[PretrainResult]:
 def read_study(study_dir: Path) -> list[ArmResult]:
     arms_dir = Path(study_dir) / "arms"
     inits_path = Path(study_dir) / INITS_FILE
-    inits = json.loads(inits_path.read_text()) if inits_path.is_file() else {}
+    inits = read_json_file(inits_path, "run the study again to rewrite it") if inits_path.is_file() else {}
     arms = [read_arm(path, inits) for path in sorted(arms_dir.iterdir())] if arms_dir.is_dir() else []
     return [arm for arm in arms if arm is not None]
 
