@@ -3,6 +3,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from scratchdet.cli import main
 from tests.conftest import tiny_coco
 
@@ -63,3 +65,33 @@ def test_atomic_writes_follow_the_umask(tmp_path: Path) -> None:
     finally:
         os.umask(previous)
     assert (tmp_path / "result.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_model_summary_of_the_keypoint_preset(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["model", "summary", "demo/keypoint_rcnn"]) == 0  # a KeyError: 'keypoints' traceback before
+    assert "roi heads" in capsys.readouterr().out
+
+
+def test_a_config_files_base_can_be_a_packaged_preset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from scratchdet.config import load_config
+
+    (tmp_path / "mine.yaml").write_text("_base_: demo/mask_rcnn\nsolver:\n  base_lr: 0.01\n")
+    config = load_config(str(tmp_path / "mine.yaml"))
+    assert (
+        config.solver.base_lr == 0.01 and config.model.narrow_width == load_config("demo/mask_rcnn").model.narrow_width
+    )
+    (tmp_path / "demo").mkdir()  # a file beside the config wins over a preset of the same name
+    (tmp_path / "demo" / "mask_rcnn").write_text("solver:\n  momentum: 0.5\n")
+    assert load_config(str(tmp_path / "mine.yaml")).solver.momentum == 0.5
+    (tmp_path / "bad.yaml").write_text("_base_: demo/nonexistent\n")
+    assert main(["config", "show", str(tmp_path / "bad.yaml")]) == 2
+    assert f"{tmp_path / 'bad.yaml'}: _base_ 'demo/nonexistent': config 'demo/nonexistent'" in capsys.readouterr().err
+
+
+def test_schedule_show_of_an_iteration_schedule_reads_no_training_set(capsys: pytest.CaptureFixture[str]) -> None:
+    preset = "paper/mask_rcnn_R50_FPN_gn_scratch_3x"
+    assert main(["schedule", "show", preset, "data.root=/nonexistent"]) == 0
+    printed = capsys.readouterr().out
+    assert "not read (--epochs reads it)" in printed and "note:" not in printed and "270,000" in printed
+    assert main(["schedule", "show", preset, "data.root=/nonexistent", "--epochs"]) == 0
+    assert "note: training set not readable" in capsys.readouterr().out

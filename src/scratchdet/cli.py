@@ -184,13 +184,14 @@ def _schedule_show(args: argparse.Namespace) -> int:
     from scratchdet.engine.run import schedule_for, training_set_size
 
     config = load_config(args.config, args.overrides)
-    try:
-        size: int | None = training_set_size(config)
-    except ScratchdetError as exc:
-        if config.solver.base_epochs is not None:
-            raise
-        size = None
-        print(f"note: training set not readable ({str(exc).splitlines()[0]}); epochs unknown")
+    size: int | None = None
+    if config.solver.base_epochs is not None or args.epochs:
+        try:
+            size = training_set_size(config)
+        except ScratchdetError as exc:
+            if config.solver.base_epochs is not None:
+                raise
+            print(f"note: training set not readable ({str(exc).splitlines()[0]}); epochs unknown")
     schedule = schedule_for(config, size)
     images = schedule.total_iterations * schedule.images_per_batch
     rows = [
@@ -208,7 +209,7 @@ def _schedule_show(args: argparse.Namespace) -> int:
         ("base lr", f"{schedule.base_lr:g} ({config.solver.base_lr:g} at 16 images, linear scaling)"),
         ("warm-up", f"{schedule.warmup_iters:,} iterations from {schedule.warmup_factor:g} x lr"),
         ("images per iteration", f"{schedule.images_per_batch}"),
-        ("training images", f"{size:,}" if size else "unknown"),
+        ("training images", f"{size:,}" if size else "not read (--epochs reads it)" if not args.epochs else "unknown"),
         ("epochs", f"{images / size:.1f}" if size else "unknown"),
         ("images seen", f"{images:,}"),
     ]
@@ -508,9 +509,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     schedule = commands.add_parser("schedule", help="inspect schedules")
     schedule_commands = _subparsers(schedule, "schedule commands")
-    _add_config_arguments(
-        _command(schedule_commands, "show", _schedule_show, "iterations, lr steps, warm-up and epochs of a config")
-    )
+    show = _command(schedule_commands, "show", _schedule_show, "iterations, lr steps, warm-up and epochs of a config")
+    _add_config_arguments(show)
+    show.add_argument("--epochs", action="store_true", help="an iteration-based schedule (solver.base_epochs: null) "
+                      "needs no training set; read it anyway to show how many epochs the run makes")  # fmt: skip
 
     study_help = "run the paper's comparison (scratch vs pre-trained arms) on a dataset and write a report"
     study = _command(commands, "study", _study, study_help)

@@ -294,14 +294,19 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 
 def _read_with_bases(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """The file's mapping merged over its `_base_` file(s), which are resolved relative to it."""
+    """The file's mapping merged over its `_base_` file(s): paths relative to it, or packaged preset names."""
     if path.resolve() in seen:
         raise ScratchdetError(f"{path}: `_base_` files include each other in a loop")
     data = read_yaml_mapping(path)
     bases = data.pop("_base_", [])
     merged: dict[str, Any] = {}
     for base in [bases] if isinstance(bases, str) else bases:
-        merged = _merge(merged, _read_with_bases(path.parent / base, (*seen, path.resolve())))
+        relative = path.parent / base
+        try:
+            base_path = relative if relative.is_file() else resolve_config_path(str(base))
+        except ScratchdetError as exc:
+            raise ScratchdetError(f"{path}: _base_ {base!r}: {exc}") from None
+        merged = _merge(merged, _read_with_bases(base_path, (*seen, path.resolve())))
     return _merge(merged, data)
 
 

@@ -59,6 +59,13 @@ def training_forward_flops(model: nn.Module, height: int, width: int, num_boxes:
     for i, (x0, y0, x1, y1) in enumerate(boxes.int().tolist()):
         masks[i, y0:y1, x0:x1] = 1
     target = {"boxes": boxes, "labels": torch.ones(num_boxes, dtype=torch.int64), "masks": masks}
+    keypoint_predictor = getattr(model.roi_heads, "keypoint_predictor", None)
+    if keypoint_predictor is not None:  # Keypoint R-CNN: each box's keypoints, all visible, inside it
+        count = int(keypoint_predictor.kps_score_lowres.out_channels)
+        spread = torch.linspace(0.1, 0.9, count)
+        x = boxes[:, None, 0] + spread[None] * (boxes[:, None, 2] - boxes[:, None, 0])
+        y = boxes[:, None, 1] + spread[None] * (boxes[:, None, 3] - boxes[:, None, 1])
+        target["keypoints"] = torch.stack([x, y, torch.full_like(x, 2.0)], dim=2)
     was_training = model.training
     model.train()
     counter = FlopCounterMode(display=False)
