@@ -96,3 +96,13 @@ def test_keypoint_ap_equals_pycocotools(keypoint_run: Path, people: Path) -> Non
     theirs = dict(zip(["AP", "AP50", "AP75", "APm", "APl"], evaluator.stats[:5], strict=True))
     for name, value in final.items():
         assert round(value / 100, 4) == round(float(theirs[name]), 4), name
+
+
+def test_predict_draws_keypoints(keypoint_run: Path, people: Path, tmp_path: Path) -> None:
+    images = sorted((people / "val").iterdir())
+    assert (
+        main(["predict", str(keypoint_run), str(people / "val"), "--out", str(tmp_path), "--score-threshold", "0"]) == 0
+    )
+    predictions = json.loads((tmp_path / "predictions.json").read_text())
+    assert predictions and all(len(p["keypoints"]) == 17 * 3 for p in predictions)
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == sorted(f"{i.stem}.png" for i in images)

@@ -179,6 +179,16 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from scratchdet.engine.predict import predict
+    from scratchdet.engine.run import setup_logging
+
+    setup_logging(None)
+    path = predict(args.run_dir, args.images, args.out, args.score_threshold, args.checkpoint)
+    print(f"drawn images and {path.name} in {args.out}")
+    return 0
+
+
 def _schedule_show(args: argparse.Namespace) -> int:
     from scratchdet.config import load_config
     from scratchdet.engine.run import schedule_for, training_set_size
@@ -506,6 +516,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--detections", type=Path, metavar="FILE", help="also write the detections there (COCO results JSON)"
     )
     _add_nproc_argument(evaluate)
+
+    run_predict = _command(commands, "predict", _predict, "draw a trained run's detections on images, and save them "
+                           "as COCO results")  # fmt: skip
+    run_predict.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a training run (or a study's arm)")
+    run_predict.add_argument("images", type=Path, nargs="+", metavar="IMAGE", help="image files or folders of them")
+    run_predict.add_argument("--out", type=Path, required=True, help="folder for the drawn images and predictions.json")
+    run_predict.add_argument(
+        "--score-threshold",
+        type=float,
+        default=0.5,
+        help="keep detections at or above this score (default: %(default)s)",
+    )
+    run_predict.add_argument(
+        "--checkpoint", type=int, metavar="ITER", help="that iteration's checkpoint (default: newest)"
+    )
 
     schedule = commands.add_parser("schedule", help="inspect schedules")
     schedule_commands = _subparsers(schedule, "schedule commands")

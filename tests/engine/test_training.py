@@ -232,3 +232,56 @@ def test_the_final_evaluation_can_use_every_validation_image(synth_dir: Path, tm
     train(load_config("demo/mask_rcnn", [*tiny_training_overrides(synth_dir), *overrides]), tmp_path / "r", quiet=True)
     assert len(read_evaluation(evaluation_file(tmp_path / "r", 8))[0]) == 4
     assert len(read_evaluation(evaluation_file(tmp_path / "r", 16))[0]) == 12
+
+
+def test_predict_draws_and_saves_the_detections_above_the_threshold(
+    short_run: Path, synth_dir: Path, tmp_path: Path
+) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from scratchdet.cli import main
+
+    images = sorted((synth_dir / "val").iterdir())[:3]
+    assert main(["predict", str(short_run), *map(str, images), "--out", str(tmp_path / "low"),
+                 "--score-threshold", "0.05"]) == 0  # fmt: skip
+    predictions = json.loads((tmp_path / "low" / "predictions.json").read_text())
+    assert predictions and {p["file_name"] for p in predictions} <= {i.name for i in images}
+    for p in predictions:
+        assert p["score"] >= 0.05 and len(p["bbox"]) == 4 and set(p["segmentation"]) == {"size", "counts"}
+        assert p["image_id"] == [i.name for i in images].index(p["file_name"]) + 1
+    first = predictions[0]
+    source = next(i for i in images if i.name == first["file_name"])
+    drawn = np.asarray(Image.open(tmp_path / "low" / f"{source.stem}.png").convert("RGB")).astype(int)
+    original = np.asarray(Image.open(source).convert("RGB")).astype(int)
+    x, y, w, h = (int(v) for v in first["bbox"])
+    assert drawn.shape == original.shape
+    assert (drawn[y : y + h + 1, x : x + w + 1] != original[y : y + h + 1, x : x + w + 1]).any()  # drawn on
+    # Above every score: nothing kept, the pictures are the images themselves.
+    assert main(["predict", str(short_run), str(images[0]), "--out", str(tmp_path / "high"),
+                 "--score-threshold", "1.01"]) == 0  # fmt: skip
+    assert json.loads((tmp_path / "high" / "predictions.json").read_text()) == []
+    assert (np.asarray(Image.open(tmp_path / "high" / f"{images[0].stem}.png").convert("RGB")) == original * 0 +
+            np.asarray(Image.open(images[0]).convert("RGB"))).all()  # fmt: skip
+
+
+def test_predict_refuses_bad_input_by_name(
+    short_run: Path, synth_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from scratchdet.cli import main
+
+    image = sorted((synth_dir / "val").iterdir())[0]
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "broken.png").write_bytes(b"")
+    (tmp_path / "no_run").mkdir()
+    cases = [
+        ([str(short_run), str(tmp_path / "missing.png")], "missing.png: no such image file or folder"),
+        ([str(short_run), str(tmp_path / "empty")], "empty: no images in this folder"),
+        ([str(short_run), str(tmp_path / "broken.png")], "broken.png: cannot decode the image"),
+        ([str(tmp_path / "no_run"), str(image)], "no_run has no loadable checkpoint"),
+        ([str(short_run), str(image), "--checkpoint", "3"], "no checkpoint of iteration 3; kept: model_"),
+    ]
+    for arguments, message in cases:
+        assert main(["predict", *arguments, "--out", str(tmp_path / "out")]) == 2
+        printed = capsys.readouterr().err
+        assert message in printed and "Traceback" not in printed, printed

@@ -556,22 +556,30 @@ def train(config: Config, run_dir: Path, *, resume: bool = False, quiet: bool = 
 # ------------------------------------------------------------------------------------------ evaluation
 
 
-def evaluate_saved(
-    target: Path, overrides: list[str] | None = None, quiet: bool = False, detections: Path | None = None
-) -> dict[str, dict[str, float]]:
-    """Score a run directory's newest checkpoint, or a checkpoint file, on its config's validation set.
+@dataclass
+class TrainedModel:
+    """A detection checkpoint ready to run: the model (on `device`, in eval mode), its config and categories."""
 
-    `overrides` (`data.val_annotations=…`, `eval.max_images=…`) change the evaluation data or settings;
-    `detections`: also write the detections there (COCO results JSON).
-    """
+    path: Path
+    iteration: int
+    config: Config
+    categories: list[dict[str, Any]]
+    model: nn.Module
+    device: torch.device
+
+
+def load_trained(target: Path, overrides: list[str] | None = None) -> TrainedModel:
+    """A run directory's newest loadable checkpoint, or a checkpoint file, with the model its config describes."""
     target = Path(target)
     if target.is_dir():
         found = Checkpointer(target / "checkpoints").latest_loadable()
         if found is None:
             raise ScratchdetError(f"{target} has no loadable checkpoint in {target / 'checkpoints'}")
         path, state = found
-    else:
+    elif target.is_file():
         path, state = target, load_checkpoint(target)
+    else:
+        raise ScratchdetError(f"{target}: no such run directory or checkpoint file")
     if not isinstance(state.get("config"), str):
         raise ScratchdetError(f"{path} carries no config; it is not a scratchdet detection checkpoint")
     config = build_config(apply_overrides(yaml.safe_load(state["config"]), overrides or []), str(path))
@@ -591,6 +599,18 @@ def evaluate_saved(
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
         raise ScratchdetError(f"{path}: the weights do not fit the model its config describes ({exc})") from None
-    model.to(device)
-    log.info(f"evaluating {path} (iteration {state['iteration']})")
-    return Evaluation(config, device, quiet=quiet)(model, detections_path=detections)
+    model.to(device).eval()
+    return TrainedModel(path, int(state["iteration"]), config, categories, model, device)
+
+
+def evaluate_saved(
+    target: Path, overrides: list[str] | None = None, quiet: bool = False, detections: Path | None = None
+) -> dict[str, dict[str, float]]:
+    """Score a run directory's newest checkpoint, or a checkpoint file, on its config's validation set.
+
+    `overrides` (`data.val_annotations=…`, `eval.max_images=…`) change the evaluation data or settings;
+    `detections`: also write the detections there (COCO results JSON).
+    """
+    trained = load_trained(target, overrides)
+    log.info(f"evaluating {trained.path} (iteration {trained.iteration})")
+    return Evaluation(trained.config, trained.device, quiet=quiet)(trained.model, detections_path=detections)
