@@ -21,6 +21,7 @@ from torchvision.utils import draw_bounding_boxes, draw_keypoints, draw_segmenta
 
 from scratchdet.data.coco import load_rgb
 from scratchdet.data.transforms import build_test_transforms
+from scratchdet.engine.checkpoint import Checkpointer
 from scratchdet.engine.run import load_trained
 from scratchdet.errors import ScratchdetError
 from scratchdet.evaluation.coco import MASK_THRESHOLD, detections_of_image
@@ -52,9 +53,10 @@ def checkpoint_of(run_dir: Path, iteration: int | None) -> Path:
     """The run's newest loadable checkpoint (the run directory itself), or the one of `iteration`."""
     if iteration is None:
         return run_dir
-    path = run_dir / "checkpoints" / f"model_{iteration:07d}.pth"
+    checkpoints = Checkpointer(run_dir / "checkpoints")
+    path = checkpoints.path_for(iteration)
     if not path.is_file():
-        kept = sorted(p.name for p in (run_dir / "checkpoints").glob("model_*.pth"))
+        kept = sorted(p.name for p in checkpoints.folder.glob("model_*.pth"))
         raise ScratchdetError(f"{path}: no checkpoint of iteration {iteration}; kept: {', '.join(kept) or 'none'}")
     return path
 
