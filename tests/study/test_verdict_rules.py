@@ -59,6 +59,26 @@ def test_a_comparable_cost_is_within_ten_percent_of_the_pixels(scratch_pixels: i
     assert found == (2.5 if matched else None)
 
 
+@pytest.mark.parametrize(
+    ("schedules", "reference"),
+    [
+        ([1.0, 3.0, 6.0], 3.0),
+        ([1.0, 3.0, 5.120833, 6.0], 3.0),  # a cost-matched arm just below the longest is not a doubling
+        ([1.0, 2.0], 1.0),
+        ([2.0, 3.0], 2.0),  # nothing half as long: the next shorter
+        ([0.5, 1.0, 1.5], 0.5),
+    ],
+)
+def test_convergence_compares_the_longest_schedule_with_one_it_doubles(
+    schedules: list[float], reference: float
+) -> None:
+    assert verdicts._reference_schedule(schedules) == reference
+
+
+def test_schedules_are_written_with_three_significant_digits() -> None:
+    assert [verdicts.schedule_text(m) for m in (1.0, 0.5, 12.0, 5.120833)] == ["1x", "0.5x", "12x", "5.12x"]
+
+
 def test_parts_combine_into_one_verdict() -> None:
     def combine(*statuses: str) -> tuple[str, str]:
         parts = [Part(f"n{i}", s, "why" if s in (UNTESTED, INCONCLUSIVE) else "", "") for i, s in enumerate(statuses)]

@@ -39,6 +39,7 @@ def test_finding_1_holds_when_converged_and_level(tmp_path: Path) -> None:
     _pair(tmp_path, "pretrained", (0.8, 0.8), early=0.6)
     verdict = _verdicts(tmp_path)[0]
     assert verdict.status == HOLDS, verdict.evidence
+    assert verdict.evidence.startswith("gn: scratch"), "one part (one norm) carries no label of its own"
     assert "difference +0.0 [+0.0, +0.0]" in verdict.evidence
     assert "scratch: 2x gains +0.0 [+0.0, +0.0] box AP over 1x (converged)" in verdict.evidence
     assert verdict.conditions == ["seeds: 1 (0)", "validation images: 120"]

@@ -29,7 +29,7 @@ from scratchdet.study.results import (
     read_study,
 )
 from scratchdet.study.statistics import Z_975, Evidence
-from scratchdet.study.verdicts import FAILS, HOLDS, INCONCLUSIVE, Verdict, all_verdicts
+from scratchdet.study.verdicts import FAILS, HOLDS, INCONCLUSIVE, Verdict, all_verdicts, schedule_text
 
 COLOURS = {"scratch": "tab:blue", "pretrained": "tab:orange"}
 STYLES = ["-", "--", ":", "-."]
@@ -131,7 +131,7 @@ def figure_less_data(arms: list[ArmResult]) -> Figure | None:
             axis.plot(sizes, [mean_std(points[s])[0] for s in sizes], "o-", color=COLOURS[init], label=init)
     axis.set_xscale("log")
     axis.set_xlabel("training images")
-    axis.set_ylabel(f"final box AP ({longest:g}x)")
+    axis.set_ylabel(f"final box AP ({schedule_text(longest)})")
     axis.set_title("less data")
     axis.grid(alpha=0.3)
     axis.legend()
@@ -157,7 +157,7 @@ def figure_gain(arms: list[ArmResult]) -> Figure:
                  label=label)  # fmt: skip
     axis.axhline(0, color="black", linewidth=0.8)
     axis.set_xticks([k + width for k in range(len(keys))],
-                    [f"{i + ' ' if several else ''}{n} {m:g}x" for i, n, m in keys])  # fmt: skip
+                    [f"{i + ' ' if several else ''}{n} {schedule_text(m)}" for i, n, m in keys])  # fmt: skip
     axis.set_ylabel("pre-trained minus scratch (AP points)")
     axis.set_title("what pre-training buys, per metric")
     axis.legend()
@@ -196,7 +196,7 @@ def metrics_table(arms: list[ArmResult]) -> list[list[str]]:
             value, spread = mean_std([a.metric(task, name) for a in done])
             cells.append("n/a" if math.isnan(value) else f"{value:.1f}" + (f" ± {spread:.1f}" if len(done) > 1 else ""))
         images = max((a.train_images for a in members), default=0)
-        rows.append([init, norm, f"{multiplier:g}x", str(images or "-"), str(len(done)), *cells])
+        rows.append([init, norm, schedule_text(multiplier), str(images or "-"), str(len(done)), *cells])
     return rows
 
 

@@ -21,7 +21,7 @@ from scratchdet.study.statistics import Estimate, Evidence, matched_iterations
 
 HOLDS, FAILS, INCONCLUSIVE, UNTESTED = "holds", "does not hold", "inconclusive", "not tested"
 MATCH_TOLERANCE = 1.0  # box AP: "scratch matches pre-training" means not more than this behind
-CONVERGENCE_TOLERANCE = 1.0  # box AP: converged when the longest schedule gains less than this over the next
+CONVERGENCE_TOLERANCE = 1.0  # box AP: converged when the longest schedule gains less than this over half as long
 SIGNAL_FLOOR = 1.0  # AP: below this on every arm compared, a comparison says nothing ("too little signal")
 EARLY_FRACTION = 1 / 3  # finding 2's early point: this far from the end of warm-up to the end of the shortest run
 COST_TOLERANCE = 0.10  # "a comparable total cost": pixels seen within ±10%
@@ -98,25 +98,39 @@ class Convergence:
     next_step: str = ""
 
 
+def schedule_text(multiplier: float) -> str:
+    """A schedule as the report writes it: 1x, 0.5x, 12x; a cost-matched arm's 5.120833 as 5.12x."""
+    return f"{multiplier:.3g}x"
+
+
+def _reference_schedule(schedules: list[float]) -> float:
+    """What the longest schedule is compared with to call a curve flat: the longest at most half as long (the paper
+    doubles, 3x to 6x), else the next shorter one. A schedule close to the longest (a cost-matched 5.12x beside 6x)
+    would call a still-rising curve flat: both end where the learning rate is low, and little separates them."""
+    longest = schedules[-1]
+    halves = [m for m in schedules if m <= longest / 2 + 1e-9]
+    return halves[-1] if halves else schedules[-2]
+
+
 def convergence(evidence: Evidence, arms: list[ArmResult], init: str, norm: str, subset: int | None) -> Convergence:
-    """Whether doubling the schedule no longer pays: the gain of the longest schedule over the next shorter one
-    (box AP, with its interval) is below CONVERGENCE_TOLERANCE as a whole."""
+    """Whether doubling the schedule no longer pays: the gain of the longest schedule over the one it doubles
+    (`_reference_schedule`; box AP, with its interval) is below CONVERGENCE_TOLERANCE as a whole."""
     schedules = _schedules(arms, init, norm, subset)
     longest = schedules[-1]
     group = _group(arms, init, norm, longest, subset)
     iterations = 2 * max(a.total_iterations for a in group)
     speeds = [a.seconds_per_iteration for a in group if not math.isnan(a.seconds_per_iteration)]
     seconds = iterations * float(np.median(speeds)) if speeds else math.nan
-    step = (f"add a {2 * longest:g}x schedule ({iterations:,} iterations, {_duration(seconds)} per seed at the "
-            f"measured speed)")  # fmt: skip
+    step = (f"add a {schedule_text(2 * longest)} schedule ({iterations:,} iterations, {_duration(seconds)} per seed "
+            f"at the measured speed)")  # fmt: skip
     if len(schedules) < 2:
-        return Convergence(False, f"{init}: one schedule ({longest:g}x), convergence not measurable", step)
-    shorter = schedules[-2]
+        return Convergence(False, f"{init}: one schedule ({schedule_text(longest)}), convergence not measurable", step)
+    shorter = _reference_schedule(schedules)
     gain = evidence.estimate(_difference("long", "short"), {
         "long": (group, "bbox", "AP", None),
         "short": (_group(arms, init, norm, shorter, subset), "bbox", "AP", None),
     })  # fmt: skip
-    text = f"{init}: {longest:g}x gains {gain.text()} box AP over {shorter:g}x"
+    text = f"{init}: {schedule_text(longest)} gains {gain.text()} box AP over {schedule_text(shorter)}"
     if gain.below(CONVERGENCE_TOLERANCE):
         return Convergence(True, text + " (converged)")
     if gain.above(CONVERGENCE_TOLERANCE):
@@ -144,8 +158,9 @@ def _matching(evidence: Evidence, arms: list[ArmResult], norm: str, subset: int 
                             {init: (groups[init], "bbox", "AP", None) for init in groups})  # fmt: skip
     scratch, pre = _mean_ap(evidence, groups["scratch"]), _mean_ap(evidence, groups["pretrained"])
     states = [convergence(evidence, arms, init, norm, subset) for init in ("scratch", "pretrained")]
-    text = (f"{name}: scratch {scratch:.1f} ({best['scratch']:g}x) vs pre-trained {pre:.1f} ({best['pretrained']:g}x) "
-            f"box AP, difference {gap.text()}; " + "; ".join(s.text for s in states))  # fmt: skip
+    text = (f"{name}: scratch {scratch:.1f} ({schedule_text(best['scratch'])}) vs pre-trained {pre:.1f} "
+            f"({schedule_text(best['pretrained'])}) box AP, difference {gap.text()}; "
+            + "; ".join(s.text for s in states))  # fmt: skip
     if _too_little_signal(scratch, pre):
         return Part(name, UNTESTED, "too little signal", text)
     unconverged = [s for s in states if not s.converged]
@@ -162,7 +177,9 @@ def _combine(title: str, parts: list[Part], rule: str, conditions: list[str], un
         return Verdict(title, UNTESTED, untested, "no such arms", rule, conditions)
     tested = [p for p in parts if p.status != UNTESTED]
     statuses = {p.status for p in tested}
-    evidence = " | ".join(f"[{p.status}{': ' + p.reason if p.reason else ''}] {p.evidence}" for p in parts)
+    # Each part is labelled only where there are several: one part's label is the verdict's own.
+    evidence = parts[0].evidence if len(parts) == 1 else " | ".join(
+        f"[{p.status}{': ' + p.reason if p.reason else ''}] {p.evidence}" for p in parts)  # fmt: skip
     if not tested:
         return Verdict(title, UNTESTED, evidence, "; ".join(sorted({p.reason for p in parts})), rule, conditions)
     if len(statuses) == 1:
@@ -185,8 +202,9 @@ def finding_1_matching(arms: list[ArmResult], evidence: Evidence) -> Verdict:
     parts = [_matching(evidence, arms, norm, full, norm) for norm in _norms(arms, full)]
     rule = (f"each init at its best schedule; holds when the 95% interval of (scratch - pre-trained) box AP lies above "
             f"-{MATCH_TOLERANCE:g}, does not hold when it lies below; both inits must have converged (the longest "
-            f"schedule gains less than {CONVERGENCE_TOLERANCE:g} box AP over the next, interval included); below "
-            f"{SIGNAL_FLOOR:g} box AP on both there is too little signal")  # fmt: skip
+            f"schedule gains less than {CONVERGENCE_TOLERANCE:g} box AP over the longest at most half as long, else "
+            f"the next shorter, interval included); below {SIGNAL_FLOOR:g} box AP on both there is too little "
+            f"signal")  # fmt: skip
     return _combine(title, parts, rule, _conditions(evidence, arms),
                     "needs a finished scratch and a finished pre-trained arm of the same norm")  # fmt: skip
 
@@ -242,7 +260,8 @@ def _convergence_speed(evidence: Evidence, arms: list[ArmResult], norm: str, sub
         length = matched_iterations(pretrain, pre_short[0].total_iterations, per_iteration) if per_iteration else 0
         text += (
             f"; no scratch arm sees a comparable number of pixels to pre-training + fine-tuning at "
-            f"{pre_schedules[0]:g}x: add `schedule: [..., matched]` (a scratch arm of {length:,} iterations)"
+            f"{schedule_text(pre_schedules[0])}: add `schedule: [..., matched]` (a scratch arm of {length:,} "
+            f"iterations)"
         )
         status = FAILS if lead.below(0) else UNTESTED
         return Part(norm, status, "" if status == FAILS else "not tested at a comparable cost", text)
@@ -250,8 +269,9 @@ def _convergence_speed(evidence: Evidence, arms: list[ArmResult], norm: str, sub
     ratio = np.mean([a.total_pixels for a in scratch_matched]) / np.mean([a.total_pixels for a in pre_short])
     gap = evidence.estimate(_difference("scratch", "pretrained"), {
         "scratch": (scratch_matched, "bbox", "AP", None), "pretrained": (pre_short, "bbox", "AP", None)})  # fmt: skip
-    text += (f"; scratch at {matched:g}x (pixels x{ratio:.2f} of pre-training + fine-tuning at {pre_schedules[0]:g}x) "
-             f"vs pre-trained {pre_schedules[0]:g}x: {gap.text()} box AP")  # fmt: skip
+    short = schedule_text(pre_schedules[0])
+    text += (f"; scratch at {schedule_text(matched)} (pixels x{ratio:.2f} of pre-training + fine-tuning at {short}) "
+             f"vs pre-trained {short}: {gap.text()} box AP")  # fmt: skip
     if lead.below(0) or gap.below(-MATCH_TOLERANCE):
         return Part(norm, FAILS, "", text)
     if _too_little_signal(_mean_ap(evidence, scratch_matched), _mean_ap(evidence, pre_short)):
@@ -324,7 +344,7 @@ def _localization(evidence: Evidence, arms: list[ArmResult], norm: str, subset: 
     scratch_values = {label: float(np.mean([evidence.value(a, t, m) for a in groups["scratch"]]))
                       for t, m, label in metrics}  # fmt: skip
     gains = {label: evidence.estimate(_relative_gain(t, m), inputs) for t, m, label in metrics}
-    text = f"{norm} {longest:g}x: relative gain of pre-training " + ", ".join(
+    text = f"{norm} {schedule_text(longest)}: relative gain of pre-training " + ", ".join(
         f"{label} {gains[label].text('%')}" for _, _, label in metrics
     )
     if any(v < SIGNAL_FLOOR for v in scratch_values.values()):
