@@ -2,14 +2,13 @@
 
 Each image is read as the evaluation reads it (8-bit RGB, normalised by the run's `data.pixel_mean` / `pixel_std`;
 the model resizes it to `data.test_size` and maps its detections back to the image). Detections at or above the
-score threshold are drawn with torchvision's drawing utilities (boxes labelled with category name and score, masks,
-keypoints) into OUT/<image name>.png, and all of them go to OUT/predictions.json: COCO results (image_id is the
-image's position in the list, from 1) with each image's `file_name` added.
+score threshold are drawn (scratchdet.drawing: boxes labelled with category name and score, masks, keypoints) into
+OUT/<image name>.png, from the same COCO results that go to OUT/predictions.json (image_id is the image's position
+in the list, from 1; each image's `file_name` added).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from pathlib import Path
@@ -17,14 +16,14 @@ from typing import Any
 
 import torch
 from torchvision.transforms.v2 import functional as F
-from torchvision.utils import draw_bounding_boxes, draw_keypoints, draw_segmentation_masks
 
 from scratchdet.data.coco import load_rgb
 from scratchdet.data.transforms import build_test_transforms
+from scratchdet.drawing import draw_items, png
 from scratchdet.engine.checkpoint import Checkpointer
 from scratchdet.engine.run import load_trained
 from scratchdet.errors import ScratchdetError
-from scratchdet.evaluation.coco import MASK_THRESHOLD, detections_of_image
+from scratchdet.evaluation.coco import detections_of_image
 from scratchdet.io import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger("scratchdet")
@@ -81,29 +80,11 @@ def predict(run_dir: Path, images: list[Path], out: Path, score_threshold: float
         kept = {key: value[keep].cpu() for key, value in output.items()}
         detections = detections_of_image(number, kept, category_of_label)
         results += [{**d, "file_name": path.name} for d in detections]
-        drawn = draw(picture, kept, [names[d["category_id"]] for d in detections])
+        drawn = draw_items(picture, detections, names)
         stem = path.stem if path.stem not in taken else f"{path.stem}_{number}"
         taken.add(stem)
-        atomic_write_bytes(out / f"{stem}.png", _png(drawn))
+        atomic_write_bytes(out / f"{stem}.png", png(drawn))
         log.info(f"{path}: {len(detections)} detection(s) at score {score_threshold:g} or more")
     predictions = out / PREDICTIONS
     atomic_write_text(predictions, json.dumps(results, separators=(",", ":")))
     return predictions
-
-
-def draw(picture: torch.Tensor, output: dict[str, torch.Tensor], names: list[str]) -> torch.Tensor:
-    """(3, H, W) uint8 picture with masks, boxes (labelled with name and score) and keypoints drawn on it."""
-    if "masks" in output and len(output["masks"]):
-        picture = draw_segmentation_masks(picture, output["masks"][:, 0] > MASK_THRESHOLD, alpha=0.45)
-    labels = [f"{name} {score:.2f}" for name, score in zip(names, output["scores"].tolist(), strict=True)]
-    if len(labels):
-        picture = draw_bounding_boxes(picture, output["boxes"], labels=labels, width=2)
-    if "keypoints" in output and len(output["keypoints"]):
-        picture = draw_keypoints(picture, output["keypoints"][..., :2], radius=2)
-    return picture
-
-
-def _png(picture: torch.Tensor) -> bytes:
-    buffer = io.BytesIO()
-    F.to_pil_image(picture).save(buffer, format="PNG")
-    return buffer.getvalue()
