@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import yaml
 from faster_coco_eval.core import mask as mask_utils
+from PIL import Image
 
 from scratchdet.config import load_config
 
@@ -109,7 +110,7 @@ def write_pretraining(study_dir: Path, name: str, *, iterations: int, top1: floa
 VAL_IMAGES = 120
 
 
-def write_ground_truth(study_dir: Path, images: int = VAL_IMAGES) -> Path:
+def write_ground_truth(study_dir: Path, images: int = VAL_IMAGES, names: tuple[str, str] = ("a", "b")) -> Path:
     """A validation set of `images` 64 x 64 images with 1-3 boxes (and box-shaped masks) of two categories."""
     rng = np.random.default_rng(1234)
     entries, annotations = [], []
@@ -123,11 +124,27 @@ def write_ground_truth(study_dir: Path, images: int = VAL_IMAGES) -> Path:
                                 "bbox": [float(x), float(y), float(w), float(h)], "area": float(w * h), "iscrowd": 0,
                                 "segmentation": _box_rle([x, y, w, h])})  # fmt: skip
     data = {"images": entries, "annotations": annotations,
-            "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}  # fmt: skip
+            "categories": [{"id": 1, "name": names[0]}, {"id": 2, "name": names[1]}]}  # fmt: skip
     path = study_dir / "data" / "val.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data))
     return path
+
+
+def write_val_images(study_dir: Path) -> Path:
+    """The validation images of `write_ground_truth` as PNG files (data/val/<id>.png): a flat colour per image with
+    each object's box filled, so a picture differs where something is drawn on it."""
+    ground_truth = json.loads((study_dir / "data" / "val.json").read_text())
+    folder = study_dir / "data" / "val"
+    folder.mkdir(parents=True, exist_ok=True)
+    for image in ground_truth["images"]:
+        pixels = np.full((64, 64, 3), 40 + image["id"] % 150, np.uint8)
+        for annotation in ground_truth["annotations"]:
+            if annotation["image_id"] == image["id"]:
+                x, y, w, h = (round(v) for v in annotation["bbox"])
+                pixels[y : y + h, x : x + w] = (200, 60 + 80 * annotation["category_id"], 90)
+        Image.fromarray(pixels).save(folder / image["file_name"])
+    return folder
 
 
 def _box_rle(box: list[float]) -> dict[str, Any]:
@@ -200,6 +217,8 @@ def write_scored_arm(
     for iteration, quality in curve:
         detections = scored_detections(ground_truth, quality, jitter, jitter if mask_jitter is None else mask_jitter)
         save_evaluation(evaluation_file(run, iteration), image_ids, detections)
+        if finished:  # the final evaluation's detections, as training writes them
+            (run / "detections.json").write_text(json.dumps(detections))
         metrics = score_detections(annotations, detections, image_ids, ("bbox", "segm"))
         records.append({"iteration": iteration, "total_loss": 1.0, "seconds_per_iteration": 0.5})
         records.append({"iteration": iteration, "eval": metrics})

@@ -55,3 +55,30 @@ def test_report_figures_load_without_console_errors(tmp_path: Path, chromium: st
     assert all(complete and width > 300 for _, complete, width in images), images
     assert len(verdicts) == 4
     assert problems == []
+
+
+def test_report_gallery_loads_in_the_browser(tmp_path: Path, chromium: str) -> None:
+    from playwright.sync_api import sync_playwright
+
+    from tests.study.test_gallery import HOSTILE, _study
+
+    _study(tmp_path, names=(HOSTILE, "b"))
+    report = build_report(tmp_path)
+    problems: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+        page.on("pageerror", lambda error: problems.append(str(error)))
+        page.on("dialog", lambda dialog: problems.append(f"a dialog opened: {dialog.message}"))
+        page.goto(report.as_uri(), wait_until="load")
+        cells = page.evaluate(
+            "Array.from(document.querySelectorAll('table.gallery img')).map(i => [i.complete, i.naturalWidth])"
+        )
+        headers = page.locator("table.gallery").first.locator("th").all_inner_texts()
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.locator("table.gallery").first.screenshot(path=str(ARTIFACTS / "gallery.png"))
+        browser.close()
+    assert headers == ["image", "ground truth", "scratch_gn_3x_seed0", "pretrained_gn_3x_seed0"]
+    assert len(cells) >= 3 * 6 and all(complete and width > 0 for complete, width in cells), cells
+    assert problems == []

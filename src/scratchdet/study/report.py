@@ -18,7 +18,9 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
+from scratchdet.errors import ScratchdetError
 from scratchdet.io import atomic_write_bytes, atomic_write_text
+from scratchdet.study.gallery import SCORE_FLOOR, Gallery, build_gallery
 from scratchdet.study.results import (
     ArmResult,
     PretrainResult,
@@ -245,7 +247,8 @@ th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-widt
 .holds{color:#176117;font-weight:bold}.fails{color:#a31515;font-weight:bold}.untested{color:#777}
 .inconclusive{color:#8a5a00;font-weight:bold}.rule,.conditions{color:#555;font-size:.9em;margin:.2em 0}
 li{margin-bottom:.8em}
-figure{margin:1.5em 0}figcaption{color:#555;font-size:.9em}"""
+figure{margin:1.5em 0}figcaption{color:#555;font-size:.9em}
+table.gallery td,table.gallery th{text-align:center;vertical-align:top;font-size:.85em}table.gallery img{image-rendering:pixelated}"""
 
 
 VERDICT_NOTE = (
@@ -255,6 +258,17 @@ VERDICT_NOTE = (
     "converged; otherwise it is inconclusive and says why."
 )
 
+GALLERY_NOTE = (
+    "What each init detects on the same validation images: the ground truth, then one arm per init at its longest "
+    "schedule (lowest seed), each with its most confident detections, as many as the image has objects (scoring "
+    f"{SCORE_FLOOR:g} or more; inits are not calibrated alike, so no one threshold suits both), drawn from the arms' "
+    "saved detections. The first rows are the images where the arms find most different numbers of objects; the rest "
+    "are a seeded random choice."
+)
+CROPS_NOTE = (
+    "The same objects' masks (finding 4 is about how well each init localizes): the ground truth, then each arm's "
+    "best mask of that category on the object, with its mask IoU; the objects on which the arms differ most first."
+)
 PRETRAINING_NOTE = (
     "The backbone the pre-trained arms start from, trained as a classifier. Its accuracy says how "
     "much the pre-training learned, not whether it learned what the detection categories need."
@@ -303,9 +317,68 @@ def build_report(study_dir: Path) -> Path:
     tables = {"final": metrics_table(arms), "pretraining": pretraining_table(read_pretraining(study_dir)),
               "runs": runs_table(arms)}  # fmt: skip
     unfinished = [a.name for a in arms if not a.finished]
-    atomic_write_text(out / "report.md", _markdown(study_dir, verdicts, figures, tables, unfinished))
-    atomic_write_text(out / "report.html", _html(study_dir, verdicts, figures, tables, unfinished))
+    gallery = _gallery(arms, out / "gallery")
+    markdown = _markdown(study_dir, verdicts, figures, tables, unfinished) + _gallery_md(gallery)
+    atomic_write_text(out / "report.md", markdown)
+    atomic_write_text(out / "report.html", _html(study_dir, verdicts, figures, tables, unfinished, gallery))
     return out / "report.html"
+
+
+def _gallery(arms: list[ArmResult], folder: Path) -> Gallery:
+    """The gallery, its pictures also saved in `folder` (for report.md); an unreadable image leaves it out with the
+    reason, never the report."""
+    try:
+        gallery = build_gallery(arms)
+    except ScratchdetError as exc:
+        return Gallery(missing=str(exc))
+    for row, (_, pictures) in enumerate(gallery.rows):
+        for column, data in enumerate(pictures):
+            atomic_write_bytes(folder / f"image{row}_{column}.png", data)
+    for row, (_, pictures, _) in enumerate(gallery.crops):
+        for column, data in enumerate(pictures):
+            atomic_write_bytes(folder / f"crop{row}_{column}.png", data)
+    return gallery
+
+
+def _gallery_md(gallery: Gallery) -> str:
+    lines = ["", "## Gallery", ""]
+    if gallery.missing:
+        return "\n".join([*lines, f"No gallery: {gallery.missing}.", ""])
+    lines += [GALLERY_NOTE, "", "| image | " + " | ".join(gallery.columns) + " |",
+              "|---" * (len(gallery.columns) + 1) + "|"]  # fmt: skip
+    for row, (name, pictures) in enumerate(gallery.rows):
+        cells = [f"![](gallery/image{row}_{column}.png)" for column in range(len(pictures))]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if gallery.crops:
+        lines += ["", CROPS_NOTE, "", "| object | " + " | ".join(gallery.columns) + " |",
+                  "|---" * (len(gallery.columns) + 1) + "|"]  # fmt: skip
+        for row, (caption, _, notes) in enumerate(gallery.crops):
+            cells = [f"![](gallery/crop{row}_{c}.png) {note}" for c, note in enumerate(notes)]
+            lines.append(f"| {caption} | " + " | ".join(cells) + " |")
+    return "\n".join([*lines, ""])
+
+
+def _gallery_html(gallery: Gallery) -> str:
+    if gallery.missing:
+        return f"<h2>Gallery</h2><p>No gallery: {html.escape(gallery.missing)}.</p>"
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in gallery.columns)
+    parts = [f"<h2>Gallery</h2><p>{html.escape(GALLERY_NOTE)}</p><table class='gallery'><tr><th>image</th>{head}</tr>"]
+    for name, pictures in gallery.rows:
+        cells = "".join(f"<td>{_img(data, name)}</td>" for data in pictures)
+        parts.append(f"<tr><td>{html.escape(name)}</td>{cells}</tr>")
+    parts.append("</table>")
+    if gallery.crops:
+        parts.append(f"<p>{html.escape(CROPS_NOTE)}</p><table class='gallery'><tr><th>object</th>{head}</tr>")
+        for caption, pictures, notes in gallery.crops:
+            cells = "".join(f"<td>{_img(data, caption)}<br>{html.escape(note)}</td>"
+                            for data, note in zip(pictures, notes, strict=True))  # fmt: skip
+            parts.append(f"<tr><td>{html.escape(caption)}</td>{cells}</tr>")
+        parts.append("</table>")
+    return "".join(parts)
+
+
+def _img(data: bytes, alt: str) -> str:
+    return f"<img src='data:image/png;base64,{base64.b64encode(data).decode('ascii')}' alt='{html.escape(alt)}'>"
 
 
 def _markdown(study_dir: Path, verdicts: list[Verdict], figures: list[tuple[str, str, bytes]],
@@ -328,7 +401,7 @@ def _markdown(study_dir: Path, verdicts: list[Verdict], figures: list[tuple[str,
 
 
 def _html(study_dir: Path, verdicts: list[Verdict], figures: list[tuple[str, str, bytes]],
-          tables: dict[str, list[list[str]]], unfinished: list[str]) -> str:  # fmt: skip
+          tables: dict[str, list[list[str]]], unfinished: list[str], gallery: Gallery) -> str:  # fmt: skip
     title = html.escape(f"scratchdet study: {study_dir.name}")
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{title}</title>",
              f"<style>{CSS}</style></head><body><h1>{title}</h1>",
@@ -352,8 +425,7 @@ def _html(study_dir: Path, verdicts: list[Verdict], figures: list[tuple[str, str
         parts.append(f"<p>Unfinished arms (not in the verdicts): {html.escape(', '.join(unfinished))}</p>")
     parts.append("<h2>Figures</h2>")
     for name, caption, data in figures:
-        encoded = base64.b64encode(data).decode("ascii")
-        parts.append(f"<figure><img src='data:image/png;base64,{encoded}' alt='{html.escape(name)}'>"
-                     f"<figcaption>{html.escape(caption)}</figcaption></figure>")  # fmt: skip
+        parts.append(f"<figure>{_img(data, name)}<figcaption>{html.escape(caption)}</figcaption></figure>")
+    parts.append(_gallery_html(gallery))
     parts.append("<h2>Runs</h2>" + _html_table(tables["runs"]) + "</body></html>")
     return "\n".join(parts)

@@ -40,6 +40,7 @@ class ArmResult:
     pretrain_counts: dict[str, int] | None = None
     run_dir: Path | None = None
     val_annotations: Path | None = None
+    val_images: Path | None = None
     warmup_iters: int = 0
     steps: tuple[int, ...] = ()
     seconds_per_iteration: float = math.nan  # median of the logged steps (for cost estimates)
@@ -75,7 +76,7 @@ def read_arm(run_dir: Path, inits: dict[str, dict[str, Any]] | None = None) -> A
     summary: dict[str, Any] = read_json_file(summary_path, _REDO.format(run_dir)) if summary_path.is_file() else {}
     schedule = summary.get("schedule", {})
     step_seconds = sorted(r["seconds_per_iteration"] for r in records if "seconds_per_iteration" in r)
-    val = Path(data["val_annotations"])
+    val, val_images = Path(data["val_annotations"]), Path(data.get("val_images", "val"))
     init_name = "scratch" if model["init"] == "scratch" else "pretrained"
     pretrain_counts, cost_known = summary.get("pretrain"), True
     for name, entry in (inits or {}).items():
@@ -99,6 +100,7 @@ def read_arm(run_dir: Path, inits: dict[str, dict[str, Any]] | None = None) -> A
         pretrain_counts=pretrain_counts,
         run_dir=run_dir,
         val_annotations=val if val.is_absolute() else Path(data["root"]) / val,
+        val_images=val_images if val_images.is_absolute() else Path(data["root"]) / val_images,
         warmup_iters=int(schedule.get("warmup_iters", solver.get("warmup_iters", 0))),
         steps=tuple(int(s) for s in schedule.get("steps", ())),
         seconds_per_iteration=step_seconds[len(step_seconds) // 2] if step_seconds else math.nan,
