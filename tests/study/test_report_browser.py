@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,39 +35,13 @@ def chromium() -> str:
     return path
 
 
-def test_report_figures_load_without_console_errors(tmp_path: Path, chromium: str) -> None:
+@contextmanager
+def opened(report: Path, chromium: str, problems: list[str]) -> Iterator[Any]:
+    """The report loaded in headless Chromium; console errors, page errors and dialogs (a script that ran) are
+    appended to `problems`."""
     from playwright.sync_api import sync_playwright
 
-    paper_like_study(tmp_path)
-    write_arm(tmp_path, "scratch_gn_3x_n200_seed0", init="scratch", schedule="3x", subset=200, train_images=200,
-              curve=[(100, 4.0), (900, 12.0)])  # fmt: skip
-    report = build_report(tmp_path)
-    problems: list[str] = []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1200, "height": 900})
-        page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
-        page.on("pageerror", lambda error: problems.append(str(error)))
-        page.goto(report.as_uri(), wait_until="load")
-        images = page.evaluate("Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth])")
-        verdicts = page.locator("li strong").all_inner_texts()
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
-        browser.close()
-    assert [alt for alt, _, _ in images] == ["ap_curves", "accounting", "less_data", "pretraining_gain", "overfitting"]
-    assert all(complete and width > 300 for _, complete, width in images), images
-    assert len(verdicts) == 4
-    assert problems == []
-
-
-def test_report_gallery_loads_in_the_browser(tmp_path: Path, chromium: str) -> None:
-    from playwright.sync_api import sync_playwright
-
-    from tests.study.test_gallery import HOSTILE, _study
-
-    _study(tmp_path, names=(HOSTILE, "b"))
-    report = build_report(tmp_path)
-    problems: list[str] = []
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1200, "height": 900})
@@ -72,13 +49,38 @@ def test_report_gallery_loads_in_the_browser(tmp_path: Path, chromium: str) -> N
         page.on("pageerror", lambda error: problems.append(str(error)))
         page.on("dialog", lambda dialog: problems.append(f"a dialog opened: {dialog.message}"))
         page.goto(report.as_uri(), wait_until="load")
+        try:
+            yield page
+        finally:
+            browser.close()
+
+
+def test_report_figures_load_without_console_errors(tmp_path: Path, chromium: str) -> None:
+    paper_like_study(tmp_path)
+    write_arm(tmp_path, "scratch_gn_3x_n200_seed0", init="scratch", schedule="3x", subset=200, train_images=200,
+              curve=[(100, 4.0), (900, 12.0)])  # fmt: skip
+    problems: list[str] = []
+    with opened(build_report(tmp_path), chromium, problems) as page:
+        images = page.evaluate("Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth])")
+        verdicts = page.locator("li strong").all_inner_texts()
+        page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
+    assert [alt for alt, _, _ in images] == ["ap_curves", "accounting", "less_data", "pretraining_gain", "overfitting"]
+    assert all(complete and width > 300 for _, complete, width in images), images
+    assert len(verdicts) == 4
+    assert problems == []
+
+
+def test_report_gallery_loads_in_the_browser(tmp_path: Path, chromium: str) -> None:
+    from tests.study.test_gallery import HOSTILE, _study
+
+    _study(tmp_path, names=(HOSTILE, "b"))
+    problems: list[str] = []
+    with opened(build_report(tmp_path), chromium, problems) as page:
         cells = page.evaluate(
             "Array.from(document.querySelectorAll('table.gallery img')).map(i => [i.complete, i.naturalWidth])"
         )
         headers = page.locator("table.gallery").first.locator("th").all_inner_texts()
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.locator("table.gallery").first.screenshot(path=str(ARTIFACTS / "gallery.png"))
-        browser.close()
     assert headers == ["image", "ground truth", "scratch_gn_3x_seed0", "pretrained_gn_3x_seed0"]
     assert len(cells) >= 3 * 6 and all(complete and width > 0 for complete, width in cells), cells
     assert problems == []
