@@ -20,8 +20,7 @@ from torchvision.utils import draw_bounding_boxes, draw_keypoints, draw_segmenta
 from scratchdet.data.coco import decode_mask
 
 # Distinct, readable on light and dark backgrounds (Tableau 10); category ids cycle through them.
-PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-           "#17becf")  # fmt: skip
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 
 
 def colour(category_id: int) -> str:
@@ -33,8 +32,13 @@ def enlarge(picture: torch.Tensor, scale: int) -> torch.Tensor:
     return picture if scale == 1 else picture.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
 
 
-def draw_items(picture: torch.Tensor, items: Sequence[dict[str, Any]], names: dict[int, str], scale: int = 1,
-               with_scores: bool = True) -> torch.Tensor:  # fmt: skip
+def draw_items(
+    picture: torch.Tensor,
+    items: Sequence[dict[str, Any]],
+    names: dict[int, str],
+    scale: int = 1,
+    with_scores: bool = True,
+) -> torch.Tensor:
     """`picture` (3, H, W) uint8, enlarged `scale` times, with `items` drawn: masks, then boxes labelled with the
     category name (and score, with `with_scores`), then keypoints."""
     height, width = picture.shape[1:]
@@ -49,11 +53,23 @@ def draw_items(picture: torch.Tensor, items: Sequence[dict[str, Any]], names: di
         drawn = draw_segmentation_masks(drawn, stacked, alpha=0.45, colors=colours)
     x, y, w, h = torch.tensor([item["bbox"] for item in items], dtype=torch.float64).unbind(1)
     boxes = torch.stack([x, y, x + w, y + h], 1) * scale
-    labels = [names.get(item["category_id"], str(item["category_id"]))
-              + (f" {item['score']:.2f}" if with_scores and "score" in item else "") for item in items]  # fmt: skip
+    labels = [
+        names.get(item["category_id"], str(item["category_id"]))
+        + (f" {item['score']:.2f}" if with_scores and "score" in item else "")
+        for item in items
+    ]
     size = max(10, round(max(drawn.shape[1:]) / 40))  # readable on a 128 px scene enlarged and on a photo alike
-    drawn = draw_bounding_boxes(drawn, boxes, labels=labels, colors=colours, width=2, font=_font(), font_size=size,
-                                label_colors="white", fill_labels=True)  # fmt: skip
+    drawn = draw_bounding_boxes(
+        drawn,
+        boxes,
+        labels=labels,
+        colors=colours,
+        width=2,
+        font=_font(),
+        font_size=size,
+        label_colors="white",
+        fill_labels=True,
+    )
     for item, item_colour in zip(items, colours, strict=True):
         if item.get("keypoints"):
             points = torch.tensor(item["keypoints"], dtype=torch.float32).reshape(1, -1, 3)

@@ -157,8 +157,14 @@ def _inspect_image_file(
         with Image.open(path) as image:
             width, height = image.size
             if deep and width * height > max_pixels:
-                return (f"image is {width}x{height}, above the {max_pixels:,} pixels data check decodes; resize it, "
-                        "or raise the limit with --max-pixels if images this large are meant"), None, None  # fmt: skip
+                return (
+                    (
+                        f"image is {width}x{height}, above the {max_pixels:,} pixels data check decodes; resize it, "
+                        "or raise the limit with --max-pixels if images this large are meant"
+                    ),
+                    None,
+                    None,
+                )
             if deep:
                 image.load()
             return None, image.size, image.mode
@@ -178,8 +184,12 @@ def _leaves_folder(report: CheckReport, image: dict[str, Any], images_dir: Path)
     name = image["file_name"]
     normal = os.path.normpath(name)
     if os.path.isabs(name) or normal == ".." or normal.startswith(".." + os.sep):
-        report.add("error", f"file_name {name!r} points outside the image folder {images_dir}; give a path inside "
-                   "it (relative, without '..' climbing out)", image_id=image["id"])  # fmt: skip
+        report.add(
+            "error",
+            f"file_name {name!r} points outside the image folder {images_dir}; give a path inside "
+            "it (relative, without '..' climbing out)",
+            image_id=image["id"],
+        )
         return True
     return False
 
@@ -381,8 +391,9 @@ def check_dataset(
             report.add("error", str(exc))
             return report
     if not data["images"]:
-        report.add("error", f"{report.annotations_path}: the 'images' list is empty: there is nothing to train or "
-                   "evaluate on")  # fmt: skip
+        report.add(
+            "error", f"{report.annotations_path}: the 'images' list is empty: there is nothing to train or evaluate on"
+        )
     category_ids = _check_categories(report, data["categories"])
     image_ids = _check_ids(report, data["images"], "image")
     images = [i for i in data["images"] if isinstance(i, dict) and isinstance(i.get("id"), int)]

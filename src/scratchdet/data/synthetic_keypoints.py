@@ -21,11 +21,46 @@ from PIL import Image, ImageDraw
 from scratchdet.data.synthetic import SPLIT_CODES, _background, _random_colour, _run_parallel, _save_png, _to_uint8
 from scratchdet.io import atomic_write_text
 
-KEYPOINT_NAMES = ["nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
-                  "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee",
-                  "right_knee", "left_ankle", "right_ankle"]  # fmt: skip
-SKELETON = [[16, 14], [14, 12], [17, 15], [15, 13], [12, 13], [6, 12], [7, 13], [6, 7], [6, 8], [7, 9], [8, 10],
-            [9, 11], [2, 3], [1, 2], [1, 3], [2, 4], [3, 5], [4, 6], [5, 7]]  # fmt: skip
+KEYPOINT_NAMES = [
+    "nose",
+    "left_eye",
+    "right_eye",
+    "left_ear",
+    "right_ear",
+    "left_shoulder",
+    "right_shoulder",
+    "left_elbow",
+    "right_elbow",
+    "left_wrist",
+    "right_wrist",
+    "left_hip",
+    "right_hip",
+    "left_knee",
+    "right_knee",
+    "left_ankle",
+    "right_ankle",
+]
+SKELETON = [
+    [16, 14],
+    [14, 12],
+    [17, 15],
+    [15, 13],
+    [12, 13],
+    [6, 12],
+    [7, 13],
+    [6, 7],
+    [6, 8],
+    [7, 9],
+    [8, 10],
+    [9, 11],
+    [2, 3],
+    [1, 2],
+    [1, 3],
+    [2, 4],
+    [3, 5],
+    [4, 6],
+    [5, 7],
+]
 FLIP_INDEX = [0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15]  # left ↔ right, for horizontal flips
 LIMBS = [(5, 7), (7, 9), (6, 8), (8, 10), (11, 13), (13, 15), (12, 14), (14, 16), (5, 6), (11, 12), (5, 11), (6, 12)]
 PERSON = {"id": 1, "name": "person", "supercategory": "person", "keypoints": KEYPOINT_NAMES, "skeleton": SKELETON}
@@ -118,8 +153,9 @@ def _write(args: tuple[int, str, int, int, str]) -> tuple[int, int, int, list[di
     return index, image.height, image.width, annotations
 
 
-def generate_keypoints(out: Path, train_images: int, val_images: int, size: int = 128, seed: int = 0,
-                       workers: int = 1, quiet: bool = False) -> None:  # fmt: skip
+def generate_keypoints(
+    out: Path, train_images: int, val_images: int, size: int = 128, seed: int = 0, workers: int = 1, quiet: bool = False
+) -> None:
     """Write `out/{train,val}/*.png` and `out/annotations/person_keypoints_{train,val}.json`."""
     (out / "annotations").mkdir(parents=True, exist_ok=True)
     for split, count in (("train", train_images), ("val", val_images)):
@@ -131,8 +167,14 @@ def generate_keypoints(out: Path, train_images: int, val_images: int, size: int 
         for index, height, width, found in rows:
             images.append({"id": index + 1, "file_name": f"{index:06d}.png", "height": height, "width": width})
             for annotation in found:
-                annotations.append({"id": len(annotations) + 1, "image_id": index + 1, "category_id": 1,
-                                    "iscrowd": 0, **annotation})  # fmt: skip
-        data = {"info": {"description": f"scratchdet generated stick figures ({split})"}, "licenses": [],
-                "images": images, "annotations": annotations, "categories": [PERSON]}  # fmt: skip
+                annotations.append(
+                    {"id": len(annotations) + 1, "image_id": index + 1, "category_id": 1, "iscrowd": 0, **annotation}
+                )
+        data = {
+            "info": {"description": f"scratchdet generated stick figures ({split})"},
+            "licenses": [],
+            "images": images,
+            "annotations": annotations,
+            "categories": [PERSON],
+        }
         atomic_write_text(out / "annotations" / f"person_keypoints_{split}.json", json.dumps(data))

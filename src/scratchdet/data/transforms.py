@@ -81,9 +81,13 @@ def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple
 
 
 def build_train_transforms(
-    min_sizes: Sequence[int], max_size: int, flip_prob: float, mean: Sequence[float], std: Sequence[float],
+    min_sizes: Sequence[int],
+    max_size: int,
+    flip_prob: float,
+    mean: Sequence[float],
+    std: Sequence[float],
     keypoint_flip: Sequence[int] | None = None,
-) -> v2.Compose:  # fmt: skip
+) -> v2.Compose:
     """Random shorter-side resize among `min_sizes` with the longer side capped at `max_size`, then a flip
     (swapping left and right keypoints by `keypoint_flip` when the targets have keypoints)."""
     steps: list[v2.Transform] = [v2.RandomShortestSize(min_size=list(min_sizes), max_size=max_size)]

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-log = logging.getLogger("scratchdet")
+log = logging.getLogger(__name__)
 CONTROL = "nvidia-cuda-mps-control"
 SYSTEM_PIPE = Path("/tmp/nvidia-mps/control")  # where a daemon started without a pipe directory listens
 TIMEOUT_SECONDS = 30
@@ -76,8 +76,15 @@ def _control(
     the daemon it starts may keep a pipe open long after the program itself has returned."""
     try:
         with open(output, "a") as sink:
-            result = subprocess.run([control, *arguments], input=stdin, env={**os.environ, **environment}, text=True,
-                                    stdout=sink, stderr=subprocess.STDOUT, timeout=TIMEOUT_SECONDS)  # fmt: skip
+            result = subprocess.run(
+                [control, *arguments],
+                input=stdin,
+                env={**os.environ, **environment},
+                text=True,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                timeout=TIMEOUT_SECONDS,
+            )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return str(exc)
     if result.returncode != 0:

@@ -20,9 +20,11 @@ BatchNorm = nn.modules.batchnorm._BatchNorm
 
 @torch.no_grad()
 def recompute_bn_statistics(
-    model: nn.Module, batches: Iterator[tuple[list[torch.Tensor], list[dict[str, Any]]]], iterations: int,
+    model: nn.Module,
+    batches: Iterator[tuple[list[torch.Tensor], list[dict[str, Any]]]],
+    iterations: int,
     device: torch.device,
-) -> int:  # fmt: skip
+) -> int:
     """Replace every BN layer's running mean and variance by their average over `iterations` batches.
 
     `model` is run in training mode (its training forward, losses discarded). Returns how many layers changed.

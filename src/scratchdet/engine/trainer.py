@@ -32,7 +32,7 @@ from scratchdet.engine.accounting import SeenCounts, batch_counts
 from scratchdet.engine.schedule import Schedule, set_learning_rate
 from scratchdet.errors import ScratchdetError
 
-log = logging.getLogger("scratchdet")
+log = logging.getLogger(__name__)
 
 Batch = tuple[list[torch.Tensor], list[dict[str, Any]]]
 

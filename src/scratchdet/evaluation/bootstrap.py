@@ -56,8 +56,11 @@ def match_detections(
     image_ids = sorted(int(i) for i in image_ids)
     predicted = ground_truth.loadRes([dict(d) for d in detections]) if detections else COCO(print_function=_silent)
     if not detections:  # an empty result set: every category with ground truth scores 0
-        predicted.dataset = {"images": ground_truth.dataset["images"], "annotations": [],
-                             "categories": ground_truth.dataset["categories"]}  # fmt: skip
+        predicted.dataset = {
+            "images": ground_truth.dataset["images"],
+            "annotations": [],
+            "categories": ground_truth.dataset["categories"],
+        }
         predicted.createIndex()
     evaluator = COCOeval_faster(ground_truth, predicted, iouType=task, print_function=_silent)
     evaluator.params.imgIds = image_ids

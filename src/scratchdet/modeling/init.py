@@ -207,10 +207,13 @@ def load_backbone_weights(
     if metadata.get("stride_in_1x1", False) != layout:
         report.setting_mismatches.append(
             f"stride_in_1x1: file {metadata.get('stride_in_1x1', False)}, model {layout} — "
-            + ("the file strides in each stage's first 1x1 conv (MSRA's layout, as Detectron's BN R-50.pkl / "
-               "R-101.pkl): set model.stride_in_1x1=true (in a study, for every arm, so that they stay matched)"
-               if not layout else "the file strides in the 3x3 (torchvision's layout): set model.stride_in_1x1=false")
-        )  # fmt: skip
+            + (
+                "the file strides in each stage's first 1x1 conv (MSRA's layout, as Detectron's BN R-50.pkl / "
+                "R-101.pkl): set model.stride_in_1x1=true (in a study, for every arm, so that they stay matched)"
+                if not layout
+                else "the file strides in the 3x3 (torchvision's layout): set model.stride_in_1x1=false"
+            )
+        )
     source: dict[str, torch.Tensor] = {}
     for key, tensor in raw.items():
         name = _strip(key)

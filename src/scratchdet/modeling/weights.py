@@ -108,8 +108,9 @@ def _check_array_state(state: Any) -> None:
         raise pickle.UnpicklingError(f"an array's data is {type(raw).__name__}, not bytes")
     declared = math.prod(shape) * dtype.itemsize
     if declared != len(raw):
-        raise pickle.UnpicklingError(f"an array declares {math.prod(shape):,} elements ({declared:,} bytes) but "
-                                     f"holds {len(raw):,} bytes")  # fmt: skip
+        raise pickle.UnpicklingError(
+            f"an array declares {math.prod(shape):,} elements ({declared:,} bytes) but holds {len(raw):,} bytes"
+        )
 
 
 # The pre-training cost of published backbone files, by file name, as the paper counts it (one instance per image,
@@ -142,8 +143,10 @@ def read_restricted_pickle(path: Path) -> Any:
         raise ScratchdetError(f"{path}: refused to load: {exc}. Only trusted weight files of arrays load") from None
     except (TypeError, AttributeError, IndexError, KeyError, MemoryError, RecursionError) as exc:
         # Allowed names put together wrongly: not a weight file anyone wrote
-        raise ScratchdetError(f"{path}: refused to load: not a pickled weight file ({type(exc).__name__}: {exc}). "
-                              "Only trusted weight files of arrays load") from None  # fmt: skip
+        raise ScratchdetError(
+            f"{path}: refused to load: not a pickled weight file ({type(exc).__name__}: {exc}). "
+            "Only trusted weight files of arrays load"
+        ) from None
     except (OSError, EOFError, ValueError) as exc:
         raise ScratchdetError(f"{path}: cannot be read as a pickled weight file ({exc})") from None
 
