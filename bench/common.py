@@ -82,7 +82,7 @@ def median(values: Sequence[float]) -> float:
 
 def machine() -> dict[str, Any]:
     """The same description of the machine that every run's summary.json records."""
-    from scratchdet.engine.run import machine_description
+    from scratchdet.engine.rundir import machine_description
 
     return machine_description()
 

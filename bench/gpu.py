@@ -21,10 +21,10 @@ from typing import Any
 import torch
 
 import common
+from scratchdet.assemble import detector_from_config
 from scratchdet.config import load_config
 from scratchdet.engine.schedule import build_optimizer, build_schedule, parameter_groups
 from scratchdet.engine.trainer import Trainer
-from scratchdet.modeling.detector import build_model
 
 PRESET = "paper/mask_rcnn_R50_FPN_gn_scratch_6x"
 
@@ -52,7 +52,7 @@ def synthetic_batch(batch: int, size: int, classes: int, device: torch.device) -
 def measure(config: Any, batch: int, bf16: bool, channels_last: bool, args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model, _ = build_model(config.model, num_classes=80, test_size=args.size, max_size=args.size * 2)
+    model, _ = detector_from_config(config, 80)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format).train()
     optimizer = build_optimizer(parameter_groups(model, weight_decay=1e-4, weight_decay_norm=0.0,
                                                  weight_decay_bias=0.0), momentum=0.9)  # fmt: skip
@@ -97,7 +97,8 @@ def main() -> None:
     # Off, as in detectron2: the RoI heads see a different number of RoIs at every step, and cuDNN would
     # autotune (slowly, with large workspaces) for each new shape.
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
-    config = load_config(args.preset, args.overrides)
+    sizes = [f"data.test_size={args.size}", f"data.max_size={args.size * 2}"]
+    config = load_config(args.preset, [*sizes, *args.overrides])
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
     for batch, bf16, channels_last in itertools.product(args.batches, (False, True), (False, True)):

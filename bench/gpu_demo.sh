@@ -20,7 +20,7 @@ if [ "${CALIBRATE:-1}" != 0 ]; then
   $PY tools/gpu_demo_calibration.py --apply --budget "${BUDGET:-420}" --out "$OUT/calibration.json" 2>&1 \
     | grep -v -i -E "warn|rationality" | tee "$OUT/calibration.log"
 fi
-grep -n "^DEMO_GPU" src/scratchdet/data/synthetic.py src/scratchdet/cli.py
+grep -n "^DEMO_GPU" src/scratchdet/data/synthetic.py src/scratchdet/demo.py
 (nvidia-smi dmon -s u -d 10 > "$OUT/dmon.txt" 2>&1 &)
 left=$(( ${LIMIT:-580} - ($(date +%s) - T0) ))
 echo "the demo starts $(( $(date +%s) - T0 )) s in; stopped after $left s"
@@ -30,7 +30,7 @@ echo "demo exit $?, wall $(( $(date +%s) - started )) s" | tee -a "$OUT/demo.log
 grep -v -i -E "warn|rationality|it/s\]|s/it\]" "$OUT/demo.log" | tail -45
 tar czf "$OUT/results.tgz" runs/demo_gpu/report runs/demo_gpu/study.yaml runs/demo_gpu/arms/*/summary.json \
   runs/demo_gpu/arms/*/metrics.jsonl runs/demo_gpu/arms/*/console.txt runs/demo_gpu/arms/*/config.yaml runs/demo_gpu/pretrain/*/summary.json \
-  runs/demo_gpu/pretrain/*/metrics.jsonl src/scratchdet/data/synthetic.py src/scratchdet/cli.py \
+  runs/demo_gpu/pretrain/*/metrics.jsonl src/scratchdet/data/synthetic.py src/scratchdet/demo.py \
   src/scratchdet/configs/demo/study_gpu.yaml 2>/dev/null
 # The saved evaluations let `scratchdet report` rebuild the report elsewhere; kept where they fit a transfer.
 tar czf "$OUT/evaluations.tgz" runs/demo_gpu/arms/*/evaluations 2>/dev/null

@@ -18,8 +18,9 @@ import torch
 
 import common
 from scratchdet.config import load_config
-from scratchdet.engine.run import build_detection, seed_everything, train_batches
+from scratchdet.engine.run import build_detection, train_batches
 from scratchdet.engine.trainer import Trainer
+from scratchdet.engine.training import seed_everything
 from train_step import DATA, ensure_data
 
 

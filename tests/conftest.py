@@ -149,3 +149,16 @@ def tiny_coco(root: Path) -> dict[str, Any]:
 def tiny_coco_dir(tmp_path: Path) -> Path:
     tiny_coco(tmp_path)
     return tmp_path
+
+
+def build_test_detector(**settings: Any) -> Any:
+    """`build_detector` with what a test leaves out taken from the config's defaults (model and data sections)."""
+    from scratchdet.assemble import detector_arguments
+    from scratchdet.config import DataConfig, ModelConfig
+    from scratchdet.modeling.detector import build_detector
+
+    model = {k: v for k, v in settings.items() if k in ModelConfig.model_fields}
+    data = DataConfig.model_construct()
+    defaults = {**detector_arguments(ModelConfig.model_construct(**model)), "num_keypoints": 17,
+                "test_size": data.test_size, "max_size": data.max_size}  # fmt: skip
+    return build_detector(**{**defaults, **settings})

@@ -16,8 +16,8 @@ from scratchdet.cli import main
 from scratchdet.config import load_config
 from scratchdet.data.synthetic_keypoints import FLIP_INDEX, KEYPOINT_NAMES
 from scratchdet.data.transforms import HorizontalFlipSwappingKeypoints, keypoint_flip_index
-from scratchdet.engine.hooks import read_metrics
 from scratchdet.engine.run import train
+from scratchdet.engine.rundir import read_metrics
 from tests.conftest import tiny_training_overrides
 from tests.pinned import assert_pinned
 
@@ -71,7 +71,7 @@ def test_a_flip_mirrors_positions_and_swaps_left_and_right() -> None:
 
 
 def test_keypoint_rcnn_trains_with_finite_losses_and_reaches_keypoint_ap(keypoint_run: Path) -> None:
-    records = [r for r in read_metrics(keypoint_run / "metrics.jsonl") if "loss_keypoint" in r]
+    records = [r for r in read_metrics(keypoint_run) if "loss_keypoint" in r]
     assert all(torch.isfinite(torch.tensor(r["total_loss"])) for r in records)
     assert records[-1]["loss_keypoint"] < records[0]["loss_keypoint"]
     final = json.loads((keypoint_run / "summary.json").read_text())["final"]

@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from scratchdet.assemble import detector_from_config, schedule_for
 from scratchdet.cli import main
 from scratchdet.config import Config, load_config, preset_names
-from scratchdet.engine.run import schedule_for
-from scratchdet.modeling.detector import build_model
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "paper_presets.md"
 PAPER = [name for name in preset_names() if name.startswith("paper/")]
@@ -86,9 +85,10 @@ def _check_recipe(config: Config, name: str, lr: float, iterations: int, steps: 
 @functools.cache
 def _built(arch: str, backbone: str, norm: str, head_norm: str | None, box_head: str) -> dict[str, torch.Tensor]:
     overrides = [f"model.arch={arch}", f"model.backbone={backbone}", f"model.norm={norm}", f"model.box_head={box_head}",
-                 f"model.head_norm={head_norm or 'null'}", "model.allow_frozen_bn_scratch=true"]  # fmt: skip
+                 f"model.head_norm={head_norm or 'null'}", "model.allow_frozen_bn_scratch=true", "data.test_size=64",
+                 "data.max_size=64"]  # fmt: skip
     config = load_config("paper/mask_rcnn_R50_FPN_gn_scratch_1x", overrides)
-    model, _ = build_model(config.model, num_classes=80, test_size=64, max_size=64, load_init_weights=False)
+    model, _ = detector_from_config(config, 80, load_init_weights=False)
     model.eval()
     with torch.no_grad():
         return model([torch.rand(3, 64, 80)])[0]
@@ -117,7 +117,7 @@ GENERATED_TRAIN_IMAGES = 2000  # `scratchdet data synth`'s default, what the dem
 @pytest.mark.parametrize("name", preset_names())
 def test_warm_up_stays_within_a_tenth_of_the_first_lr_phase(name: str) -> None:
     """A run whose warm-up reaches its first lr step never trains at its full learning rate."""
-    from scratchdet.engine.run import schedule_for
+    from scratchdet.assemble import schedule_for
 
     config = load_config(name)
     size = config.data.train_subset or (COCO_TRAIN_IMAGES if name.startswith("paper/") else GENERATED_TRAIN_IMAGES)

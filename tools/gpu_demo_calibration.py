@@ -13,7 +13,7 @@ report) for each number of arms at once, and picks the largest training set, in 
 budget. Nothing here looks at AP: the size is chosen for time alone.
 
 --apply writes the training-set size (`DEMO_GPU_TRAIN_IMAGES`, data/synthetic.py), the arms trained at once
-(`DEMO_GPU_JOBS`, cli.py) and the evaluation and checkpoint periods (half a 1x, configs/demo/study_gpu.yaml).
+(`DEMO_GPU_JOBS`, demo.py) and the evaluation and checkpoint periods (half a 1x, configs/demo/study_gpu.yaml).
 """
 
 from __future__ import annotations
@@ -202,7 +202,7 @@ def replacements(plan: dict[str, Any]) -> list[tuple[Path, str, str]]:
             r"^DEMO_GPU_TRAIN_IMAGES = \d+$",
             f"DEMO_GPU_TRAIN_IMAGES = {plan['train_images']}",
         ),
-        (SOURCE / "cli.py", r"^DEMO_GPU_JOBS = \d+", f"DEMO_GPU_JOBS = {plan['jobs']}"),
+        (SOURCE / "demo.py", r"^DEMO_GPU_JOBS = \d+", f"DEMO_GPU_JOBS = {plan['jobs']}"),
         (study, r"^  - eval\.period=\d+$", f"  - eval.period={period}"),
         (study, r"^  - output\.checkpoint_period=\d+$", f"  - output.checkpoint_period={period}"),
     ]

@@ -260,8 +260,8 @@ def table_row(preset: Preset) -> str:
     import sys
 
     sys.path.insert(0, str(REPO / "src"))
+    from scratchdet.assemble import schedule_for
     from scratchdet.config import load_config
-    from scratchdet.engine.run import schedule_for
 
     config = load_config(f"paper/{preset.name}")
     schedule = schedule_for(config, config.data.train_subset)

@@ -8,18 +8,14 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from scratchdet.errors import ScratchdetError
 
 if TYPE_CHECKING:
-    from scratchdet.config import Config
+    pass
 
-DEMO_DATA = Path("data/demo")
-DEMO_GPU_DATA = Path("data/demo_gpu")
-DEMO_GPU_JOBS = 8  # arms sharing one GPU in the GPU demo (calibrated: tools/gpu_demo_calibration.py)
 EPILOG = """examples:
   scratchdet data synth --out data/demo                  generate the demo dataset
   scratchdet data check data/demo/annotations/instances_train.json --images data/demo/train
@@ -54,10 +50,18 @@ def _data_synth(args: argparse.Namespace) -> int:
         from scratchdet.data.synthetic_keypoints import generate_keypoints
 
         started = time.perf_counter()
-        generate_keypoints(args.out, args.train_images, args.val_images, args.image_size, args.seed,
-                           workers=args.workers or os.cpu_count() or 1)  # fmt: skip
-        print(f"wrote {args.out} ({args.train_images} + {args.val_images} stick-figure images with 17 keypoints) "
-              f"in {time.perf_counter() - started:.1f} s")  # fmt: skip
+        generate_keypoints(
+            args.out,
+            args.train_images,
+            args.val_images,
+            args.image_size,
+            args.seed,
+            workers=args.workers or os.cpu_count() or 1,
+        )
+        print(
+            f"wrote {args.out} ({args.train_images} + {args.val_images} stick-figure images with 17 keypoints) "
+            f"in {time.perf_counter() - started:.1f} s"
+        )
         return 0
 
     spec = SynthSpec(
@@ -91,33 +95,17 @@ def _data_check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def _num_classes(config: Config) -> int:
-    """From the config, else from the training annotations, else COCO's 80 (said aloud)."""
-    from scratchdet.data.coco import read_coco_json
-
-    if config.model.num_classes:
-        return config.model.num_classes
-    path = config.data.path(config.data.train_annotations)
-    if path.is_file():
-        return len(read_coco_json(path)["categories"])
-    print(f"note: {path} not found; assuming 80 categories (set model.num_classes to change)")
-    return 80
-
-
 def _model_summary(args: argparse.Namespace) -> int:
+    from scratchdet.assemble import category_count, detector_from_config
     from scratchdet.config import load_config
-    from scratchdet.modeling.detector import build_model
     from scratchdet.modeling.summary import format_summary
 
     config = load_config(args.config, args.overrides)
-    model, report = build_model(
-        config.model,
-        num_classes=_num_classes(config),
-        test_size=config.data.test_size,
-        max_size=config.data.max_size,
-        pixel_mean=config.data.pixel_mean,
-        pixel_std=config.data.pixel_std,
-    )
+    categories = category_count(config)
+    if categories is None:
+        path = config.data.path(config.data.train_annotations)
+        print(f"note: {path} not found; assuming COCO's 80 categories (set model.num_classes to change)")
+    model, report = detector_from_config(config, categories or 80)
     height = max(config.data.min_size)
     width = min(config.data.max_size, round(height * 4 / 3))  # a 4:3 image, COCO's most common shape
     print(
@@ -133,12 +121,12 @@ def _model_summary(args: argparse.Namespace) -> int:
 def _start_or_resume(args: argparse.Namespace, run: Callable[..., dict[str, Any]], command: str) -> dict[str, Any]:
     """`CONFIG [overrides] --out DIR` starts a run; `--resume DIR` continues one with its own config."""
     from scratchdet.config import load_config
-    from scratchdet.engine.run import load_run_config
+    from scratchdet.engine import rundir
 
     if args.resume is not None:
         if args.config or args.overrides or args.out:
             raise ScratchdetError("--resume RUN_DIR takes no config, overrides or --out: the run's own config is used")
-        return run(load_run_config(args.resume), args.resume, resume=True)
+        return run(rundir.read_config(args.resume), args.resume, resume=True)
     if not args.config or args.out is None:
         raise ScratchdetError(f"give a config and --out RUN_DIR (or --resume RUN_DIR); see `scratchdet {command} -h`")
     return run(load_config(args.config, args.overrides), args.out)
@@ -168,7 +156,8 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from scratchdet.engine.run import evaluate_saved, setup_logging
+    from scratchdet.engine.run import evaluate_saved
+    from scratchdet.engine.rundir import setup_logging
 
     setup_logging(None)
     results = evaluate_saved(args.target, args.overrides, detections=args.detections)
@@ -181,7 +170,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from scratchdet.engine.predict import predict
-    from scratchdet.engine.run import setup_logging
+    from scratchdet.engine.rundir import setup_logging
 
     setup_logging(None)
     path = predict(args.run_dir, args.images, args.out, args.score_threshold, args.checkpoint)
@@ -190,8 +179,9 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _schedule_show(args: argparse.Namespace) -> int:
+    from scratchdet.assemble import schedule_for
     from scratchdet.config import load_config
-    from scratchdet.engine.run import schedule_for, training_set_size
+    from scratchdet.engine.run import training_set_size
 
     config = load_config(args.config, args.overrides)
     size: int | None = None
@@ -234,12 +224,12 @@ def _weights_inspect(args: argparse.Namespace) -> int:
     print(describe_weight_file(args.file))
     if args.config is None:
         return 0
-    from scratchdet.config import load_config
-    from scratchdet.modeling.detector import build_model
+    from scratchdet.assemble import detector_from_config
+    from scratchdet.config import SCRATCH_OVERRIDES, load_config
     from scratchdet.modeling.init import load_backbone_weights
 
-    config = load_config(args.config, [*args.overrides, "model.init=scratch", "model.freeze_at=0"])
-    model, _ = build_model(config.model, num_classes=1, test_size=config.data.test_size, max_size=config.data.max_size)
+    config = load_config(args.config, [*args.overrides, *SCRATCH_OVERRIDES])
+    model, _ = detector_from_config(config, 1)
     print(f"how it maps onto the backbone of {args.config}:")
     try:
         print(load_backbone_weights(model, args.file, None, config.data.pixel_mean, config.data.pixel_std).format())
@@ -267,96 +257,12 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-@dataclass(frozen=True)
-class DemoVariant:
-    """What `scratchdet demo` runs on one kind of machine: its study, its data, and arms trained at once."""
-
-    study: str  # under configs/demo/
-    data: Path
-    out: Path
-    jobs: int
-
-
-def demo_variants() -> dict[str, DemoVariant]:
-    cores = os.cpu_count() or 1
-    return {
-        # The CPU demo's small model keeps about one core busy: two arms at once finish about a third sooner.
-        "cpu": DemoVariant("study.yaml", DEMO_DATA, Path("runs/demo"), min(2, cores)),
-        # At this model size one process leaves most of the GPU idle: arms share it (as clients of one MPS server,
-        # engine/mps.py), each with two cores.
-        "cuda": DemoVariant(
-            "study_gpu.yaml", DEMO_GPU_DATA, Path("runs/demo_gpu"), max(1, min(DEMO_GPU_JOBS, cores // 2))
-        ),
-    }
-
-
-def _demo_device(requested: str) -> str:
-    import torch
-
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ScratchdetError("--device cuda: PyTorch sees no CUDA device here; run the CPU demo with --device cpu")
-    return requested
-
-
-def _demo_study(packaged: Path, data: Path, out: Path, moved: bool) -> Path:
-    """The demo's study spec; with the data elsewhere than the preset expects, a copy pointed at it, written as the
-    study directory's own spec (a study directory holds one spec: a run with other data is refused there)."""
-    import yaml
-
-    from scratchdet.io import atomic_write_text
-
-    if not moved:
-        return packaged
-    spec = yaml.safe_load(packaged.read_text())
-    spec["overrides"] = [*spec.get("overrides", []), f"data.root={data.resolve()}",
-                         f"pretrain.root={(data / 'classification').resolve()}"]  # fmt: skip
-    text = f"# {packaged.name} with the data in {data}\n" + yaml.safe_dump(spec, sort_keys=False)
-    saved = out / "study.yaml"
-    if saved.is_file() and saved.read_text() != text:
-        raise ScratchdetError(f"{out} holds a study with another spec ({saved}); use another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(saved, text)
-    return saved
-
-
 def _demo(args: argparse.Namespace) -> int:
-    """Generate the demo data (if absent), check it, run the demo study and print the report's path."""
-    from importlib import resources
+    from scratchdet.demo import run_demo
 
-    from scratchdet.data.check import check_dataset
-    from scratchdet.data.synthetic import DEMO_GPU_SPEC, DEMO_SPEC, existing_spec, generate
-    from scratchdet.engine import mps
-    from scratchdet.study.runner import run_study
-
-    started = time.perf_counter()
-    device = _demo_device(args.device)
-    variant = demo_variants()[device]
-    data, out, jobs = args.data or variant.data, args.out or variant.out, args.jobs or variant.jobs
-    if device == "cuda" and not args.jobs and not mps.available():
-        print(f"CUDA MPS is not available here ({mps.CONTROL}): arms would time-share the GPU, no faster than one "
-              "at a time, so the demo trains one at a time")  # fmt: skip
-        jobs = 1
-    spec = DEMO_GPU_SPEC if device == "cuda" else DEMO_SPEC
-    print(f"the {device.upper()} demo: configs/demo/{variant.study}, data in {data}, study in {out}, {jobs} at once")
-    if existing_spec(data) == spec:
-        print(f"demo dataset already in {data}")
-    else:
-        print(f"generating the demo dataset in {data}")
-        generate(data, spec)
-    for split in ("train", "val"):
-        report = check_dataset(data / "annotations" / f"instances_{split}.json", data / split, quiet=True)
-        print(report.format(max_problems=20))
-        if not report.ok:
-            raise ScratchdetError(f"the demo dataset in {data} has errors; delete it and run again")
-    if args.check_only:
-        return 0
-    study = _demo_study(Path(str(resources.files("scratchdet") / "configs" / "demo" / variant.study)), data, out,
-                        moved=data != variant.data)  # fmt: skip
-    path = run_study(study, out, parallel=jobs)
-    print(f"demo finished in {time.perf_counter() - started:.0f} s")
-    print(f"report: {path}")
+    path = run_demo(args.device, data=args.data, out=args.out, jobs=args.jobs, check_only=args.check_only)
+    if path is not None:
+        print(f"report: {path}")
     return 0
 
 
@@ -366,22 +272,20 @@ def _demo(args: argparse.Namespace) -> int:
 def _check_before_launch(args: argparse.Namespace) -> None:
     """Refuse a bad config or batch split here, once, rather than in every launched process."""
     from scratchdet.config import load_config
-    from scratchdet.engine.run import load_run_config
+    from scratchdet.engine import rundir
+    from scratchdet.engine.distributed import check_batch_split
 
     if args.nproc < 1:
         raise ScratchdetError(f"--nproc {args.nproc}: give a number of processes of at least 1")
     if getattr(args, "resume", None) is not None:
-        config = load_run_config(args.resume)
+        config = rundir.read_config(args.resume)
     elif getattr(args, "config", None):
         config = load_config(args.config, args.overrides)
     else:
         return
-    batch = config.pretrain.images_per_batch if args.handler is _pretrain else config.solver.images_per_batch
-    if batch % args.nproc:
-        raise ScratchdetError(
-            f"{batch} images per batch cannot be shared by {args.nproc} processes; choose --nproc among the "
-            f"divisors of {batch} or change the batch size"
-        )
+    check_batch_split(
+        config.pretrain.images_per_batch if args.handler is _pretrain else config.solver.images_per_batch, args.nproc
+    )
 
 
 def _is_main_process() -> bool:
@@ -422,6 +326,8 @@ def _command(
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from scratchdet.demo import DEMO_GPU_JOBS
+
     parser = argparse.ArgumentParser(
         prog="scratchdet",
         description="Train detectors from random initialization or from pre-training under matched conditions, "
@@ -460,19 +366,29 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--classification-train-per-class", type=int, default=150)
     synth.add_argument("--classification-val-per-class", type=int, default=30)
     synth.add_argument(
-        "--objects", type=int, nargs=2, default=[2, 6], metavar=("MIN", "MAX"),
+        "--objects",
+        type=int,
+        nargs=2,
+        default=[2, 6],
+        metavar=("MIN", "MAX"),
         help="objects per scene, drawn uniformly between MIN and MAX (default: %(default)s)",
-    )  # fmt: skip
+    )
     synth.add_argument(
-        "--radius", type=float, nargs=2, default=[0.16, 0.45], metavar=("MIN", "MAX"),
+        "--radius",
+        type=float,
+        nargs=2,
+        default=[0.16, 0.45],
+        metavar=("MIN", "MAX"),
         help="object radius as a fraction of the image size, log-uniform between MIN and MAX; fewer, larger objects "
         "make easier scenes (default: %(default)s)",
-    )  # fmt: skip
+    )
     synth.add_argument(
-        "--categories", type=int, default=6,
+        "--categories",
+        type=int,
+        default=6,
         help="detection categories: the first N of circle, square, triangle, star, hexagon, cross "
         "(default: %(default)s)",
-    )  # fmt: skip
+    )
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
     check = _command(
@@ -517,8 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_nproc_argument(evaluate)
 
-    run_predict = _command(commands, "predict", _predict, "draw a trained run's detections on images, and save them "
-                           "as COCO results")  # fmt: skip
+    run_predict = _command(
+        commands, "predict", _predict, "draw a trained run's detections on images, and save them as COCO results"
+    )
     run_predict.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a training run (or a study's arm)")
     run_predict.add_argument("images", type=Path, nargs="+", metavar="IMAGE", help="image files or folders of them")
     run_predict.add_argument("--out", type=Path, required=True, help="folder for the drawn images and predictions.json")
@@ -536,8 +453,12 @@ def build_parser() -> argparse.ArgumentParser:
     schedule_commands = _subparsers(schedule, "schedule commands")
     show = _command(schedule_commands, "show", _schedule_show, "iterations, lr steps, warm-up and epochs of a config")
     _add_config_arguments(show)
-    show.add_argument("--epochs", action="store_true", help="an iteration-based schedule (solver.base_epochs: null) "
-                      "needs no training set; read it anyway to show how many epochs the run makes")  # fmt: skip
+    show.add_argument(
+        "--epochs",
+        action="store_true",
+        help="an iteration-based schedule (solver.base_epochs: null) "
+        "needs no training set; read it anyway to show how many epochs the run makes",
+    )
 
     study_help = "run the paper's comparison (scratch vs pre-trained arms) on a dataset and write a report"
     study = _command(commands, "study", _study, study_help)
@@ -583,8 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--data", type=Path, help="where the generated data goes (default: data/demo, GPU: data/demo_gpu)"
     )
-    demo.add_argument("--out", type=Path, help="study directory; run again to resume (default: runs/demo, GPU: "
-                      "runs/demo_gpu)")  # fmt: skip
+    demo.add_argument(
+        "--out", type=Path, help="study directory; run again to resume (default: runs/demo, GPU: runs/demo_gpu)"
+    )
     demo.add_argument(
         "--jobs",
         type=int,
@@ -597,13 +519,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _after_a_full_disk(args: argparse.Namespace) -> str:
     """What is kept and what to run once space is freed, for the command that ran out of it."""
+    from scratchdet.engine import rundir
+
     run_dir = getattr(args, "resume", None) or getattr(args, "out", None)
     command = getattr(args, "scratchdet_command", "")
     if command in ("train", "pretrain") and run_dir is not None:
-        pointer = Path(run_dir) / "checkpoints" / "last_checkpoint"
-        kept = f"its newest checkpoint, {pointer.read_text().strip()}," if pointer.is_file() else "no checkpoint yet"
-        return f"the run keeps {kept} and what it wrote before. Free disk space, then continue with " \
-               f"`scratchdet {command} --resume {run_dir}`"  # fmt: skip
+        saved = rundir.checkpointer(run_dir).saved()
+        kept = f"its newest checkpoint, {saved[-1].name}," if saved else "no checkpoint yet"
+        return (
+            f"the run keeps {kept} and what it wrote before. Free disk space, then continue with "
+            f"`scratchdet {command} --resume {run_dir}`"
+        )
     if command in ("study", "demo"):
         return "finished arms and the checkpoints of the others are kept. Free disk space, then run it again"
     return "free disk space, then run the same command again"
@@ -628,8 +554,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        print(f"error: no space left on device writing {exc.filename or 'a file'}; {_after_a_full_disk(args)}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"error: no space left on device writing {exc.filename or 'a file'}; {_after_a_full_disk(args)}",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -19,11 +19,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from scratchdet.errors import ScratchdetError
+from scratchdet.names import ArchName, BackboneName, BoxHeadName, NormName
 
-NormName = Literal["frozen_bn", "bn", "syncbn", "gn", "none"]
-BackboneName = Literal[
-    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext101_32x8d", "resnet_narrow"
-]
 _SCHEDULE_PATTERN = re.compile(r"^(\d+(\.\d+)?)x$")
 
 
@@ -73,7 +70,7 @@ class DataConfig(_Section):
 class ModelConfig(_Section):
     """The detector: backbone, normalization, heads, initialization."""
 
-    arch: Literal["mask_rcnn", "faster_rcnn", "keypoint_rcnn"] = "mask_rcnn"
+    arch: ArchName = "mask_rcnn"
     backbone: BackboneName = "resnet50"
     narrow_width: int = Field(32, gt=0, description="resnet_narrow: channels of res2 (then x2 per stage)")
     narrow_depth: Literal[10, 18, 34, 50] = 18
@@ -95,7 +92,7 @@ class ModelConfig(_Section):
         "R-101.pkl), not the 3x3 (torchvision's); a weight file is refused in the other layout",
     )
     num_classes: int | None = Field(None, gt=0, description="object categories; None: from the dataset")
-    box_head: Literal["4conv1fc", "2fc"] = "4conv1fc"
+    box_head: BoxHeadName = "4conv1fc"
     box_head_conv_dim: int = Field(256, gt=0)
     box_head_fc_dim: int = Field(1024, gt=0)
     mask_head_conv_dim: int = Field(256, gt=0)
@@ -176,9 +173,11 @@ class EvalConfig(_Section):
         False, description="the final evaluation uses every val image even when max_images limits the periodic ones"
     )
     precise_bn_iterations: int = Field(
-        0, ge=0, description="before each evaluation, recompute BN/SyncBN running statistics over this many "
+        0,
+        ge=0,
+        description="before each evaluation, recompute BN/SyncBN running statistics over this many "
         "training batches (Precise BN; 0: off; no effect on GN or FrozenBN models)",
-    )  # fmt: skip
+    )
 
 
 class OutputConfig(_Section):
@@ -382,3 +381,13 @@ def load_config(preset_or_file: str, overrides: list[str] | None = None) -> Conf
     data = apply_overrides(read_config_data(preset_or_file), overrides or [])
     source = f"{preset_or_file}" + (f" with overrides {' '.join(overrides)}" if overrides else "")
     return build_config(data, source)
+
+
+# The detector's architecture alone, initialized from scratch and unfrozen: what pre-training trains, what a step is
+# timed on and what a weight file is checked against (a frozen_bn model is allowed here: nothing trains it as such).
+SCRATCH_OVERRIDES = ["model.init=scratch", "model.freeze_at=0", "model.allow_frozen_bn_scratch=true"]
+
+
+def without_init(config: Config) -> Config:
+    """`config` with SCRATCH_OVERRIDES applied (validated again)."""
+    return build_config(apply_overrides(config.model_dump(mode="json"), SCRATCH_OVERRIDES), "the config from scratch")

@@ -105,7 +105,7 @@ def plant(point: str, n: int) -> None:
     import torch
     from torch.utils.tensorboard import SummaryWriter
 
-    from scratchdet.engine import checkpoint, hooks, run
+    from scratchdet.engine import checkpoint, hooks, run, rundir
     from scratchdet.evaluation import coco
 
     killed = lambda original, *args, **kwargs: die()  # noqa: E731
@@ -123,15 +123,15 @@ def plant(point: str, n: int) -> None:
         # an evaluation has started
         "evaluation": lambda: on_nth_call(run, "run_inference", n, killed),
         # training, the last checkpoint and the final evaluation are done; summary.json is not written yet
-        "summary": lambda: die_before_writing(run, "_write_json", "summary.json"),
+        "summary": lambda: die_before_writing(rundir, "atomic_write_text", "summary.json"),
         "disk-full": lambda: on_nth_call(checkpoint, "atomic_write", n, _full_disk),
         # a full disk at every other kind of write a run makes (the n-th such write)
         # (as a real write does, these name no file: the run must say which one it was writing)
         "disk-full-metrics": lambda: on_nth_call(hooks, "append_line", n, _no_space(None)),
-        "disk-full-log": lambda: on_nth_call(run._LogFile, "flush", n, _no_space(None)),
+        "disk-full-log": lambda: on_nth_call(rundir._LogFile, "flush", n, _no_space(None)),
         "disk-full-tensorboard": lambda: on_nth_call(SummaryWriter, "add_scalar", n, _no_space(None)),
         "disk-full-detections": lambda: full_disk_writing(coco, "atomic_write_text", "detections.json"),
-        "disk-full-summary": lambda: full_disk_writing(run, "atomic_write_text", "summary.json"),
+        "disk-full-summary": lambda: full_disk_writing(rundir, "atomic_write_text", "summary.json"),
     }
     points[point]()
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from scratchdet.engine.hooks import read_metrics
+from scratchdet.engine.rundir import read_metrics
 from tests.conftest import tiny_training_overrides
 from tests.engine.test_faults import KILL_AT, PLANTED
 
@@ -70,25 +70,25 @@ def test_two_processes_end_with_the_weights_of_one(one_and_two: tuple[Path, Path
 
 
 def _initial(run_dir: Path) -> dict[str, torch.Tensor]:
+    from scratchdet.assemble import detector_from_config
     from scratchdet.config import load_config
-    from scratchdet.engine.run import seed_everything
-    from scratchdet.modeling.detector import build_model
+    from scratchdet.engine.training import seed_everything
 
     config = load_config(str(run_dir / "config.yaml"))
     seed_everything(config.seed)
-    model, _ = build_model(config.model, num_classes=6, test_size=64, max_size=64)
+    model, _ = detector_from_config(config, 6)
     return model.state_dict()
 
 
 def test_only_rank_zero_writes_and_the_records_say_how_many_processes(one_and_two: tuple[Path, Path]) -> None:
     one, two = one_and_two
     assert sorted(p.name for p in one.iterdir()) == sorted(p.name for p in two.iterdir())
-    logged = [r["iteration"] for r in read_metrics(two / "metrics.jsonl") if "total_loss" in r]
+    logged = [r["iteration"] for r in read_metrics(two) if "total_loss" in r]
     assert logged == [1, 2, 3, 4, 5, 6]  # once each, not once per process
     assert json.loads((two / "summary.json").read_text())["machine"]["processes"] == 2
     assert "2 processes of 2 images" in (two / "log.txt").read_text()
     # Losses are averaged over the processes: the same numbers as the single process logged.
-    for mine, theirs in zip(read_metrics(one / "metrics.jsonl"), read_metrics(two / "metrics.jsonl"), strict=True):
+    for mine, theirs in zip(read_metrics(one), read_metrics(two), strict=True):
         if "total_loss" in mine:
             assert mine["total_loss"] == pytest.approx(theirs["total_loss"], abs=1e-4)
             assert mine["pixels_seen"] == theirs["pixels_seen"]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from scratchdet.engine.hooks import read_metrics
+from scratchdet.engine.rundir import read_metrics
 from scratchdet.io import try_lock
 from tests.conftest import final_weights, tiny_training_overrides
 
@@ -44,7 +44,7 @@ def _scratchdet(arguments: list[str], fault: tuple[str, int] | None = None) -> s
 def _training_records(run_dir: Path) -> list[dict[str, object]]:
     """Logged losses, lr and counts per iteration, without the timings (which differ between runs)."""
     timing = ("seconds_per_iteration", "data_seconds", "eval_seconds")
-    return [{k: v for k, v in r.items() if k not in timing} for r in read_metrics(run_dir / "metrics.jsonl")]
+    return [{k: v for k, v in r.items() if k not in timing} for r in read_metrics(run_dir)]
 
 
 @pytest.fixture(scope="module")

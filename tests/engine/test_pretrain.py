@@ -10,9 +10,9 @@ import yaml
 
 from scratchdet.config import load_config
 from scratchdet.data.synthetic import SynthSpec, classification_classes, generate
-from scratchdet.engine.hooks import read_metrics
 from scratchdet.engine.pretrain import pretrain
 from scratchdet.engine.run import train
+from scratchdet.engine.rundir import read_metrics
 from scratchdet.errors import ScratchdetError
 from tests.conftest import tiny_training_overrides
 from tests.engine.test_faults import KILL_AT
@@ -53,7 +53,7 @@ def test_backbone_loads_into_the_detector_and_its_counts_flow_into_fine_tuning(
     summary = train(load_config("demo/mask_rcnn", overrides), tmp_path / "fine", quiet=True)
     pre = json.loads((pretrained / "summary.json").read_text())
     assert summary["pretrain"] == pre["counts"]
-    assert read_metrics(tmp_path / "fine" / "metrics.jsonl")[0]["pretrain"] == pre["counts"]
+    assert read_metrics(tmp_path / "fine")[0]["pretrain"] == pre["counts"]
     log = (tmp_path / "fine" / "log.txt").read_text()
     assert "tensors loaded" in log and "missing" not in log
 

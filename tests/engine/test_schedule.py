@@ -2,7 +2,7 @@ import pytest
 
 from scratchdet.engine.schedule import Schedule, build_schedule, parameter_groups
 from scratchdet.errors import ScratchdetError
-from scratchdet.modeling.detector import build_detector
+from tests.conftest import build_test_detector
 from tests.modeling.test_detector import SMALL
 
 
@@ -87,7 +87,7 @@ def test_a_step_outside_the_run_or_an_empty_run_is_refused() -> None:
 
 
 def test_norm_parameters_and_biases_get_their_own_weight_decay() -> None:
-    model = build_detector(norm="gn", **SMALL)
+    model = build_test_detector(norm="gn", **SMALL)
     groups = {
         g["name"]: g for g in parameter_groups(model, weight_decay=1e-4, weight_decay_norm=0.0, weight_decay_bias=0.0)
     }

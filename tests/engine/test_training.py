@@ -15,8 +15,8 @@ import torch
 from scratchdet.config import load_config
 from scratchdet.data.batching import TrainingBatches
 from scratchdet.data.coco import CocoDetection, CocoIndex
-from scratchdet.engine.hooks import read_metrics
 from scratchdet.engine.run import _train_transforms, train
+from scratchdet.engine.rundir import read_metrics
 from tests.conftest import final_weights, tiny_training_overrides
 from tests.engine.test_faults import KILL_AT
 from tests.pinned import assert_pinned
@@ -33,7 +33,7 @@ def short_run(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 
 def test_short_training_lowers_the_loss_and_reaches_positive_box_ap(short_run: Path) -> None:
-    records = read_metrics(short_run / "metrics.jsonl")
+    records = read_metrics(short_run)
     steps = [r for r in records if "total_loss" in r]
     evaluations = [r for r in records if "eval" in r]
     assert [r["iteration"] for r in evaluations] == [80, 160]
@@ -53,7 +53,7 @@ def test_run_directory_is_self_describing(short_run: Path) -> None:
     assert list((short_run / "tensorboard").iterdir())
     detections = json.loads((short_run / "detections.json").read_text())
     assert detections and {"image_id", "category_id", "bbox", "score", "segmentation"} <= set(detections[0])
-    record = read_metrics(short_run / "metrics.jsonl")[0]
+    record = read_metrics(short_run)[0]
     for key in (
         "iteration",
         "loss_classifier",
@@ -86,7 +86,7 @@ def test_accounting_equals_a_recount_from_the_dataset_and_transform(short_run: P
             pixels += image.shape[1] * image.shape[2]
     summary = json.loads((short_run / "summary.json").read_text())
     assert summary["counts"] == {"images": images, "instances": instances, "pixels": pixels}
-    logged = [r for r in read_metrics(short_run / "metrics.jsonl") if "pixels_seen" in r]
+    logged = [r for r in read_metrics(short_run) if "pixels_seen" in r]
     assert logged[-1]["pixels_seen"] == pixels
 
 
@@ -157,7 +157,7 @@ def test_sigkill_then_resume_ends_with_the_same_weights(synth_dir: Path, tmp_pat
     assert ours.keys() == theirs.keys()
     for name in ours:
         assert torch.equal(ours[name], theirs[name]), name
-    iterations = [r["iteration"] for r in read_metrics(killed / "metrics.jsonl") if "total_loss" in r]
+    iterations = [r["iteration"] for r in read_metrics(killed) if "total_loss" in r]
     assert iterations == sorted(set(iterations))  # nothing logged twice after the resume
 
 
@@ -183,21 +183,21 @@ def test_a_second_run_into_the_same_directory_is_refused(short_run: Path) -> Non
 
 
 def test_last_logged_iteration_reads_the_tail(tmp_path: Path) -> None:
-    from scratchdet.engine.hooks import last_logged_iteration
+    from scratchdet.engine.rundir import last_logged_iteration
 
     path = tmp_path / "metrics.jsonl"
-    assert last_logged_iteration(path, default=7) == 7
+    assert last_logged_iteration(tmp_path, default=7) == 7
     path.write_text("".join(json.dumps({"iteration": i, "total_loss": 1.0}) + "\n" for i in range(1, 2001)) + '{"iter')
-    assert last_logged_iteration(path) == 2000  # the torn last line is skipped
+    assert last_logged_iteration(tmp_path) == 2000  # the torn last line is skipped
 
 
 def test_every_evaluation_is_saved_and_rescores_to_the_logged_ap(short_run: Path) -> None:
-    from scratchdet.engine.hooks import evaluation_file
+    from scratchdet.engine.rundir import evaluation_file
     from scratchdet.evaluation.bootstrap import accumulate, match_detections
     from scratchdet.evaluation.coco import read_evaluation
 
     config = load_config(str(short_run / "config.yaml"))
-    logged = {r["iteration"]: r["eval"] for r in read_metrics(short_run / "metrics.jsonl") if "eval" in r}
+    logged = {r["iteration"]: r["eval"] for r in read_metrics(short_run) if "eval" in r}
     for iteration, metrics in logged.items():
         image_ids, detections = read_evaluation(evaluation_file(short_run, iteration))
         assert len(image_ids) == 12
@@ -208,7 +208,7 @@ def test_every_evaluation_is_saved_and_rescores_to_the_logged_ap(short_run: Path
 
 def test_a_real_runs_detections_rescored_by_pycocotools_give_its_final_metrics(short_run: Path) -> None:
     """The run's own detections.json (boxes and masks), scored by pycocotools on the images the run evaluated."""
-    from scratchdet.engine.hooks import evaluation_file
+    from scratchdet.engine.rundir import evaluation_file
     from scratchdet.evaluation.coco import read_evaluation
     from tests.evaluation.test_coco import _pycocotools
 
@@ -224,7 +224,7 @@ def test_a_real_runs_detections_rescored_by_pycocotools_give_its_final_metrics(s
 
 
 def test_the_final_evaluation_can_use_every_validation_image(synth_dir: Path, tmp_path: Path) -> None:
-    from scratchdet.engine.hooks import evaluation_file
+    from scratchdet.engine.rundir import evaluation_file
     from scratchdet.evaluation.coco import read_evaluation
 
     overrides = ["solver.base_epochs=null", "solver.schedule=0.0000444444x", "eval.period=8", "eval.max_images=4",

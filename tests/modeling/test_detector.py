@@ -7,9 +7,9 @@ import torchvision
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
-from scratchdet.modeling.detector import build_detector
 from scratchdet.modeling.init import init_scratch
 from scratchdet.modeling.norm import NORM_TYPES, SyncBatchNorm
+from tests.conftest import build_test_detector
 
 SMALL: dict[str, Any] = {
     "arch": "mask_rcnn",
@@ -47,7 +47,7 @@ def _targets(count: int, size: int = 64) -> list[dict[str, torch.Tensor]]:
 
 @pytest.mark.parametrize("norm", ["frozen_bn", "bn", "syncbn", "gn", "none"])
 def test_one_norm_type_everywhere(norm: str) -> None:
-    model = build_detector(norm=norm, **SMALL)
+    model = build_test_detector(norm=norm, **SMALL)
     found = {type(m) for m in model.modules() if isinstance(m, NORM_TYPES)}
     if norm == "none":
         assert found == set()
@@ -59,14 +59,14 @@ def test_one_norm_type_everywhere(norm: str) -> None:
 
 
 def test_2fc_box_head_has_no_norm() -> None:
-    model = build_detector(norm="gn", **{**SMALL, "box_head": "2fc"})
+    model = build_test_detector(norm="gn", **{**SMALL, "box_head": "2fc"})
     assert not any(isinstance(m, NORM_TYPES) for m in model.roi_heads.box_head.modules())
     assert any(isinstance(m, nn.GroupNorm) for m in model.roi_heads.mask_head.modules())
 
 
 def test_r50_fpn_bn_matches_torchvision_v2_parameter_count() -> None:
     reference = torchvision.models.detection.maskrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None)
-    ours = build_detector(
+    ours = build_test_detector(
         arch="mask_rcnn", backbone="resnet50", num_classes=90, norm="bn", rpn_conv_depth=2, box_head="4conv1fc"
     )
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
@@ -77,7 +77,7 @@ def test_r50_fpn_bn_matches_torchvision_v2_parameter_count() -> None:
 
 def test_gn_losses_finite_and_gradients_reach_exactly_the_trainable_parameters() -> None:
     torch.manual_seed(0)
-    model = build_detector(norm="gn", freeze_at=2, **SMALL)
+    model = build_test_detector(norm="gn", freeze_at=2, **SMALL)
     init_scratch(model)
     model.train()
     losses = model([torch.randn(3, 64, 64), torch.randn(3, 64, 64)], _targets(2))
@@ -101,7 +101,7 @@ def test_gn_losses_finite_and_gradients_reach_exactly_the_trainable_parameters()
 def test_scratch_init_follows_msra_and_detectron_conventions(zero_init_last: bool) -> None:
     torch.manual_seed(0)
     wide_heads = {"box_head_fc_dim": 1024, "mask_head_conv_dim": 256}  # enough weights to estimate a std
-    model = build_detector(norm="gn", **{**SMALL, "narrow_width": 32, "narrow_depth": 18, **wide_heads})
+    model = build_test_detector(norm="gn", **{**SMALL, "narrow_width": 32, "narrow_depth": 18, **wide_heads})
     init_scratch(model, zero_init_last=zero_init_last)
     for name, module in model.backbone.body.named_modules():
         if isinstance(module, nn.Conv2d):

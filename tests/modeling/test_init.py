@@ -5,8 +5,8 @@ import torch
 import torchvision
 
 from scratchdet.errors import ScratchdetError
-from scratchdet.modeling.detector import build_detector
 from scratchdet.modeling.init import init_scratch, load_backbone_weights
+from tests.conftest import build_test_detector
 
 R18: dict = {
     "arch": "faster_rcnn",
@@ -36,7 +36,7 @@ def _imagenet_resnet18(path: Path) -> torchvision.models.ResNet:
 
 def test_torchvision_state_dict_loads_into_bn_backbone(tmp_path: Path) -> None:
     source = _imagenet_resnet18(tmp_path / "r18.pth")
-    model = build_detector(norm="bn", **R18)
+    model = build_test_detector(norm="bn", **R18)
     init_scratch(model)
     report = load_backbone_weights(model, tmp_path / "r18.pth")
     assert report.missing == [] and report.unexpected == [] and report.shape_mismatches == []
@@ -49,7 +49,7 @@ def test_torchvision_state_dict_loads_into_bn_backbone(tmp_path: Path) -> None:
 
 def test_bn_statistics_are_folded_into_frozen_bn(tmp_path: Path) -> None:
     source = _imagenet_resnet18(tmp_path / "r18.pth")
-    model = build_detector(norm="frozen_bn", freeze_at=2, **R18)
+    model = build_test_detector(norm="frozen_bn", freeze_at=2, **R18)
     init_scratch(model)
     report = load_backbone_weights(model, tmp_path / "r18.pth")
     assert report.folded_norms == 20
@@ -70,7 +70,7 @@ def test_wrong_shape_and_missing_key_are_reported_and_refused(tmp_path: Path) ->
     del state["layer2.0.conv1.weight"]
     state["layer1.0.conv1.weight"] = torch.zeros(64, 64, 5, 5)
     torch.save({"model": state, "meta": {"epochs": 3}}, tmp_path / "broken.pth")
-    model = build_detector(norm="bn", **R18)
+    model = build_test_detector(norm="bn", **R18)
     init_scratch(model)
     before = model.backbone.body.conv1.weight.clone()
     with pytest.raises(ScratchdetError) as error:
@@ -83,14 +83,14 @@ def test_wrong_shape_and_missing_key_are_reported_and_refused(tmp_path: Path) ->
 
 def test_norm_mismatch_is_refused(tmp_path: Path) -> None:
     _imagenet_resnet18(tmp_path / "r18.pth")
-    model = build_detector(norm="gn", **R18)
+    model = build_test_detector(norm="gn", **R18)
     with pytest.raises(ScratchdetError, match=r"norm mismatches \(20\): bn1: file has batch-norm statistics"):
         load_backbone_weights(model, tmp_path / "r18.pth")
 
 
 def test_unrelated_file_and_pickled_code_are_refused(tmp_path: Path) -> None:
     torch.save({"something.else": torch.zeros(3)}, tmp_path / "other.pth")
-    model = build_detector(norm="bn", **R18)
+    model = build_test_detector(norm="bn", **R18)
     with pytest.raises(ScratchdetError, match="nothing in the weight file matches the backbone"):
         load_backbone_weights(model, tmp_path / "other.pth")
 

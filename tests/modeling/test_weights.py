@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from scratchdet.errors import ScratchdetError
-from scratchdet.modeling.detector import build_detector
 from scratchdet.modeling.init import load_backbone_weights
 from scratchdet.modeling.weights import describe_weight_file
+from tests.conftest import build_test_detector
 
 NARROW50 = {"arch": "faster_rcnn", "backbone": "resnet_narrow", "narrow_width": 8, "narrow_depth": 50,
             "num_classes": 2, "fpn_channels": 16, "gn_groups": 4, "box_head_conv_dim": 16, "box_head_fc_dim": 16,
@@ -35,7 +35,7 @@ def _caffe2_name(key: str, norm: str) -> str:
 
 def _write_caffe2_pkl(path: Path, norm: str) -> dict[str, np.ndarray]:
     """A Detectron-style pickle (Python-2 protocol, {"blobs": ...}) of a narrow ResNet-50 body's weights."""
-    source = build_detector(norm="gn" if norm == "gn" else "bn", **NARROW50).backbone.body
+    source = build_test_detector(norm="gn" if norm == "gn" else "bn", **NARROW50).backbone.body
     blobs = {}
     for key, tensor in source.state_dict().items():
         if key.endswith("num_batches_tracked") or (norm == "bn" and key.endswith(("running_mean", "running_var"))):
@@ -50,7 +50,7 @@ def _write_caffe2_pkl(path: Path, norm: str) -> dict[str, np.ndarray]:
 
 def test_caffe2_gn_pickle_loads_completely(tmp_path: Path) -> None:
     blobs = _write_caffe2_pkl(tmp_path / "R-50-GN.pkl", "gn")
-    model = build_detector(norm="gn", **NARROW50)
+    model = build_test_detector(norm="gn", **NARROW50)
     report = load_backbone_weights(model, tmp_path / "R-50-GN.pkl")
     assert report.missing == [] and report.unexpected == [] and report.ignored == ["fc.weight"]
     body = model.backbone.body
@@ -61,7 +61,7 @@ def test_caffe2_gn_pickle_loads_completely(tmp_path: Path) -> None:
 
 def test_caffe2_affine_bn_pickle_into_frozen_bn_is_exact(tmp_path: Path) -> None:
     blobs = _write_caffe2_pkl(tmp_path / "R-50.pkl", "bn")
-    model = build_detector(norm="frozen_bn", stride_in_1x1=True, **NARROW50)  # a BN .pkl is MSRA's layout
+    model = build_test_detector(norm="frozen_bn", stride_in_1x1=True, **NARROW50)  # a BN .pkl is MSRA's layout
     report = load_backbone_weights(model, tmp_path / "R-50.pkl")
     assert report.missing == [] and report.folded_norms > 0
     frozen = model.backbone.body.layer2[0].bn3
@@ -82,7 +82,7 @@ def test_pickle_that_runs_code_is_refused_before_it_runs(tmp_path: Path) -> None
 
     with open(tmp_path / "evil.pkl", "wb") as file:
         pickle.dump({"blobs": {"conv1_w": Payload()}}, file)
-    model = build_detector(norm="gn", **NARROW50)
+    model = build_test_detector(norm="gn", **NARROW50)
     with pytest.raises(ScratchdetError, match=r"refused to load: the file asks for pathlib\.(Posix)?Path"):
         load_backbone_weights(model, tmp_path / "evil.pkl")
     assert not marker.exists()
@@ -98,7 +98,7 @@ def test_a_detectron_pkl_computes_on_scratchdets_input_what_it_computed_on_detec
     """Detectron trained on BGR 0-255 minus its pixel means; scratchdet feeds RGB [0, 1] normalised by ImageNet's
     mean and std. A .pkl written as Detectron would write the reference network must give the same features."""
     torch.manual_seed(0)
-    reference = build_detector(norm="gn", **NARROW50).backbone.body.eval()
+    reference = build_test_detector(norm="gn", **NARROW50).backbone.body.eval()
     mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
     rgb = torch.rand(1, 3, 48, 64)
     ours = (rgb - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
@@ -106,7 +106,7 @@ def test_a_detectron_pkl_computes_on_scratchdets_input_what_it_computed_on_detec
     state = {k: v for k, v in reference.state_dict().items() if not k.endswith("num_batches_tracked")}
     # The same network for Detectron's input: BGR channel c of conv1 reads RGB channel 2 - c, without the scaling.
     state["conv1.weight"] = (state["conv1.weight"] / (255 * std.view(1, 3, 1, 1))).flip(1)
-    detectron_view = build_detector(norm="gn", **NARROW50).backbone.body.eval()
+    detectron_view = build_test_detector(norm="gn", **NARROW50).backbone.body.eval()
     detectron_view.load_state_dict(state, strict=False)
     with torch.no_grad():
         expected = reference(ours)
@@ -114,7 +114,7 @@ def test_a_detectron_pkl_computes_on_scratchdets_input_what_it_computed_on_detec
     blobs = {_caffe2_name(k, "gn"): v.numpy() for k, v in state.items()}
     with open(tmp_path / "R-50-GN.pkl", "wb") as file:
         pickle.dump({"blobs": blobs}, file, protocol=2)
-    model = build_detector(norm="gn", **NARROW50)
+    model = build_test_detector(norm="gn", **NARROW50)
     report = load_backbone_weights(model, tmp_path / "R-50-GN.pkl")
     assert report.missing == [] and report.metadata["input"].startswith("BGR 0-255 converted")
     with torch.no_grad():
@@ -126,7 +126,7 @@ def test_a_detectron_pkl_computes_on_scratchdets_input_what_it_computed_on_detec
 def test_a_detectron_pkl_is_refused_with_a_pixel_mean_it_cannot_be_converted_to(tmp_path: Path) -> None:
     _write_caffe2_pkl(tmp_path / "R-50-GN.pkl", "gn")
     with pytest.raises(ScratchdetError, match="expects Detectron's pixel means"):
-        model = build_detector(norm="gn", **NARROW50)
+        model = build_test_detector(norm="gn", **NARROW50)
         load_backbone_weights(model, tmp_path / "R-50-GN.pkl", None, [0.5] * 3, [0.2] * 3)
 
 
@@ -136,7 +136,7 @@ def test_a_timm_gn_resnet_checkpoint_loads_as_safetensors_and_as_pth(tmp_path: P
     from safetensors.torch import save_file
 
     torch.manual_seed(1)
-    reference = build_detector(norm="gn", **NARROW50).backbone.body.eval()
+    reference = build_test_detector(norm="gn", **NARROW50).backbone.body.eval()
     state = {k: v.contiguous() for k, v in reference.state_dict().items()}
     state |= {"fc.weight": torch.zeros(10, 256), "fc.bias": torch.zeros(10)}
     save_file(state, str(tmp_path / "resnet50_gn.safetensors"))
@@ -145,7 +145,7 @@ def test_a_timm_gn_resnet_checkpoint_loads_as_safetensors_and_as_pth(tmp_path: P
     with torch.no_grad():
         expected = reference(image)
     for name in ("resnet50_gn.safetensors", "checkpoint.pth"):
-        model = build_detector(norm="gn", **NARROW50)
+        model = build_test_detector(norm="gn", **NARROW50)
         report = load_backbone_weights(model, tmp_path / name)
         assert report.missing == [] and report.unexpected == [] and report.ignored, name
         with torch.no_grad():
@@ -153,7 +153,7 @@ def test_a_timm_gn_resnet_checkpoint_loads_as_safetensors_and_as_pth(tmp_path: P
         assert all(torch.equal(loaded[k], expected[k]) for k in expected), name
     (tmp_path / "broken.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
     with pytest.raises(ScratchdetError, match=r"broken\.safetensors: cannot be read"):
-        load_backbone_weights(build_detector(norm="gn", **NARROW50), tmp_path / "broken.safetensors")
+        load_backbone_weights(build_test_detector(norm="gn", **NARROW50), tmp_path / "broken.safetensors")
 
 
 def test_a_pth_that_asks_for_code_is_refused_without_advice_to_lower_the_guard(tmp_path: Path) -> None:
@@ -163,7 +163,7 @@ def test_a_pth_that_asks_for_code_is_refused_without_advice_to_lower_the_guard(t
 
     torch.save({"conv1.weight": torch.zeros(1), "x": Payload()}, tmp_path / "evil.pth")
     with pytest.raises(ScratchdetError) as caught:
-        load_backbone_weights(build_detector(norm="gn", **NARROW50), tmp_path / "evil.pth")
+        load_backbone_weights(build_test_detector(norm="gn", **NARROW50), tmp_path / "evil.pth")
     message = str(caught.value)
     assert "refused to load: the file asks for" in message and "print" in message
     assert "weights_only" not in message and "Only trusted weight files of tensors load" in message
@@ -174,7 +174,7 @@ def test_an_msra_pkl_loads_only_into_its_own_layout_and_then_computes_what_it_di
     write a reference network of that layout, the file gives the reference's features in a backbone built with
     model.stride_in_1x1; torchvision's layout is refused with the reason, and really computes something else."""
     torch.manual_seed(0)
-    reference = build_detector(norm="frozen_bn", stride_in_1x1=True, **NARROW50).backbone.body.eval()
+    reference = build_test_detector(norm="frozen_bn", stride_in_1x1=True, **NARROW50).backbone.body.eval()
     assert reference.layer2[0].conv1.stride == (2, 2) and reference.layer2[0].conv2.stride == (1, 1)
     state = {}
     for key, tensor in reference.state_dict().items():
@@ -195,7 +195,7 @@ def test_an_msra_pkl_loads_only_into_its_own_layout_and_then_computes_what_it_di
     with open(tmp_path / "R-50.pkl", "wb") as file:
         pickle.dump({"blobs": blobs}, file, protocol=2)
 
-    model = build_detector(norm="frozen_bn", stride_in_1x1=True, **NARROW50)
+    model = build_test_detector(norm="frozen_bn", stride_in_1x1=True, **NARROW50)
     report = load_backbone_weights(model, tmp_path / "R-50.pkl")
     assert report.missing == [] and report.metadata["stride_in_1x1"] is True
     with torch.no_grad():
@@ -203,7 +203,7 @@ def test_an_msra_pkl_loads_only_into_its_own_layout_and_then_computes_what_it_di
     for level in expected:
         torch.testing.assert_close(loaded[level], expected[level], atol=1e-4, rtol=1e-4)
 
-    torchvision_layout = build_detector(norm="frozen_bn", **NARROW50)
+    torchvision_layout = build_test_detector(norm="frozen_bn", **NARROW50)
     with pytest.raises(ScratchdetError, match=r"stride_in_1x1: file True, model False .*set model.stride_in_1x1=true"):
         load_backbone_weights(torchvision_layout, tmp_path / "R-50.pkl")
     torchvision_layout.backbone.body.load_state_dict(model.backbone.body.state_dict())  # the same weights
@@ -216,9 +216,9 @@ def test_an_msra_pkl_loads_only_into_its_own_layout_and_then_computes_what_it_di
 def test_a_torchvision_layout_file_is_refused_by_an_msra_layout_backbone(tmp_path: Path) -> None:
     _write_caffe2_pkl(tmp_path / "R-50-GN.pkl", "gn")  # FAIR's GN files stride in the 3x3, as torchvision does
     with pytest.raises(ScratchdetError, match=r"stride_in_1x1: file False, model True .*set model.stride_in_1x1=false"):
-        load_backbone_weights(build_detector(norm="gn", stride_in_1x1=True, **NARROW50), tmp_path / "R-50-GN.pkl")
+        load_backbone_weights(build_test_detector(norm="gn", stride_in_1x1=True, **NARROW50), tmp_path / "R-50-GN.pkl")
     with pytest.raises(ScratchdetError, match="needs bottleneck blocks"):
-        build_detector(norm="gn", **{**NARROW50, "narrow_depth": 18}, stride_in_1x1=True)
+        build_test_detector(norm="gn", **{**NARROW50, "narrow_depth": 18}, stride_in_1x1=True)
 
 
 class _Crafted:
@@ -246,7 +246,7 @@ def test_a_crafted_pickle_of_allowed_names_is_refused_by_name(tmp_path: Path, st
     path = tmp_path / "crafted.pkl"
     with open(path, "wb") as file:
         pickle.dump({"blobs": {"conv1_w": _Crafted(state)}}, file, protocol=2)
-    model = build_detector(norm="gn", **NARROW50)
+    model = build_test_detector(norm="gn", **NARROW50)
     with pytest.raises(ScratchdetError, match=rf"crafted\.pkl: refused to load: .*{complaint}"):
         load_backbone_weights(model, path)
     with pytest.raises(ScratchdetError, match="refused to load"):

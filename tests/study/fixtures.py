@@ -197,7 +197,7 @@ def write_scored_arm(
     """An arm whose evaluations at `curve`'s iterations find `quality` of the ground truths (see
     `scored_detections`), saved and scored for real; the last point is the final evaluation. Training sees 8 images
     of 64 x 64 pixels per iteration; a pre-trained arm adds `pretrain_pixels`. Warm-up: 10 iterations."""
-    from scratchdet.engine.hooks import evaluation_file
+    from scratchdet.engine.rundir import evaluation_file
     from scratchdet.evaluation.coco import save_evaluation, score_detections
 
     annotations = study_dir / "data" / "val.json"

@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from scratchdet import cli
+from scratchdet import demo
 from scratchdet.config import load_config
 from scratchdet.errors import ScratchdetError
 from scratchdet.study import runner
@@ -33,12 +33,12 @@ PACKAGED = Path(str(resources.files("scratchdet") / "configs" / "demo"))
 
 def test_the_demo_is_the_gpu_one_only_where_cuda_is(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert cli._demo_device("auto") == "cpu"
+    assert demo.demo_device("auto") == "cpu"
     with pytest.raises(ScratchdetError, match="--device cuda: PyTorch sees no CUDA device"):
-        cli._demo_device("cuda")
+        demo.demo_device("cuda")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert cli._demo_device("auto") == "cuda" and cli._demo_device("cpu") == "cpu"
-    variants = cli.demo_variants()
+    assert demo.demo_device("auto") == "cuda" and demo.demo_device("cpu") == "cpu"
+    variants = demo.demo_variants()
     assert variants["cuda"].study == "study_gpu.yaml" and variants["cpu"].study == "study.yaml"
     assert all((PACKAGED / v.study).is_file() for v in variants.values())
     assert variants["cuda"].data != variants["cpu"].data and variants["cuda"].out != variants["cpu"].out
@@ -46,17 +46,17 @@ def test_the_demo_is_the_gpu_one_only_where_cuda_is(monkeypatch: pytest.MonkeyPa
 
 def test_demo_data_elsewhere_gets_a_spec_pointed_at_it(tmp_path: Path) -> None:
     packaged = PACKAGED / "study_gpu.yaml"
-    assert cli._demo_study(packaged, Path("data/demo_gpu"), tmp_path / "out", moved=False) == packaged
-    spec_path = cli._demo_study(packaged, tmp_path / "mine", tmp_path / "out", moved=True)
+    assert demo.demo_study(packaged, Path("data/demo_gpu"), tmp_path / "out", moved=False) == packaged
+    spec_path = demo.demo_study(packaged, tmp_path / "mine", tmp_path / "out", moved=True)
     spec = yaml.safe_load(spec_path.read_text())
     original = yaml.safe_load(packaged.read_text())
     assert spec_path == tmp_path / "out" / "study.yaml"
     assert spec["overrides"] == [*original["overrides"], f"data.root={(tmp_path / 'mine').resolve()}",
                                  f"pretrain.root={(tmp_path / 'mine' / 'classification').resolve()}"]  # fmt: skip
     assert spec["axes"] == original["axes"] and spec["pretrain"] == original["pretrain"]
-    assert cli._demo_study(packaged, tmp_path / "mine", tmp_path / "out", moved=True) == spec_path  # resumable
+    assert demo.demo_study(packaged, tmp_path / "mine", tmp_path / "out", moved=True) == spec_path  # resumable
     with pytest.raises(ScratchdetError, match="holds a study with another spec"):
-        cli._demo_study(packaged, tmp_path / "other", tmp_path / "out", moved=True)
+        demo.demo_study(packaged, tmp_path / "other", tmp_path / "out", moved=True)
 
 
 def test_the_calibration_tool_finds_each_number_it_sets_once() -> None:

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from scratchdet.engine.hooks import read_metrics
+from scratchdet.engine.rundir import read_metrics
 from scratchdet.study.runner import run_study
 from tests.conftest import final_weights, tiny_training_overrides
 from tests.engine.test_faults import PLANTED
@@ -76,9 +76,7 @@ def test_a_killed_study_resumes_only_what_is_missing_and_ends_like_an_uninterrup
         ours, reference = final_weights(out / "arms" / arm), final_weights(tmp_path / "reference" / "arms" / arm)
         for name in ours:
             assert torch.equal(ours[name], reference[name]), f"{arm}: {name}"
-        evaluations = [r["eval"] for r in read_metrics(out / "arms" / arm / "metrics.jsonl") if "eval" in r]
-        expected = [
-            r["eval"] for r in read_metrics(tmp_path / "reference" / "arms" / arm / "metrics.jsonl") if "eval" in r
-        ]
+        evaluations = [r["eval"] for r in read_metrics(out / "arms" / arm) if "eval" in r]
+        expected = [r["eval"] for r in read_metrics(tmp_path / "reference" / "arms" / arm) if "eval" in r]
         assert evaluations == expected, arm
     assert (out / "report" / "report.html").is_file()

@@ -11,9 +11,9 @@ import pytest
 import torch
 import yaml
 
+from scratchdet.assemble import detector_from_config
 from scratchdet.config import load_config
 from scratchdet.errors import ScratchdetError
-from scratchdet.modeling.detector import build_model
 from scratchdet.study.results import read_study
 from scratchdet.study.runner import run_study
 from scratchdet.study.verdicts import all_verdicts
@@ -27,7 +27,7 @@ COST = {"dataset": "tiny", "images_per_epoch": 1000, "epochs": 2, "input_size": 
 def _reference_body(synth_dir: Path, width: int = 16) -> dict[str, torch.Tensor]:
     config = load_config("demo/mask_rcnn", [*tiny_training_overrides(synth_dir), f"model.narrow_width={width}"])
     torch.manual_seed(3)
-    model, _ = build_model(config.model, num_classes=2, test_size=64, max_size=96)
+    model, _ = detector_from_config(config, 2)
     return {k: v for k, v in model.backbone.body.state_dict().items() if not k.endswith("num_batches_tracked")}
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +74,16 @@ class Checkpointer:
         for old in self.saved()[: -self.keep_last]:
             if int(NAME.match(old.name).group(1)) not in self.keep_iterations:  # type: ignore[union-attr]
                 old.unlink(missing_ok=True)
+        return path
+
+    def adopt(self, source: Path) -> Path:
+        """Copy another run's checkpoint file in as this run's newest (atomically, the pointer last)."""
+        path = self.folder / source.name
+        self.folder.mkdir(parents=True, exist_ok=True)
+        partial = self.folder / f".{source.name}.tmp"
+        shutil.copyfile(source, partial)
+        os.replace(partial, path)
+        atomic_write_text(self.folder / POINTER, path.name)
         return path
 
     def latest_loadable(self) -> tuple[Path, dict[str, Any]] | None:

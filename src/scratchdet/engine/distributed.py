@@ -30,7 +30,7 @@ from scratchdet.modeling.norm import use_torch_sync_batch_norm
 Result = TypeVar("Result")
 TIMEOUT_ENV = "SCRATCHDET_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_SECONDS = 1800
-log = logging.getLogger("scratchdet")
+log = logging.getLogger(__name__)
 
 
 def is_distributed() -> bool:
@@ -47,6 +47,15 @@ def rank() -> int:
 
 def is_main() -> bool:
     return rank() == 0
+
+
+def check_batch_split(images_per_batch: int, processes: int) -> None:
+    """Every process takes an equal share of each global batch: refuse a split that leaves a remainder."""
+    if images_per_batch % processes:
+        raise ScratchdetError(
+            f"{images_per_batch} images per batch cannot be shared by {processes} processes; choose a number of "
+            f"processes (--nproc) among the divisors of {images_per_batch} or change the batch size"
+        )
 
 
 def timeout_seconds() -> int:
@@ -202,9 +211,15 @@ def launch_local(nproc: int, argv: Sequence[str]) -> int:
         raise ScratchdetError("--nproc inside a torchrun launch: give the process count to torchrun only")
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     config = LaunchConfig(
-        min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"scratchdet-{uuid.uuid4().hex[:8]}",
-        rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.1,
-    )  # fmt: skip
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=f"scratchdet-{uuid.uuid4().hex[:8]}",
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",
+        max_restarts=0,
+        monitor_interval=0.1,
+    )
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # its traceback repeats ours
     log.info(
         f"launching {nproc} processes (OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}): scratchdet {' '.join(argv)}"
@@ -214,8 +229,11 @@ def launch_local(nproc: int, argv: Sequence[str]) -> int:
     except ChildFailedError as exc:
         failed_rank, failure = exc.get_first_failure()
         code = failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode  # a signal: as a shell says
-        print(f"error: process {failed_rank} of {nproc} failed first (exit status {failure.exitcode}); "
-              f"{_how_to_continue(argv, nproc)}", file=sys.stderr)  # fmt: skip
+        print(
+            f"error: process {failed_rank} of {nproc} failed first (exit status {failure.exitcode}); "
+            f"{_how_to_continue(argv, nproc)}",
+            file=sys.stderr,
+        )
         return code
     return 0
 

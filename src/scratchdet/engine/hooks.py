@@ -15,59 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from scratchdet.engine import distributed
+from scratchdet.engine import distributed, rundir
 from scratchdet.engine.checkpoint import Checkpointer
 from scratchdet.engine.trainer import HookBase
 from scratchdet.io import with_file_name
 
-log = logging.getLogger("scratchdet")
+log = logging.getLogger(__name__)
 EvaluateFn = Callable[[int, bool], dict[str, dict[str, float]]]  # (iteration, final) → metrics
-
-
-EVALUATIONS = "evaluations"  # RUN_DIR/evaluations/<iteration>.json.gz: each evaluation's image ids and detections
-
-
-def evaluation_file(run_dir: Path, iteration: int) -> Path:
-    return Path(run_dir) / EVALUATIONS / f"{iteration:07d}.json.gz"
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """Records of a metrics.jsonl; a torn last line (a crash mid-write) is ignored."""
-    records: list[dict[str, Any]] = []
-    if not path.is_file():
-        return records
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except (json.JSONDecodeError, RecursionError):  # torn, or not a record this tool wrote
-            continue
-    return records
-
-
-def last_logged_iteration(path: Path, default: int = 0) -> int:
-    """The iteration of the newest complete record, reading only the end of the file (it is polled often)."""
-    try:
-        with open(path, "rb") as file:
-            file.seek(0, os.SEEK_END)
-            file.seek(max(0, file.tell() - 8192))
-            lines = file.read().decode("utf-8", errors="replace").splitlines()
-    except OSError:
-        return default
-    for line in reversed(lines):
-        try:
-            return int(json.loads(line)["iteration"])
-        except (ValueError, KeyError, TypeError, RecursionError):
-            continue  # a torn last line, or the cut first line of the window
-    return default
-
-
-def truncate_metrics(path: Path, iteration: int) -> None:
-    """Keep only the records up to `iteration` (those after it are redone by a resumed run), less the final
-    evaluation's: it comes after the last checkpoint, and a resumed run always redoes it."""
-    from scratchdet.io import atomic_write_text
-
-    kept = [r for r in read_metrics(path) if r.get("iteration", 0) <= iteration and not r.get("final")]
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def append_line(path: Path, line: str) -> None:
@@ -82,13 +36,13 @@ class MetricsWriter:
     """Appends one JSON object per record to metrics.jsonl, and mirrors scalars to TensorBoard."""
 
     def __init__(self, run_dir: Path, start_iteration: int) -> None:
-        self.path = run_dir / "metrics.jsonl"
+        self.path = run_dir / rundir.METRICS
         self._tensorboard: Any = None
         try:
             from torch.utils.tensorboard import SummaryWriter
 
             # purge_step drops events a killed run wrote after its last checkpoint.
-            self._tensorboard = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_iteration or None)
+            self._tensorboard = SummaryWriter(str(run_dir / rundir.TENSORBOARD), purge_step=start_iteration or None)
         except ImportError:  # tensorboard is a dependency; tolerate its absence in stripped installs
             log.warning("tensorboard is not installed: no event files")
 
@@ -103,7 +57,7 @@ class MetricsWriter:
                     if key != "iteration" and isinstance(value, int | float) and not isinstance(value, bool):
                         self._tensorboard.add_scalar(key, value, record["iteration"])
             except OSError as exc:
-                raise with_file_name(exc, self.path.parent / "tensorboard") from None
+                raise with_file_name(exc, self.path.parent / rundir.TENSORBOARD) from None
 
     def close(self) -> None:
         if self._tensorboard is not None:

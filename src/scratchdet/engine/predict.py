@@ -20,13 +20,13 @@ from torchvision.transforms.v2 import functional as F
 from scratchdet.data.coco import load_rgb
 from scratchdet.data.transforms import build_test_transforms
 from scratchdet.drawing import draw_items, png
-from scratchdet.engine.checkpoint import Checkpointer
+from scratchdet.engine import rundir
 from scratchdet.engine.run import load_trained
 from scratchdet.errors import ScratchdetError
 from scratchdet.evaluation.coco import detections_of_image
 from scratchdet.io import atomic_write_bytes, atomic_write_text
 
-log = logging.getLogger("scratchdet")
+log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 PREDICTIONS = "predictions.json"
 
@@ -52,10 +52,10 @@ def checkpoint_of(run_dir: Path, iteration: int | None) -> Path:
     """The run's newest loadable checkpoint (the run directory itself), or the one of `iteration`."""
     if iteration is None:
         return run_dir
-    checkpoints = Checkpointer(run_dir / "checkpoints")
+    checkpoints = rundir.checkpointer(run_dir)
     path = checkpoints.path_for(iteration)
     if not path.is_file():
-        kept = sorted(p.name for p in checkpoints.folder.glob("model_*.pth"))
+        kept = [p.name for p in checkpoints.saved()]
         raise ScratchdetError(f"{path}: no checkpoint of iteration {iteration}; kept: {', '.join(kept) or 'none'}")
     return path
 

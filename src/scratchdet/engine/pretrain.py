@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,28 +24,17 @@ from torch import nn
 from scratchdet.config import Config
 from scratchdet.data.batching import collate
 from scratchdet.data.classification import ClassificationFolder, build_classification_transforms
-from scratchdet.engine import distributed
+from scratchdet.engine import distributed, rundir
 from scratchdet.engine.accounting import SeenCounts
-from scratchdet.engine.checkpoint import Checkpointer
-from scratchdet.engine.hooks import CheckpointHook, EvalHook, MetricsHook, MetricsWriter
-from scratchdet.engine.run import (
-    batch_stream,
-    default_device,
-    finish_run,
-    measure_seconds_per_iteration,
-    open_run,
-    resume_point,
-    seed_everything,
-)
 from scratchdet.engine.schedule import Schedule, build_classification_schedule, build_optimizer, parameter_groups
 from scratchdet.engine.trainer import Trainer
+from scratchdet.engine.training import Job, batch_stream, default_device, measure_seconds_per_iteration, run_training
 from scratchdet.io import atomic_write
 from scratchdet.modeling.backbone import build_resnet, res5_features, stage_channels
 from scratchdet.modeling.init import init_backbone
 from scratchdet.modeling.norm import get_norm
 
-log = logging.getLogger("scratchdet")
-BACKBONE_FILE = "backbone.pth"
+log = logging.getLogger(__name__)
 
 
 class Classifier(nn.Module):
@@ -108,9 +96,13 @@ def classification_iterations(config: Config) -> int:
 def _schedule(config: Config, dataset_size: int) -> Schedule:
     settings = config.pretrain
     return build_classification_schedule(
-        epochs=settings.epochs, dataset_size=dataset_size, images_per_batch=settings.images_per_batch,
-        base_lr=settings.base_lr, warmup_epochs=settings.warmup_epochs, decay=settings.decay,
-    )  # fmt: skip
+        epochs=settings.epochs,
+        dataset_size=dataset_size,
+        images_per_batch=settings.images_per_batch,
+        base_lr=settings.base_lr,
+        warmup_epochs=settings.warmup_epochs,
+        decay=settings.decay,
+    )
 
 
 def pretraining_norm(norm: str) -> str:
@@ -166,90 +158,94 @@ def build_pretraining(config: Config, device: torch.device) -> PretrainingSetup:
 
 def _batches(setup: PretrainingSetup, config: Config, start_iteration: int) -> Any:
     return batch_stream(
-        setup.train_set, images_per_batch=config.pretrain.images_per_batch, seed=config.seed,
-        num_workers=config.pretrain.num_workers, start_iteration=start_iteration,
-    )  # fmt: skip
+        setup.train_set,
+        images_per_batch=config.pretrain.images_per_batch,
+        seed=config.seed,
+        num_workers=config.pretrain.num_workers,
+        start_iteration=start_iteration,
+    )
 
 
 def pretraining_step_seconds(config: Config) -> float:
     """Measured seconds per pre-training iteration of `config` on this machine."""
     setup = build_pretraining(config, default_device())
-    trainer = Trainer(setup.model, setup.optimizer, setup.schedule, _batches(setup, config, 0),
-                      device=default_device(), count_batch=classification_counts)  # fmt: skip
+    trainer = Trainer(
+        setup.model,
+        setup.optimizer,
+        setup.schedule,
+        _batches(setup, config, 0),
+        device=default_device(),
+        count_batch=classification_counts,
+    )
     return measure_seconds_per_iteration(trainer)
 
 
 def pretrain(config: Config, run_dir: Path, *, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
     """Pre-train the backbone of `config.model` on `config.pretrain`'s ImageFolder; returns the summary."""
-    run_dir = Path(run_dir)
-    device = distributed.init_from_environment()
-    finished = open_run(run_dir, config, resume=resume, command="pretrain")
-    if finished is not None:
-        return finished
-    started = time.perf_counter()
-    seed_everything(config.seed)
-    main = distributed.is_main()
+    return run_training(
+        config,
+        Path(run_dir),
+        resume=resume,
+        command="pretrain",
+        prepare=lambda device: pretraining_job(config, Path(run_dir), device),
+    )
+
+
+def pretraining_job(config: Config, run_dir: Path, device: torch.device) -> Job:
+    """The classifier, data and evaluation of `config.pretrain`, as the training skeleton runs them; finishing
+    writes the backbone file."""
     settings, model_config = config.pretrain, config.model
     setup = build_pretraining(config, device)
-    train_set, val_set, norm, body, model = setup.train_set, setup.val_set, setup.norm, setup.body, setup.model
-    schedule, optimizer = setup.schedule, setup.optimizer
+    train_set, norm, model = setup.train_set, setup.norm, setup.model
     if norm != model_config.norm:
         log.info(f"model.norm={model_config.norm}: pre-training with {norm} (statistics are folded when loaded)")
-    checkpointer = Checkpointer(run_dir / "checkpoints", keep_last=config.output.keep_last)
-    state, start_iteration = resume_point(run_dir, checkpointer, resume)
-    writer = MetricsWriter(run_dir, start_iteration) if main else None
     val_loader = torch.utils.data.DataLoader(
-        val_set, batch_size=256, num_workers=min(settings.num_workers, 2), collate_fn=collate,
-        sampler=range(distributed.rank(), len(val_set), distributed.world_size()),
+        setup.val_set,
+        batch_size=256,
+        num_workers=min(settings.num_workers, 2),
+        collate_fn=collate,
+        sampler=range(distributed.rank(), len(setup.val_set), distributed.world_size()),
         generator=torch.Generator(),  # evaluating must not draw from the training run's random stream
-    )  # fmt: skip
-    eval_hook = EvalHook(
-        lambda iteration, final: {"classification": top_k_accuracy(model, val_loader, device)},
-        writer,
-        settings.eval_period,
     )
-    batches = _batches(setup, config, start_iteration)
-    trainer = Trainer(
-        distributed.wrap(model, device),
-        optimizer,
-        schedule,
-        batches,
-        device=device,
-        count_batch=classification_counts,
-        hooks=[
-            eval_hook,
-            *([MetricsHook(writer, settings.log_period)] if writer is not None else []),
-            CheckpointHook(checkpointer, settings.checkpoint_period, {"meta": {"kind": "pretrain"}}),
-        ],
+
+    def finish(trainer: Trainer, final: dict[str, Any] | None) -> dict[str, Any]:
+        accuracy = (final or {}).get("classification", {})
+        meta = {
+            "kind": "backbone",
+            "backbone": model_config.backbone,
+            "narrow_width": model_config.narrow_width,
+            "narrow_depth": model_config.narrow_depth,
+            "norm": norm,
+            "gn_groups": model_config.gn_groups,
+            "stride_in_1x1": model_config.stride_in_1x1,
+            "epochs": settings.epochs,
+            "iterations": trainer.iteration,
+            "image_size": settings.image_size,
+            "classes": len(train_set.classes),
+            "val": accuracy,
+            "counts": trainer.counts.as_dict(),
+        }
+        backbone = run_dir / rundir.BACKBONE
+        if distributed.is_main():
+            _save_backbone(backbone, setup.body, meta)
+        log.info(f"backbone written to {backbone} (val top-1 {accuracy.get('top1', float('nan')):.1f}%)")
+        return {"final": final, "backbone": str(backbone)}
+
+    return Job(
+        model=model,
+        optimizer=setup.optimizer,
+        schedule=setup.schedule,
+        batches=lambda start: _batches(setup, config, start),
+        evaluate=lambda iteration, final: {"classification": top_k_accuracy(model, val_loader, device)},
+        eval_period=settings.eval_period,
+        log_period=settings.log_period,
+        checkpoint_period=settings.checkpoint_period,
+        checkpoint_extra={"meta": {"kind": "pretrain"}},
+        describe=lambda schedule: (
+            f"pre-training {model_config.backbone} ({norm}) on {len(train_set)} images of {len(train_set.classes)} "
+            f"classes: {schedule.total_iterations} iterations of {schedule.images_per_batch}, lr {schedule.base_lr:g}"
+        ),
+        finish=finish,
+        keep_last=config.output.keep_last,
+        trainer_options={"count_batch": classification_counts},
     )
-    if state is not None:
-        trainer.load_state_dict(state)
-    log.info(
-        f"pre-training {model_config.backbone} ({norm}) on {len(train_set)} images of {len(train_set.classes)} "
-        f"classes: {schedule.total_iterations} iterations of {schedule.images_per_batch}, lr {schedule.base_lr:g}"
-    )
-    try:
-        trainer.train()
-    finally:
-        if writer is not None:
-            writer.close()
-    accuracy = (eval_hook.final_results or {}).get("classification", {})
-    meta = {
-        "kind": "backbone",
-        "backbone": model_config.backbone,
-        "narrow_width": model_config.narrow_width,
-        "narrow_depth": model_config.narrow_depth,
-        "norm": norm,
-        "gn_groups": model_config.gn_groups,
-        "stride_in_1x1": model_config.stride_in_1x1,
-        "epochs": settings.epochs,
-        "iterations": trainer.iteration,
-        "image_size": settings.image_size,
-        "classes": len(train_set.classes),
-        "val": accuracy,
-        "counts": trainer.counts.as_dict(),
-    }
-    if main:
-        _save_backbone(run_dir / BACKBONE_FILE, body, meta)
-    log.info(f"backbone written to {run_dir / BACKBONE_FILE} (val top-1 {accuracy.get('top1', float('nan')):.1f}%)")
-    return finish_run(run_dir, trainer, started, final=eval_hook.final_results, backbone=str(run_dir / BACKBONE_FILE))

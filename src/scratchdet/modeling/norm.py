@@ -21,9 +21,9 @@ from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
 from scratchdet.errors import ScratchdetError
+from scratchdet.names import NORMS
 
 NormFactory = Callable[[int], nn.Module]
-NORM_NAMES = ("frozen_bn", "bn", "syncbn", "gn", "none")
 NORM_TYPES: tuple[type[nn.Module], ...] = (nn.modules.batchnorm._BatchNorm, FrozenBatchNorm2d, nn.GroupNorm)
 log = logging.getLogger(__name__)
 
@@ -116,8 +116,9 @@ def use_torch_sync_batch_norm(model: nn.Module, keep_own_under: tuple[str, ...] 
     for name, module in list(model.named_modules()):
         if not isinstance(module, SyncBatchNorm) or any(name.startswith(prefix) for prefix in keep_own_under):
             continue
-        replacement = nn.SyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                                       module.track_running_stats)  # fmt: skip
+        replacement = nn.SyncBatchNorm(
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+        )
         replacement.load_state_dict(module.state_dict())
         tensors = [*module.parameters(), *module.buffers()]
         if tensors:
@@ -141,7 +142,7 @@ def get_norm(norm: str | NormFactory, *, gn_groups: int = 32, gn_eps: float = 1e
         "none": None,
     }
     if norm not in factories:
-        raise ScratchdetError(f"unknown norm {norm!r}; choose one of {', '.join(NORM_NAMES)}")
+        raise ScratchdetError(f"unknown norm {norm!r}; choose one of {', '.join(NORMS)}")
     return factories[norm]
 
 

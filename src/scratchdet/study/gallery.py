@@ -27,7 +27,7 @@ from torchvision.utils import draw_segmentation_masks
 
 from scratchdet.data.coco import decode_mask, load_rgb
 from scratchdet.drawing import draw_items, enlarge, png
-from scratchdet.engine.hooks import evaluation_file
+from scratchdet.engine import rundir
 from scratchdet.errors import ScratchdetError
 from scratchdet.evaluation.coco import read_detections, read_evaluation
 from scratchdet.study.results import ArmResult, full_data_subset
@@ -35,8 +35,8 @@ from scratchdet.study.results import ArmResult, full_data_subset
 IMAGES = 6  # rows
 MOST_DIFFERENT = 3  # of which chosen for the arms' disagreement (the rest: seeded random)
 SEED = 0
-# Not one score threshold: arms trained differently are not calibrated alike (the CPU demo's scratch arm scores no
-# detection above 0.3, its pre-trained arm hundreds), so a threshold would show one arm's confidence, not what it
+# Not one score threshold: arms trained differently are not calibrated alike (at 0.5 the CPU demo's scratch arm keeps
+# 8 of its 8,550 detections, its pre-trained arm 871), so a threshold would show one arm's confidence, not what it
 # finds. Each arm shows its most confident detections, as many as the image has objects, above detectron2's test
 # threshold; the labels carry the scores.
 SCORE_FLOOR = 0.05
@@ -61,8 +61,11 @@ class Gallery:
 def gallery_arms(arms: list[ArmResult]) -> list[ArmResult]:
     """One finished arm per init, scratch first: full data, the init's longest schedule, the lowest seed."""
     full = full_data_subset(arms)
-    usable = [a for a in arms if a.finished and a.train_subset == full and a.run_dir is not None
-              and (a.run_dir / "detections.json").is_file()]  # fmt: skip
+    usable = [
+        a
+        for a in arms
+        if a.finished and a.train_subset == full and a.run_dir is not None and (a.run_dir / rundir.DETECTIONS).is_file()
+    ]
     norms = sorted({a.norm for a in usable}, key=lambda n: (-len({a.init_name for a in usable if a.norm == n}), n))
     if not norms:
         return []
@@ -87,7 +90,7 @@ def build_gallery(arms: list[ArmResult]) -> Gallery:
     for annotation in ground_truth.get("annotations", []):
         if not annotation.get("iscrowd", 0) and annotation["image_id"] in truth:
             truth[annotation["image_id"]].append(annotation)
-    found = [_most_confident(read_detections(arm.run_dir / "detections.json"), truth) for arm in chosen]  # type: ignore[operator]
+    found = [_most_confident(read_detections(arm.run_dir / rundir.DETECTIONS), truth) for arm in chosen]  # type: ignore[operator]
     rows = choose_images(sorted(set(images) & _evaluated(chosen, images)), truth, found)
     gallery = Gallery(columns=["ground truth"] + [a.name for a in chosen])
     pictures = {}
@@ -125,14 +128,13 @@ def _evaluated(arms: list[ArmResult], images: dict[int, Any]) -> set[int]:
     """The images every arm's final evaluation scored (all of them where its saved evaluation is missing)."""
     ids = set(images)
     for arm in arms:
-        path = evaluation_file(arm.run_dir, arm.total_iterations)  # type: ignore[arg-type]
+        path = rundir.evaluation_file(arm.run_dir, arm.total_iterations)  # type: ignore[arg-type]
         if path.is_file():
             ids &= set(read_evaluation(path)[0])
     return ids
 
 
-def choose_images(candidates: list[int], truth: PerImage,
-                  found: list[PerImage]) -> list[int]:  # fmt: skip
+def choose_images(candidates: list[int], truth: PerImage, found: list[PerImage]) -> list[int]:
     """MOST_DIFFERENT images where the arms find most different numbers of objects (ties: lower id), then a seeded
     random choice among the rest, IMAGES in all."""
     counts = {i: [len(_matches(truth[i], f.get(i, []), _box_iou)) for f in found] for i in candidates}
@@ -172,8 +174,14 @@ def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 0.0
 
 
-def _crops(rows: list[int], pictures: dict[int, torch.Tensor], truth: PerImage,
-           found: list[PerImage], names: dict[int, str], files: dict[int, str]) -> list[Crop]:  # fmt: skip
+def _crops(
+    rows: list[int],
+    pictures: dict[int, torch.Tensor],
+    truth: PerImage,
+    found: list[PerImage],
+    names: dict[int, str],
+    files: dict[int, str],
+) -> list[Crop]:
     """Up to CROPS objects with a mask: first those every arm made a mask for, whose mask IoU differs most between
     the arms; then those some arm missed."""
     if not any(a.get("segmentation") for i in rows for a in truth[i]):
@@ -187,10 +195,14 @@ def _crops(rows: list[int], pictures: dict[int, torch.Tensor], truth: PerImage,
             mask = decode_mask(target["segmentation"], height, width).astype(bool)
             best = []
             for arm_found in found:
-                same = [d for d in arm_found.get(image_id, [])
-                        if d["category_id"] == target["category_id"] and d.get("segmentation")]  # fmt: skip
-                scored = [(_mask_iou(mask, decode_mask(d["segmentation"], height, width).astype(bool)), d)
-                          for d in same]  # fmt: skip
+                same = [
+                    d
+                    for d in arm_found.get(image_id, [])
+                    if d["category_id"] == target["category_id"] and d.get("segmentation")
+                ]
+                scored = [
+                    (_mask_iou(mask, decode_mask(d["segmentation"], height, width).astype(bool)), d) for d in same
+                ]
                 top = max(scored, key=lambda s: s[0], default=(0.0, None))
                 best.append(top if top[0] > 0 else (0.0, None))  # a mask elsewhere in the image did not find it
             ious = [b[0] for b in best]
@@ -198,7 +210,7 @@ def _crops(rows: list[int], pictures: dict[int, torch.Tensor], truth: PerImage,
             objects.append((missed, -(max(ious) - min(ious)), image_id, int(target.get("id", 0)), target, best))
     crops = []
     for *_, image_id, _, target, best in sorted(objects, key=lambda o: o[:4])[:CROPS]:
-        window = _window(target["bbox"], pictures[image_id].shape[1:])
+        window = _window(target["bbox"], *pictures[image_id].shape[1:])
         cells = [_crop(pictures[image_id], [target], window)]
         cells += [_crop(pictures[image_id], [d] if d is not None else [], window) for _, d in best]
         notes = ["ground truth"] + [f"mask IoU {iou:.2f}" if d is not None else "not found" for iou, d in best]
@@ -207,12 +219,12 @@ def _crops(rows: list[int], pictures: dict[int, torch.Tensor], truth: PerImage,
     return crops
 
 
-def _window(bbox: list[float], size: tuple[int, int]) -> tuple[int, int, int, int]:
+def _window(bbox: list[float], height: int, width: int) -> tuple[int, int, int, int]:
     """(top, left, height, width) around a box with a quarter of its size as margin, inside the image."""
     x, y, w, h = bbox
     margin = max(w, h) / 4 + 2
     left, top = max(0, int(x - margin)), max(0, int(y - margin))
-    right, bottom = min(size[1], int(np.ceil(x + w + margin))), min(size[0], int(np.ceil(y + h + margin)))
+    right, bottom = min(width, int(np.ceil(x + w + margin))), min(height, int(np.ceil(y + h + margin)))
     return top, left, max(1, bottom - top), max(1, right - left)
 
 
@@ -221,8 +233,9 @@ def _crop(picture: torch.Tensor, items: Items, window: tuple[int, int, int, int]
     top, left, height, width = window
     cropped = picture[:, top : top + height, left : left + width]
     scale = max(1, CROP_SIDE // max(height, width))
-    masks = [decode_mask(item["segmentation"], *picture.shape[1:])[top : top + height, left : left + width]
-             for item in items]  # fmt: skip
+    masks = [
+        decode_mask(item["segmentation"], *picture.shape[1:])[top : top + height, left : left + width] for item in items
+    ]
     drawn = enlarge(cropped, scale)
     if masks:
         stacked = torch.from_numpy(np.stack(masks).astype(bool))

@@ -70,8 +70,14 @@ def figure_ap_curves(arms: list[ArmResult], evidence: Evidence | None = None) ->
             for arm in [a for a in shown if a.norm == norm]:
                 curve = arm.curve(task)
                 if curve:
-                    axis.plot(*zip(*curve, strict=True), STYLES[multipliers.index(arm.multiplier) % 4], marker="o",
-                              markersize=3, color=COLOURS[arm.init], label=arm.name)  # fmt: skip
+                    axis.plot(
+                        *zip(*curve, strict=True),
+                        STYLES[multipliers.index(arm.multiplier) % 4],
+                        marker="o",
+                        markersize=3,
+                        color=COLOURS[arm.init],
+                        label=arm.name,
+                    )
                     if evidence is not None:
                         _band(axis, evidence, arm, task, curve)
                 if arm.total_iterations:
@@ -155,11 +161,17 @@ def figure_gain(arms: list[ArmResult]) -> Figure:
             pre = mean_std([a.metric(task, name) for a in groups.get((init, norm, multiplier, full), [])])[0]
             scratch = mean_std([a.metric(task, name) for a in groups.get(("scratch", norm, multiplier, full), [])])[0]
             gains.append(pre - scratch)
-        axis.bar([k + index * width for k in range(len(keys))], [0 if math.isnan(g) else g for g in gains], width,
-                 label=label)  # fmt: skip
+        axis.bar(
+            [k + index * width for k in range(len(keys))],
+            [0 if math.isnan(g) else g for g in gains],
+            width,
+            label=label,
+        )
     axis.axhline(0, color="black", linewidth=0.8)
-    axis.set_xticks([k + width for k in range(len(keys))],
-                    [f"{i + ' ' if several else ''}{n} {schedule_text(m)}" for i, n, m in keys])  # fmt: skip
+    axis.set_xticks(
+        [k + width for k in range(len(keys))],
+        [f"{i + ' ' if several else ''}{n} {schedule_text(m)}" for i, n, m in keys],
+    )
     axis.set_ylabel("pre-trained minus scratch (AP points)")
     axis.set_title("what pre-training buys, per metric")
     axis.legend()
@@ -189,8 +201,16 @@ def figure_overfitting(arms: list[ArmResult]) -> Figure:
 
 def metrics_table(arms: list[ArmResult]) -> list[list[str]]:
     """Rows: arm group (seeds merged), seeds, then mean ± std of each final metric."""
-    rows = [["init", "norm", "schedule", "train images", "seeds", *(f"{'mask' if t == 'segm' else 'box'} {n}"
-                                                                      for t, n in TABLE_METRICS)]]  # fmt: skip
+    rows = [
+        [
+            "init",
+            "norm",
+            "schedule",
+            "train images",
+            "seeds",
+            *(f"{'mask' if t == 'segm' else 'box'} {n}" for t, n in TABLE_METRICS),
+        ]
+    ]
     for (init, norm, multiplier, _), members in sorted(grouped(arms).items(), key=lambda kv: str(kv[0])):
         done = [a for a in members if a.finished]
         cells = []
@@ -208,8 +228,15 @@ def pretraining_table(runs: list[PretrainResult]) -> list[list[str]]:
     for run in runs:
         finished = not math.isnan(run.top1)
         accuracy = [f"{run.top1:.1f}", f"{run.top5:.1f}"] if finished else ["-", "-"]
-        rows.append([f"pretrain/{run.name}", "finished" if finished else "unfinished", str(run.iterations),
-                     f"{run.images:,}", *accuracy])  # fmt: skip
+        rows.append(
+            [
+                f"pretrain/{run.name}",
+                "finished" if finished else "unfinished",
+                str(run.iterations),
+                f"{run.images:,}",
+                *accuracy,
+            ]
+        )
     return rows
 
 
@@ -248,7 +275,8 @@ th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-widt
 .inconclusive{color:#8a5a00;font-weight:bold}.rule,.conditions{color:#555;font-size:.9em;margin:.2em 0}
 li{margin-bottom:.8em}
 figure{margin:1.5em 0}figcaption{color:#555;font-size:.9em}
-table.gallery td,table.gallery th{text-align:center;vertical-align:top;font-size:.85em}table.gallery img{image-rendering:pixelated}"""
+table.gallery td,table.gallery th{text-align:center;vertical-align:top;font-size:.85em}
+table.gallery img{image-rendering:pixelated}"""
 
 
 VERDICT_NOTE = (
@@ -297,25 +325,41 @@ def build_report(study_dir: Path) -> Path:
     evidence.prefetch(resampling_requests(arms), workers=os.cpu_count() or 1)
     verdicts = all_verdicts(arms, evidence)
     builders = [
-        ("ap_curves", "Box and mask AP during training, per norm; dotted lines mark the end of each schedule "
-         "(the paper's Figures 1 and 4); shaded: the 95% band over resamples of the validation images.",
-         lambda a: figure_ap_curves(a, evidence)),
-        ("accounting", "Images, instances and pixels seen: pre-training (green) plus detection training, against "
-         "training from scratch (the paper's Figure 2).", figure_accounting),
-        ("less_data", "Final box AP against the number of training images, at the longest schedule.",
-         figure_less_data),
-        ("pretraining_gain", "What pre-training adds in AP50, AP75 and mask AP at each schedule (finding 4).",
-         figure_gain),
-        ("overfitting", "Training loss and validation box AP over time on the least data: AP falling while the "
-         "loss falls is over-fitting.", figure_overfitting),
-    ]  # fmt: skip
+        (
+            "ap_curves",
+            "Box and mask AP during training, per norm; dotted lines mark the end of each schedule "
+            "(the paper's Figures 1 and 4); shaded: the 95% band over resamples of the validation images.",
+            lambda a: figure_ap_curves(a, evidence),
+        ),
+        (
+            "accounting",
+            "Images, instances and pixels seen: pre-training (green) plus detection training, against "
+            "training from scratch (the paper's Figure 2).",
+            figure_accounting,
+        ),
+        ("less_data", "Final box AP against the number of training images, at the longest schedule.", figure_less_data),
+        (
+            "pretraining_gain",
+            "What pre-training adds in AP50, AP75 and mask AP at each schedule (finding 4).",
+            figure_gain,
+        ),
+        (
+            "overfitting",
+            "Training loss and validation box AP over time on the least data: AP falling while the "
+            "loss falls is over-fitting.",
+            figure_overfitting,
+        ),
+    ]
     figures: list[tuple[str, str, bytes]] = []
     for name, caption, builder in builders:
         figure = builder(arms) if arms else None
         if figure is not None:
             figures.append((name, caption, _save(figure, out / "figures" / f"{name}.png")))
-    tables = {"final": metrics_table(arms), "pretraining": pretraining_table(read_pretraining(study_dir)),
-              "runs": runs_table(arms)}  # fmt: skip
+    tables = {
+        "final": metrics_table(arms),
+        "pretraining": pretraining_table(read_pretraining(study_dir)),
+        "runs": runs_table(arms),
+    }
     unfinished = [a.name for a in arms if not a.finished]
     gallery = _gallery(arms, out / "gallery")
     markdown = _markdown(study_dir, verdicts, figures, tables, unfinished) + _gallery_md(gallery)
@@ -344,14 +388,23 @@ def _gallery_md(gallery: Gallery) -> str:
     lines = ["", "## Gallery", ""]
     if gallery.missing:
         return "\n".join([*lines, f"No gallery: {gallery.missing}.", ""])
-    lines += [GALLERY_NOTE, "", "| image | " + " | ".join(gallery.columns) + " |",
-              "|---" * (len(gallery.columns) + 1) + "|"]  # fmt: skip
+    lines += [
+        GALLERY_NOTE,
+        "",
+        "| image | " + " | ".join(gallery.columns) + " |",
+        "|---" * (len(gallery.columns) + 1) + "|",
+    ]
     for row, (name, pictures) in enumerate(gallery.rows):
         cells = [f"![](gallery/image{row}_{column}.png)" for column in range(len(pictures))]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if gallery.crops:
-        lines += ["", CROPS_NOTE, "", "| object | " + " | ".join(gallery.columns) + " |",
-                  "|---" * (len(gallery.columns) + 1) + "|"]  # fmt: skip
+        lines += [
+            "",
+            CROPS_NOTE,
+            "",
+            "| object | " + " | ".join(gallery.columns) + " |",
+            "|---" * (len(gallery.columns) + 1) + "|",
+        ]
         for row, (caption, _, notes) in enumerate(gallery.crops):
             cells = [f"![](gallery/crop{row}_{c}.png) {note}" for c, note in enumerate(notes)]
             lines.append(f"| {caption} | " + " | ".join(cells) + " |")
@@ -370,8 +423,10 @@ def _gallery_html(gallery: Gallery) -> str:
     if gallery.crops:
         parts.append(f"<p>{html.escape(CROPS_NOTE)}</p><table class='gallery'><tr><th>object</th>{head}</tr>")
         for caption, pictures, notes in gallery.crops:
-            cells = "".join(f"<td>{_img(data, caption)}<br>{html.escape(note)}</td>"
-                            for data, note in zip(pictures, notes, strict=True))  # fmt: skip
+            cells = "".join(
+                f"<td>{_img(data, caption)}<br>{html.escape(note)}</td>"
+                for data, note in zip(pictures, notes, strict=True)
+            )
             parts.append(f"<tr><td>{html.escape(caption)}</td>{cells}</tr>")
         parts.append("</table>")
     return "".join(parts)
@@ -381,13 +436,24 @@ def _img(data: bytes, alt: str) -> str:
     return f"<img src='data:image/png;base64,{base64.b64encode(data).decode('ascii')}' alt='{html.escape(alt)}'>"
 
 
-def _markdown(study_dir: Path, verdicts: list[Verdict], figures: list[tuple[str, str, bytes]],
-              tables: dict[str, list[list[str]]], unfinished: list[str]) -> str:  # fmt: skip
+def _markdown(
+    study_dir: Path,
+    verdicts: list[Verdict],
+    figures: list[tuple[str, str, bytes]],
+    tables: dict[str, list[list[str]]],
+    unfinished: list[str],
+) -> str:
     lines = [f"# scratchdet study: {study_dir.name}", "", "## Verdicts", ""]
     lines += [VERDICT_NOTE, ""]
     for verdict in verdicts:
-        lines += [f"**{verdict.finding}** — *{verdict.label}*. {verdict.evidence}", "",
-                  f"Rule: {verdict.rule}.", "", f"Conditions: {'; '.join(verdict.conditions)}.", ""]  # fmt: skip
+        lines += [
+            f"**{verdict.finding}** — *{verdict.label}*. {verdict.evidence}",
+            "",
+            f"Rule: {verdict.rule}.",
+            "",
+            f"Conditions: {'; '.join(verdict.conditions)}.",
+            "",
+        ]
     lines += ["## Final metrics (mean ± std over seeds)", "", _markdown_table(tables["final"]), ""]
     if len(tables["pretraining"]) > 1:
         lines += ["## Pre-training", "", PRETRAINING_NOTE, "", _markdown_table(tables["pretraining"]), ""]
@@ -400,14 +466,22 @@ def _markdown(study_dir: Path, verdicts: list[Verdict], figures: list[tuple[str,
     return "\n".join(lines)
 
 
-def _html(study_dir: Path, verdicts: list[Verdict], figures: list[tuple[str, str, bytes]],
-          tables: dict[str, list[list[str]]], unfinished: list[str], gallery: Gallery) -> str:  # fmt: skip
+def _html(
+    study_dir: Path,
+    verdicts: list[Verdict],
+    figures: list[tuple[str, str, bytes]],
+    tables: dict[str, list[list[str]]],
+    unfinished: list[str],
+    gallery: Gallery,
+) -> str:
     title = html.escape(f"scratchdet study: {study_dir.name}")
-    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{title}</title>",
-             f"<style>{CSS}</style></head><body><h1>{title}</h1>",
-             "<p>Does pre-training pay off on this dataset? Each finding of <em>Rethinking ImageNet Pre-training</em> "
-             "(He, Girshick, Dollár) is checked against the runs of this study.</p><h2>Verdicts</h2>",
-             f"<p>{html.escape(VERDICT_NOTE)}</p><ul>"]  # fmt: skip
+    parts = [
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{title}</title>",
+        f"<style>{CSS}</style></head><body><h1>{title}</h1>",
+        "<p>Does pre-training pay off on this dataset? Each finding of <em>Rethinking ImageNet Pre-training</em> "
+        "(He, Girshick, Dollár) is checked against the runs of this study.</p><h2>Verdicts</h2>",
+        f"<p>{html.escape(VERDICT_NOTE)}</p><ul>",
+    ]
     for verdict in verdicts:
         parts.append(
             f"<li><strong>{html.escape(verdict.finding)}</strong>: <span class='{_verdict_class(verdict)}'>"
@@ -415,8 +489,9 @@ def _html(study_dir: Path, verdicts: list[Verdict], figures: list[tuple[str, str
             f"<p class='rule'>Rule: {html.escape(verdict.rule)}.</p>"
             f"<p class='conditions'>Conditions: {html.escape('; '.join(verdict.conditions))}.</p></li>"
         )
-    parts.append("</ul><h2>Final metrics</h2><p>Mean ± standard deviation over seeds.</p>"
-                 + _html_table(tables["final"]))  # fmt: skip
+    parts.append(
+        "</ul><h2>Final metrics</h2><p>Mean ± standard deviation over seeds.</p>" + _html_table(tables["final"])
+    )
     if len(tables["pretraining"]) > 1:
         parts.append(
             f"<h2>Pre-training</h2><p>{html.escape(PRETRAINING_NOTE)}</p>" + _html_table(tables["pretraining"])

@@ -11,13 +11,9 @@ from pathlib import Path
 from statistics import mean, stdev
 from typing import Any
 
-from scratchdet.config import read_yaml_mapping
-from scratchdet.engine.hooks import read_metrics
+from scratchdet.engine import rundir
 from scratchdet.io import read_json_file
 from scratchdet.study.spec import INITS_FILE
-
-# A run's summary is written last, atomically: a damaged one is redone by resuming the finished run.
-_REDO = "delete it and run `scratchdet train --resume {}` to redo the final evaluation and write it again"
 
 
 @dataclass
@@ -66,14 +62,12 @@ class ArmResult:
 def read_arm(run_dir: Path, inits: dict[str, dict[str, Any]] | None = None) -> ArmResult | None:
     """The results of one run directory, or None when it has not started. `inits` (a study's inits.json) names the
     weight files used as inits and their pre-training counts (None: unknown)."""
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
+    if not rundir.is_run(run_dir):
         return None
-    config = read_yaml_mapping(config_path)
+    config = rundir.read_config_mapping(run_dir)
     model, solver, data = config["model"], config["solver"], config["data"]
-    records = read_metrics(run_dir / "metrics.jsonl")
-    summary_path = run_dir / "summary.json"
-    summary: dict[str, Any] = read_json_file(summary_path, _REDO.format(run_dir)) if summary_path.is_file() else {}
+    records = rundir.read_metrics(run_dir)
+    summary = rundir.read_summary(run_dir) or {}
     schedule = summary.get("schedule", {})
     step_seconds = sorted(r["seconds_per_iteration"] for r in records if "seconds_per_iteration" in r)
     val, val_images = Path(data["val_annotations"]), Path(data.get("val_images", "val"))
@@ -126,21 +120,20 @@ def read_pretraining(study_dir: Path) -> list[PretrainResult]:
     The report shows them because a weak pre-training explains a "does not hold" as much as the data does.
     """
     results = []
-    for run in sorted(Path(study_dir).glob("pretrain/*/config.yaml")):
-        steps = [r for r in read_metrics(run.parent / "metrics.jsonl") if "images_seen" in r]
+    for run in sorted(p.parent for p in Path(study_dir).glob(f"pretrain/*/{rundir.CONFIG}")):
+        steps = [r for r in rundir.read_metrics(run) if "images_seen" in r]
         last = steps[-1] if steps else {"iteration": 0, "images_seen": 0}
-        summary_path = run.parent / "summary.json"
-        summary: dict[str, Any] = (
-            read_json_file(summary_path, _REDO.format(run.parent)) if summary_path.is_file() else {}
-        )
+        summary = rundir.read_summary(run, "pretrain") or {}
         accuracy = (summary.get("final") or {}).get("classification", {})
-        results.append(PretrainResult(
-            name=run.parent.name,
-            iterations=int(summary.get("iteration", last["iteration"])),
-            images=int(summary.get("counts", {}).get("images", last["images_seen"])),
-            top1=float(accuracy.get("top1", math.nan)),
-            top5=float(accuracy.get("top5", math.nan)),
-        ))  # fmt: skip
+        results.append(
+            PretrainResult(
+                name=run.name,
+                iterations=int(summary.get("iteration", last["iteration"])),
+                images=int(summary.get("counts", {}).get("images", last["images_seen"])),
+                top1=float(accuracy.get("top1", math.nan)),
+                top5=float(accuracy.get("top5", math.nan)),
+            )
+        )
     return results
 
 

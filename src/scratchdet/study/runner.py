@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -28,15 +27,18 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from scratchdet.config import Config
-from scratchdet.engine.checkpoint import POINTER
-from scratchdet.engine.hooks import evaluation_file, last_logged_iteration, read_metrics
+from scratchdet.assemble import detector_from_config
+from scratchdet.config import SCRATCH_OVERRIDES, Config, load_config, without_init
+from scratchdet.engine import rundir
 from scratchdet.engine.mps import CONTROL, mps_server
+from scratchdet.engine.pretrain import pretraining_step_seconds
+from scratchdet.engine.run import detection_step_seconds, training_set_size
 from scratchdet.errors import ScratchdetError
-from scratchdet.io import LOCK_FILE, atomic_write_bytes, atomic_write_text, lock_holder, try_lock
-from scratchdet.study.spec import INITS_FILE, StudyPlan, inits_record
+from scratchdet.io import LOCK_FILE, atomic_write_text, lock_holder, try_lock
+from scratchdet.study.report import build_report
+from scratchdet.study.spec import INITS_FILE, StudyPlan, expand, inits_record, read_spec
 
-log = logging.getLogger("scratchdet")
+log = logging.getLogger(__name__)
 POLL_SECONDS = 0.5
 PLAIN_PROGRESS_SECONDS = 30.0
 
@@ -56,12 +58,12 @@ class Job:
 
     @property
     def done(self) -> bool:
-        return (self.run_dir / "summary.json").is_file()
+        return rundir.is_finished(self.run_dir)
 
     def progress(self) -> int:
         if self.done:
             return self.iterations
-        return last_logged_iteration(self.run_dir / "metrics.jsonl", default=self.fork_iteration)
+        return rundir.last_logged_iteration(self.run_dir, default=self.fork_iteration)
 
     def ready(self, jobs: dict[str, Job]) -> bool:
         if any(not jobs[n].done for n in self.needs):
@@ -70,18 +72,19 @@ class Job:
 
     @property
     def started(self) -> bool:
-        return (self.run_dir / "config.yaml").is_file()
+        return rundir.is_run(self.run_dir)
 
     def _fork_checkpoint(self) -> Path:
         assert self.fork_from is not None
-        return self.fork_from / "checkpoints" / f"model_{self.fork_iteration:07d}.pth"
+        return rundir.checkpoint_file(self.fork_from, self.fork_iteration)
 
 
 def jobs_of(plan: StudyPlan, study_dir: Path) -> dict[str, Job]:
     jobs: dict[str, Job] = {}
     for pre in plan.pretrain_jobs:
-        jobs[f"pretrain/{pre.name}"] = Job(f"pretrain/{pre.name}", "pretrain", study_dir / "pretrain" / pre.name,
-                                           pre.config, pre.iterations)  # fmt: skip
+        jobs[f"pretrain/{pre.name}"] = Job(
+            f"pretrain/{pre.name}", "pretrain", study_dir / "pretrain" / pre.name, pre.config, pre.iterations
+        )
     for arm in plan.arms:
         config = arm.config
         if arm.keep_iterations:
@@ -97,23 +100,8 @@ def jobs_of(plan: StudyPlan, study_dir: Path) -> dict[str, Job]:
 
 
 def _prepare_fork(job: Job) -> None:
-    """The parent's checkpoint at the fork iteration and its metrics up to there; config.yaml last."""
     assert job.fork_from is not None
-    checkpoints = job.run_dir / "checkpoints"
-    checkpoints.mkdir(parents=True, exist_ok=True)
-    name = f"model_{job.fork_iteration:07d}.pth"
-    shutil.copyfile(job.fork_from / "checkpoints" / name, checkpoints / f".{name}.tmp")
-    os.replace(checkpoints / f".{name}.tmp", checkpoints / name)
-    atomic_write_text(checkpoints / POINTER, name)
-    records = [r for r in read_metrics(job.fork_from / "metrics.jsonl") if r.get("iteration", 0) <= job.fork_iteration]
-    for record in records:  # the parent's evaluations up to the fork are this arm's too
-        source = evaluation_file(job.fork_from, record["iteration"])
-        if "eval" in record and source.is_file():
-            atomic_write_bytes(evaluation_file(job.run_dir, record["iteration"]), source.read_bytes())
-    atomic_write_text(job.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
-    atomic_write_text(job.run_dir / "forked_from.json", json.dumps(
-        {"run": str(job.fork_from), "iteration": job.fork_iteration}) + "\n")  # fmt: skip
-    atomic_write_text(job.run_dir / "config.yaml", job.config.to_yaml())
+    rundir.fork(job.fork_from, job.run_dir, job.fork_iteration, job.config)
 
 
 def _start(job: Job, study_dir: Path, threads: int | None, environment: dict[str, str]) -> None:
@@ -129,9 +117,12 @@ def _start(job: Job, study_dir: Path, threads: int | None, environment: dict[str
     console = open(job.run_dir / "console.txt", "ab")  # noqa: SIM115 (closed when the process ends)
     job.process = subprocess.Popen(
         [sys.executable, "-m", "scratchdet", job.command, *arguments],
-        stdout=console, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=environment,
+        stdout=console,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=environment,
         preexec_fn=_die_with_parent(os.getpid()) if sys.platform.startswith("linux") else None,
-    )  # fmt: skip
+    )
     console.close()  # the child has its own handle
     log.info(f"started {job.name}" + (" (resumed)" if "--resume" in arguments else ""))
 
@@ -206,8 +197,9 @@ def run_jobs(
                 running.remove(job)
                 if (job.process is not None and job.process.returncode != 0) or not job.done:
                     job.failed = True
-                    log.error(f"{job.name} failed (exit {job.process and job.process.returncode}):\n    "
-                              f"{_console_tail(job)}")  # fmt: skip
+                    log.error(
+                        f"{job.name} failed (exit {job.process and job.process.returncode}):\n    {_console_tail(job)}"
+                    )
             for job in list(pending):
                 if any(jobs[n].failed for n in job.needs) or (job.fork_from and _parent(jobs, job).failed):
                     job.failed = True
@@ -238,22 +230,19 @@ def _parent(jobs: dict[str, Job], job: Job) -> Job:
 
 
 def _dataset_size(plan_base: Config) -> int | None:
-    from scratchdet.engine.run import training_set_size
 
     try:
-        return training_set_size(plan_base.model_copy(update={"data": plan_base.data.model_copy(
-            update={"train_subset": None})}))  # fmt: skip
+        return training_set_size(
+            plan_base.model_copy(update={"data": plan_base.data.model_copy(update={"train_subset": None})})
+        )
     except ScratchdetError:
         return None
 
 
 def plan_study(spec_path: Path, study_dir: Path) -> StudyPlan:
-    from scratchdet.config import load_config
-    from scratchdet.study.spec import expand, read_spec
 
     spec = read_spec(spec_path)
-    base = load_config(spec.base, [*spec.overrides, "model.init=scratch", "model.freeze_at=0",
-                                   "model.allow_frozen_bn_scratch=true"])  # fmt: skip
+    base = load_config(spec.base, [*spec.overrides, *SCRATCH_OVERRIDES])
     return expand(spec, study_dir, _dataset_size(base))
 
 
@@ -265,8 +254,6 @@ def _duration(seconds: float) -> str:
 def describe_plan(plan: StudyPlan, measure: bool = True) -> str:
     """The `--dry-run` table: every job, its iterations and images, forks, and a time estimate from a short
     measured warm-up of each distinct model (`measure=False` leaves the estimate out)."""
-    from scratchdet.engine.pretrain import pretraining_step_seconds
-    from scratchdet.engine.run import detection_step_seconds
 
     speeds: dict[str, float] = {}
     rows = [f"{'job':<40s} {'iterations':>10s} {'images':>10s} {'starts at':>10s} {'est. time':>10s}"]
@@ -275,50 +262,55 @@ def describe_plan(plan: StudyPlan, measure: bool = True) -> str:
         seconds = pretraining_step_seconds(job.config) if measure else 0.0
         total_seconds += seconds * job.iterations
         images = job.iterations * job.config.pretrain.images_per_batch
-        rows.append(f"{'pretrain/' + job.name:<40s} {job.iterations:>10,d} {images:>10,d} {0:>10d} "
-                    f"{_duration(seconds * job.iterations) if measure else '-':>10s}")  # fmt: skip
+        rows.append(
+            f"{'pretrain/' + job.name:<40s} {job.iterations:>10,d} {images:>10,d} {0:>10d} "
+            f"{_duration(seconds * job.iterations) if measure else '-':>10s}"
+        )
     for arm in plan.arms:
         key = f"{arm.values['norm']}"
         if measure and key not in speeds:
-            speeds[key] = detection_step_seconds(arm.config.model_copy(update={"model": arm.config.model.model_copy(
-                update={"init": "scratch", "freeze_at": 0, "allow_frozen_bn_scratch": True})}))  # fmt: skip
+            speeds[key] = detection_step_seconds(without_init(arm.config))
         seconds = speeds.get(key, 0.0) * (arm.iterations - arm.fork_iteration)
         total_seconds += seconds
         images = arm.iterations * arm.config.solver.images_per_batch
         start = f"{arm.fork_iteration}" if arm.fork_parent else "0"
-        rows.append(f"{'arms/' + arm.name:<40s} {arm.iterations:>10,d} {images:>10,d} {start:>10s} "
-                    f"{_duration(seconds) if measure else '-':>10s}")  # fmt: skip
+        rows.append(
+            f"{'arms/' + arm.name:<40s} {arm.iterations:>10,d} {images:>10,d} {start:>10s} "
+            f"{_duration(seconds) if measure else '-':>10s}"
+        )
         if arm.fork_parent:
             rows.append(f"{'':<6s}forked from {arm.fork_parent} at its first lr step ({arm.fork_iteration} iterations)")
         if arm.cost:
             rows.append(f"{'':<6s}cost-matched: {arm.cost}")
     total = sum(a.iterations for a in plan.arms)
-    rows.append(f"forking saves {plan.iterations_saved:,} of {total:,} detection iterations "
-                f"({100 * plan.iterations_saved / max(total, 1):.0f}%)")  # fmt: skip
+    rows.append(
+        f"forking saves {plan.iterations_saved:,} of {total:,} detection iterations "
+        f"({100 * plan.iterations_saved / max(total, 1):.0f}%)"
+    )
     if measure:
         measured = ", ".join(f"{norm}: {s:.3f} s/it" for norm, s in speeds.items())
-        rows.append(f"estimated training time: {_duration(total_seconds)} (measured {measured}; evaluation and "
-                    "start-up not included)")  # fmt: skip
+        rows.append(
+            f"estimated training time: {_duration(total_seconds)} (measured {measured}; evaluation and "
+            "start-up not included)"
+        )
     return "\n".join(rows)
 
 
 def check_weights(plan: StudyPlan) -> list[str]:
     """Load every weight file a study names into the backbone of each arm that uses it (once per architecture and
     norm), before anything trains; a file that does not fit raises with its load report. Returns the reports."""
-    from scratchdet.modeling.detector import build_model
 
     reports, seen = [], set()
     for arm in plan.arms:
         if arm.values["init"] not in plan.spec.weights:
             continue
-        model, data = arm.config.model, arm.config.data
+        model = arm.config.model
         key = (model.init, model.arch, model.backbone, model.norm, model.narrow_width, model.narrow_depth)
         if key in seen:
             continue
         seen.add(key)
         try:
-            _, report = build_model(model, num_classes=2, test_size=data.test_size, max_size=data.max_size,
-                                    pixel_mean=data.pixel_mean, pixel_std=data.pixel_std)  # fmt: skip
+            _, report = detector_from_config(arm.config, 2)
         except ScratchdetError as exc:
             raise ScratchdetError(
                 f"init {arm.values['init']} ({model.init}) does not fit arm {arm.name}: {exc}"
@@ -338,18 +330,18 @@ def _gpu_sharing(parallel: int) -> Iterator[dict[str, str]]:
         return
     with mps_server() as environment:
         if environment is None:
-            log.warning(f"{parallel} jobs will time-share the GPU without CUDA MPS ({CONTROL} not found or not "
-                        "starting): measured on an H200, 8 arms at once trained no more in total than one alone and "
-                        "evaluated 10-20x slower; use --jobs 1, or make MPS available")  # fmt: skip
+            log.warning(
+                f"{parallel} jobs will time-share the GPU without CUDA MPS ({CONTROL} not found or not "
+                "starting): measured on an H200, 8 arms at once trained no more in total than one alone and "
+                "evaluated 10-20x slower; use --jobs 1, or make MPS available"
+            )
         yield environment or {}
 
 
 def run_study(spec_path: Path, study_dir: Path, *, parallel: int = 1, dry_run: bool = False) -> Path | None:
     """Plan, run what is missing, and write the report; returns the report's path (None for a dry run)."""
-    from scratchdet.engine.run import setup_logging
-    from scratchdet.study.report import build_report
 
-    setup_logging(None)
+    rundir.setup_logging(None)
     study_dir = Path(study_dir)
     plan = plan_study(spec_path, study_dir)
     load_reports = check_weights(plan)

@@ -35,8 +35,22 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from scratchdet.config import Config, NormName, apply_overrides, build_config, read_config_data, read_yaml_mapping
+from scratchdet.assemble import schedule_for
+from scratchdet.config import (
+    Config,
+    apply_overrides,
+    build_config,
+    read_config_data,
+    read_yaml_mapping,
+    without_init,
+)
+from scratchdet.engine import rundir
+from scratchdet.engine.pretrain import classification_iterations, pretraining_norm
+from scratchdet.engine.run import mean_training_pixels
+from scratchdet.engine.schedule import one_x_iterations
 from scratchdet.errors import ScratchdetError
+from scratchdet.modeling.weights import PUBLISHED_PRETRAINING
+from scratchdet.names import NormName
 
 AXES = ("init", "norm", "schedule", "train_subset", "seed")
 INITS = ("scratch", "pretrained")  # any other init is the name of a weight file under `weights`
@@ -91,7 +105,6 @@ class WeightsInit(BaseModel):
     def pretrain_counts(self) -> dict[str, int] | None:
         """Images / instances / pixels of its pre-training: given in the spec, else from the table of known files
         (`PUBLISHED_PRETRAINING`), else None ("cost unknown", never 0)."""
-        from scratchdet.modeling.weights import PUBLISHED_PRETRAINING
 
         known = PUBLISHED_PRETRAINING.get(Path(self.path).name)
         cost = self.pretrain or (PretrainCost(**known) if known else None)
@@ -127,8 +140,10 @@ class StudySpec(BaseModel):
                 )
         unknown = [i for i in self.axes.init if i not in INITS and i not in self.weights]
         if unknown:
-            raise ValueError(f"axes.init {unknown}: an init is scratch, pretrained, or a name under weights "
-                             f"({', '.join(self.weights) or 'none given'})")  # fmt: skip
+            raise ValueError(
+                f"axes.init {unknown}: an init is scratch, pretrained, or a name under weights "
+                f"({', '.join(self.weights) or 'none given'})"
+            )
         return self
 
 
@@ -141,7 +156,6 @@ class PretrainJob:
 
     @property
     def iterations(self) -> int:
-        from scratchdet.engine.pretrain import classification_iterations
 
         return classification_iterations(self.config)
 
@@ -199,7 +213,6 @@ def arm_name(values: dict[str, Any], with_subset: bool) -> str:
 
 
 def pretrain_name(config: Config) -> str:
-    from scratchdet.engine.pretrain import pretraining_norm
 
     model = config.model
     width = f"w{model.narrow_width}d{model.narrow_depth}" if model.backbone == "resnet_narrow" else ""
@@ -227,7 +240,7 @@ def inits_record(spec: StudySpec) -> dict[str, dict[str, Any]]:
 
 
 def backbone_path(study_dir: Path, job: str) -> Path:
-    return Path(study_dir) / "pretrain" / job / "backbone.pth"
+    return Path(study_dir) / "pretrain" / job / rundir.BACKBONE
 
 
 def expand(spec: StudySpec, study_dir: Path, dataset_size: int | None = None) -> StudyPlan:
@@ -235,7 +248,6 @@ def expand(spec: StudySpec, study_dir: Path, dataset_size: int | None = None) ->
 
     `dataset_size` (the full training set) is needed for epoch-based schedules; subsets use their own size.
     """
-    from scratchdet.engine.run import schedule_for
 
     base = apply_overrides(read_config_data(spec.base), spec.overrides)
     axes = spec.axes
@@ -248,8 +260,9 @@ def expand(spec: StudySpec, study_dir: Path, dataset_size: int | None = None) ->
         size = values["train_subset"] or dataset_size
         job = None
         if values["init"] == "pretrained" or target == "pretrained":
-            job = _pretrain_job(base, _arm_config(base, {**values, "schedule": shortest}, "to-be-pretrained", name),
-                                spec.pretrain)  # fmt: skip
+            job = _pretrain_job(
+                base, _arm_config(base, {**values, "schedule": shortest}, "to-be-pretrained", name), spec.pretrain
+            )
         cost = ""
         if target is not None:
             if job is not None:
@@ -304,8 +317,10 @@ def _grid(spec: StudySpec) -> list[tuple[dict[str, Any], str | None]]:
         if values["schedule"] != MATCHED:
             grid.append((values, None))
         elif values["init"] == "scratch":
-            grid += [({**values, "schedule": MATCHED if len(targets) == 1 else f"{MATCHED}-{target}"}, target)
-                     for target in targets]  # fmt: skip
+            grid += [
+                ({**values, "schedule": MATCHED if len(targets) == 1 else f"{MATCHED}-{target}"}, target)
+                for target in targets
+            ]
     return grid
 
 
@@ -320,9 +335,7 @@ def _matched_schedule(
 ) -> tuple[dict[str, Any], str]:
     """The arm's values with the schedule that matches pre-training + fine-tuning at `shortest` in pixels seen, and
     a line saying how (for the dry run)."""
-    from scratchdet.engine.run import mean_training_pixels, schedule_for
-    from scratchdet.engine.schedule import one_x_iterations
-    from scratchdet.study.statistics import matched_iterations
+    from scratchdet.study.statistics import matched_iterations  # statistics reads results, which reads this module
 
     reference = _arm_config(base, {**values, "schedule": shortest}, "scratch", name)
     solver = reference.solver
@@ -341,12 +354,9 @@ def _matched_schedule(
 
 
 def _pretrain_job(base: dict[str, Any], arm_config: Config, settings: dict[str, Any]) -> PretrainJob:
-    data = arm_config.model_dump(mode="json")
+    data = without_init(arm_config).model_dump(mode="json")  # the detector settings only describe the backbone
     data["pretrain"] = {**data["pretrain"], **settings}
     data["seed"] = base.get("seed", 0)
-    data["model"]["init"] = "scratch"
-    data["model"]["freeze_at"] = 0
-    data["model"]["allow_frozen_bn_scratch"] = True  # the detector settings only describe the backbone here
     config = build_config(data, "study pre-training")
     return PretrainJob(pretrain_name(config), config)
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from faster_coco_eval import COCO
 
-from scratchdet.engine.hooks import evaluation_file
+from scratchdet.engine.rundir import evaluation_file
 from scratchdet.evaluation.bootstrap import accumulate, match_detections, resample_weights
 from scratchdet.evaluation.coco import read_evaluation
 from scratchdet.study.results import ArmResult
@@ -37,9 +37,37 @@ BOOTSTRAP_SEED = 0  # the report is reproducible: the same resamples every time
 Z_975 = 1.959964
 # Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom.
 T_975 = (
-    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-    2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
-)  # fmt: skip
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
 
 
 def t_quantile(df: float) -> float:
@@ -209,8 +237,10 @@ class Evidence:
         seeds = _common_seeds(inputs)
         if not seeds:
             return Estimate(math.nan, math.nan, math.nan, 0, 0, "no seed common to every arm compared")
-        per_seed = {name: np.array([self.value(_of_seed(arms, s), task, metric, it) for s in seeds])
-                    for name, (arms, task, metric, it) in inputs.items()}  # fmt: skip
+        per_seed = {
+            name: np.array([self.value(_of_seed(arms, s), task, metric, it) for s in seeds])
+            for name, (arms, task, metric, it) in inputs.items()
+        }
         value = float(statistic({name: np.array([v.mean()]) for name, v in per_seed.items()})[0])
         variance, denominator = 0.0, 0.0
         if len(seeds) > 1:

@@ -21,6 +21,7 @@ from scratchdet.study.statistics import Estimate, Evidence, matched_iterations
 
 HOLDS, FAILS, INCONCLUSIVE, UNTESTED = "holds", "does not hold", "inconclusive", "not tested"
 MATCH_TOLERANCE = 1.0  # box AP: "scratch matches pre-training" means not more than this behind
+NEEDS_A_PAIR = "needs a finished scratch and a finished pre-trained arm of the same norm"
 CONVERGENCE_TOLERANCE = 1.0  # box AP: converged when the longest schedule gains less than this over half as long
 SIGNAL_FLOOR = 1.0  # AP: below this on every arm compared, a comparison says nothing ("too little signal")
 EARLY_FRACTION = 1 / 3  # finding 2's early point: this far from the end of warm-up to the end of the shortest run
@@ -55,19 +56,26 @@ class Part:
 
 def _group(arms: list[ArmResult], init: str, norm: str, multiplier: float, subset: int | None) -> list[ArmResult]:
     """The finished arms of one configuration (one per seed)."""
-    return [a for a in arms if (a.init, a.norm, a.multiplier, a.train_subset) == (init, norm, multiplier, subset)
-            and a.finished]  # fmt: skip
+    return [
+        a
+        for a in arms
+        if (a.init, a.norm, a.multiplier, a.train_subset) == (init, norm, multiplier, subset) and a.finished
+    ]
 
 
 def _schedules(arms: list[ArmResult], init: str, norm: str, subset: int | None) -> list[float]:
-    return sorted({a.multiplier for a in arms if (a.init, a.norm, a.train_subset) == (init, norm, subset)
-                   and a.finished})  # fmt: skip
+    return sorted(
+        {a.multiplier for a in arms if (a.init, a.norm, a.train_subset) == (init, norm, subset) and a.finished}
+    )
 
 
 def _norms(arms: list[ArmResult], subset: int | None) -> list[str]:
     """Norms with a finished scratch and a finished pre-trained arm on `subset`."""
-    return [n for n in sorted({a.norm for a in arms})
-            if _schedules(arms, "scratch", n, subset) and _schedules(arms, "pretrained", n, subset)]  # fmt: skip
+    return [
+        n
+        for n in sorted({a.norm for a in arms})
+        if _schedules(arms, "scratch", n, subset) and _schedules(arms, "pretrained", n, subset)
+    ]
 
 
 def _difference(name_a: str, name_b: str) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
@@ -80,8 +88,9 @@ def _mean_ap(evidence: Evidence, group: list[ArmResult]) -> float:
 
 def _best_schedule(evidence: Evidence, arms: list[ArmResult], init: str, norm: str, subset: int | None) -> float:
     """The schedule with the highest mean final box AP (the paper compares each init at its own best)."""
-    return max(_schedules(arms, init, norm, subset),
-               key=lambda m: _mean_ap(evidence, _group(arms, init, norm, m, subset)))  # fmt: skip
+    return max(
+        _schedules(arms, init, norm, subset), key=lambda m: _mean_ap(evidence, _group(arms, init, norm, m, subset))
+    )
 
 
 def _duration(seconds: float) -> str:
@@ -121,15 +130,20 @@ def convergence(evidence: Evidence, arms: list[ArmResult], init: str, norm: str,
     iterations = 2 * max(a.total_iterations for a in group)
     speeds = [a.seconds_per_iteration for a in group if not math.isnan(a.seconds_per_iteration)]
     seconds = iterations * float(np.median(speeds)) if speeds else math.nan
-    step = (f"add a {schedule_text(2 * longest)} schedule ({iterations:,} iterations, {_duration(seconds)} per seed "
-            f"at the measured speed)")  # fmt: skip
+    step = (
+        f"add a {schedule_text(2 * longest)} schedule ({iterations:,} iterations, {_duration(seconds)} per seed "
+        f"at the measured speed)"
+    )
     if len(schedules) < 2:
         return Convergence(False, f"{init}: one schedule ({schedule_text(longest)}), convergence not measurable", step)
     shorter = _reference_schedule(schedules)
-    gain = evidence.estimate(_difference("long", "short"), {
-        "long": (group, "bbox", "AP", None),
-        "short": (_group(arms, init, norm, shorter, subset), "bbox", "AP", None),
-    })  # fmt: skip
+    gain = evidence.estimate(
+        _difference("long", "short"),
+        {
+            "long": (group, "bbox", "AP", None),
+            "short": (_group(arms, init, norm, shorter, subset), "bbox", "AP", None),
+        },
+    )
     text = f"{init}: {schedule_text(longest)} gains {gain.text()} box AP over {schedule_text(shorter)}"
     if gain.below(CONVERGENCE_TOLERANCE):
         return Convergence(True, text + " (converged)")
@@ -154,19 +168,25 @@ def _matching(evidence: Evidence, arms: list[ArmResult], norm: str, subset: int 
     """Scratch against pre-training, each at its best schedule, both converged: the core of findings 1 and 3."""
     best = {init: _best_schedule(evidence, arms, init, norm, subset) for init in ("scratch", "pretrained")}
     groups = {init: _group(arms, init, norm, best[init], subset) for init in best}
-    gap = evidence.estimate(_difference("scratch", "pretrained"),
-                            {init: (groups[init], "bbox", "AP", None) for init in groups})  # fmt: skip
+    gap = evidence.estimate(
+        _difference("scratch", "pretrained"), {init: (groups[init], "bbox", "AP", None) for init in groups}
+    )
     scratch, pre = _mean_ap(evidence, groups["scratch"]), _mean_ap(evidence, groups["pretrained"])
     states = [convergence(evidence, arms, init, norm, subset) for init in ("scratch", "pretrained")]
-    text = (f"{name}: scratch {scratch:.1f} ({schedule_text(best['scratch'])}) vs pre-trained {pre:.1f} "
-            f"({schedule_text(best['pretrained'])}) box AP, difference {gap.text()}; "
-            + "; ".join(s.text for s in states))  # fmt: skip
+    text = (
+        f"{name}: scratch {scratch:.1f} ({schedule_text(best['scratch'])}) vs pre-trained {pre:.1f} "
+        f"({schedule_text(best['pretrained'])}) box AP, difference {gap.text()}; " + "; ".join(s.text for s in states)
+    )
     if _too_little_signal(scratch, pre):
         return Part(name, UNTESTED, "too little signal", text)
     unconverged = [s for s in states if not s.converged]
     if unconverged:
-        return Part(name, INCONCLUSIVE, "not converged", text + ". Next: " + "; ".join(
-            f"{s.text.split(':')[0]}: {s.next_step}" for s in unconverged))  # fmt: skip
+        return Part(
+            name,
+            INCONCLUSIVE,
+            "not converged",
+            text + ". Next: " + "; ".join(f"{s.text.split(':')[0]}: {s.next_step}" for s in unconverged),
+        )
     status, reason = _judge(gap, -MATCH_TOLERANCE)
     return Part(name, status, reason, text)
 
@@ -178,8 +198,11 @@ def _combine(title: str, parts: list[Part], rule: str, conditions: list[str], un
     tested = [p for p in parts if p.status != UNTESTED]
     statuses = {p.status for p in tested}
     # Each part is labelled only where there are several: one part's label is the verdict's own.
-    evidence = parts[0].evidence if len(parts) == 1 else " | ".join(
-        f"[{p.status}{': ' + p.reason if p.reason else ''}] {p.evidence}" for p in parts)  # fmt: skip
+    evidence = (
+        parts[0].evidence
+        if len(parts) == 1
+        else " | ".join(f"[{p.status}{': ' + p.reason if p.reason else ''}] {p.evidence}" for p in parts)
+    )
     if not tested:
         return Verdict(title, UNTESTED, evidence, "; ".join(sorted({p.reason for p in parts})), rule, conditions)
     if len(statuses) == 1:
@@ -200,13 +223,14 @@ def finding_1_matching(arms: list[ArmResult], evidence: Evidence) -> Verdict:
     title = "1. From scratch matches pre-training, given a proper norm and a long enough schedule"
     full = full_data_subset(arms)
     parts = [_matching(evidence, arms, norm, full, norm) for norm in _norms(arms, full)]
-    rule = (f"each init at its best schedule; holds when the 95% interval of (scratch - pre-trained) box AP lies above "
-            f"-{MATCH_TOLERANCE:g}, does not hold when it lies below; both inits must have converged (the longest "
-            f"schedule gains less than {CONVERGENCE_TOLERANCE:g} box AP over the longest at most half as long, else "
-            f"the next shorter, interval included); below {SIGNAL_FLOOR:g} box AP on both there is too little "
-            f"signal")  # fmt: skip
-    return _combine(title, parts, rule, _conditions(evidence, arms),
-                    "needs a finished scratch and a finished pre-trained arm of the same norm")  # fmt: skip
+    rule = (
+        f"each init at its best schedule; holds when the 95% interval of (scratch - pre-trained) box AP lies above "
+        f"-{MATCH_TOLERANCE:g}, does not hold when it lies below; both inits must have converged (the longest "
+        f"schedule gains less than {CONVERGENCE_TOLERANCE:g} box AP over the longest at most half as long, else "
+        f"the next shorter, interval included); below {SIGNAL_FLOOR:g} box AP on both there is too little "
+        f"signal"
+    )
+    return _combine(title, parts, rule, _conditions(evidence, arms), NEEDS_A_PAIR)
 
 
 def early_iteration(arms: list[ArmResult]) -> tuple[int, int]:
@@ -223,8 +247,14 @@ def _cost_matched(arms: list[ArmResult], pre_short: list[ArmResult], norm: str, 
     """The scratch schedule whose pixels seen are within COST_TOLERANCE of pre-training + fine-tuning at the
     shortest pre-trained schedule (the closest one), or None."""
     budget = float(np.mean([a.total_pixels for a in pre_short]))
-    ratios = {m: float(np.mean([a.total_pixels for a in _group(arms, "scratch", norm, m, subset)])) / budget
-              for m in _schedules(arms, "scratch", norm, subset)} if budget else {}  # fmt: skip
+    ratios = (
+        {
+            m: float(np.mean([a.total_pixels for a in _group(arms, "scratch", norm, m, subset)])) / budget
+            for m in _schedules(arms, "scratch", norm, subset)
+        }
+        if budget
+        else {}
+    )
     close = {m: r for m, r in ratios.items() if abs(r - 1) <= COST_TOLERANCE + 1e-9}  # ±10% inclusive at both ends
     return min(close, key=lambda m: abs(close[m] - 1)) if close else None
 
@@ -232,8 +262,10 @@ def _cost_matched(arms: list[ArmResult], pre_short: list[ArmResult], norm: str, 
 def _convergence_speed(evidence: Evidence, arms: list[ArmResult], norm: str, subset: int | None) -> Part:
     pre_schedules = _schedules(arms, "pretrained", norm, subset)
     pre_short = _group(arms, "pretrained", norm, pre_schedules[0], subset)
-    trunks = {init: _group(arms, init, norm, _schedules(arms, init, norm, subset)[-1], subset)
-              for init in ("scratch", "pretrained")}  # fmt: skip
+    trunks = {
+        init: _group(arms, init, norm, _schedules(arms, init, norm, subset)[-1], subset)
+        for init in ("scratch", "pretrained")
+    }
     if not all(a.pretrain_cost_known for a in pre_short):
         return Part(
             norm,
@@ -246,12 +278,17 @@ def _convergence_speed(evidence: Evidence, arms: list[ArmResult], norm: str, sub
     common = set.intersection(*({i for i, _ in a.curve("bbox")} for group in trunks.values() for a in group))
     early = sorted(i for i in common if target <= i <= latest)
     if not early:
-        return Part(norm, UNTESTED, "no evaluation at the early point",
-                    f"{norm}: needs an evaluation of both inits between iteration {target} and {latest}; set "
-                    f"eval.period to divide {target}")  # fmt: skip
+        return Part(
+            norm,
+            UNTESTED,
+            "no evaluation at the early point",
+            f"{norm}: needs an evaluation of both inits between iteration {target} and {latest}; set "
+            f"eval.period to divide {target}",
+        )
     iteration = early[0]
-    lead = evidence.estimate(_difference("pretrained", "scratch"),
-                             {init: (trunks[init], "bbox", "AP", iteration) for init in trunks})  # fmt: skip
+    lead = evidence.estimate(
+        _difference("pretrained", "scratch"), {init: (trunks[init], "bbox", "AP", iteration) for init in trunks}
+    )
     text = f"{norm}: at iteration {iteration} (early point) pre-training leads by {lead.text()} box AP"
     matched = _cost_matched(arms, pre_short, norm, subset)
     if matched is None:
@@ -267,11 +304,15 @@ def _convergence_speed(evidence: Evidence, arms: list[ArmResult], norm: str, sub
         return Part(norm, status, "" if status == FAILS else "not tested at a comparable cost", text)
     scratch_matched = _group(arms, "scratch", norm, matched, subset)
     ratio = np.mean([a.total_pixels for a in scratch_matched]) / np.mean([a.total_pixels for a in pre_short])
-    gap = evidence.estimate(_difference("scratch", "pretrained"), {
-        "scratch": (scratch_matched, "bbox", "AP", None), "pretrained": (pre_short, "bbox", "AP", None)})  # fmt: skip
+    gap = evidence.estimate(
+        _difference("scratch", "pretrained"),
+        {"scratch": (scratch_matched, "bbox", "AP", None), "pretrained": (pre_short, "bbox", "AP", None)},
+    )
     short = schedule_text(pre_schedules[0])
-    text += (f"; scratch at {schedule_text(matched)} (pixels x{ratio:.2f} of pre-training + fine-tuning at {short}) "
-             f"vs pre-trained {short}: {gap.text()} box AP")  # fmt: skip
+    text += (
+        f"; scratch at {schedule_text(matched)} (pixels x{ratio:.2f} of pre-training + fine-tuning at {short}) "
+        f"vs pre-trained {short}: {gap.text()} box AP"
+    )
     if lead.below(0) or gap.below(-MATCH_TOLERANCE):
         return Part(norm, FAILS, "", text)
     if _too_little_signal(_mean_ap(evidence, scratch_matched), _mean_ap(evidence, pre_short)):
@@ -285,34 +326,47 @@ def finding_2_convergence(arms: list[ArmResult], evidence: Evidence) -> Verdict:
     title = "2. Pre-training speeds up convergence, but scratch catches up at a comparable total cost"
     full = full_data_subset(arms)
     parts = [_convergence_speed(evidence, arms, norm, full) for norm in _norms(arms, full)]
-    rule = (f"holds when, early (the first evaluation at least {EARLY_FRACTION:.2g} of the way from the end of warm-up "
-            f"to the end of the shortest schedule, before its first lr step), pre-training leads (interval above 0), "
-            f"and a scratch arm that sees as many pixels (±{COST_TOLERANCE:.0%}) as pre-training + fine-tuning at "
-            f"the shortest schedule ends no more than {MATCH_TOLERANCE:g} box AP behind it (interval above "
-            f"-{MATCH_TOLERANCE:g}); does not hold when either interval lies on the other side")  # fmt: skip
-    return _combine(title, parts, rule, _conditions(evidence, arms),
-                    "needs a finished scratch and a finished pre-trained arm of the same norm")  # fmt: skip
+    rule = (
+        f"holds when, early (the first evaluation at least {EARLY_FRACTION:.2g} of the way from the end of warm-up "
+        f"to the end of the shortest schedule, before its first lr step), pre-training leads (interval above 0), "
+        f"and a scratch arm that sees as many pixels (±{COST_TOLERANCE:.0%}) as pre-training + fine-tuning at "
+        f"the shortest schedule ends no more than {MATCH_TOLERANCE:g} box AP behind it (interval above "
+        f"-{MATCH_TOLERANCE:g}); does not hold when either interval lies on the other side"
+    )
+    return _combine(title, parts, rule, _conditions(evidence, arms), NEEDS_A_PAIR)
 
 
 def finding_3_less_data(arms: list[ArmResult], evidence: Evidence) -> Verdict:
     title = "3. Pre-training does not automatically regularize: with less data scratch still matches, until very little"
     full = full_data_subset(arms)
-    reduced = sorted({a.train_subset for a in arms if a.train_subset not in (None, full) and a.finished},
-                     reverse=True)  # fmt: skip
+    reduced = sorted({a.train_subset for a in arms if a.train_subset not in (None, full) and a.finished}, reverse=True)
     parts = []
     for subset in reduced:
         for norm in _norms(arms, subset):
             images = max(a.train_images for a in arms if a.train_subset == subset) or subset
             parts.append(_matching(evidence, arms, norm, subset, f"{images} images, {norm}"))
-    rule = ("on every reduced training set, as finding 1: each init at its best schedule, both converged; holds when "
-            "scratch matches on every reduced set, does not hold when it falls behind on every one; a set where it "
-            "matches above a set where it does not is the paper's 'until very little'")  # fmt: skip
-    verdict = _combine(title, parts, rule, _conditions(evidence, arms),
-                       "needs scratch and pre-trained arms on a training subset (axis train_subset)")  # fmt: skip
+    rule = (
+        "on every reduced training set, as finding 1: each init at its best schedule, both converged; holds when "
+        "scratch matches on every reduced set, does not hold when it falls behind on every one; a set where it "
+        "matches above a set where it does not is the paper's 'until very little'"
+    )
+    verdict = _combine(
+        title,
+        parts,
+        rule,
+        _conditions(evidence, arms),
+        "needs scratch and pre-trained arms on a training subset (axis train_subset)",
+    )
     statuses = [p.status for p in parts if p.status in (HOLDS, FAILS)]
     if statuses and statuses == sorted(statuses, key=lambda s: s == FAILS) and len(set(statuses)) == 2:
-        return Verdict(title, HOLDS, verdict.evidence, "scratch matches down to a size, then falls behind", rule,
-                       verdict.conditions)  # fmt: skip
+        return Verdict(
+            title,
+            HOLDS,
+            verdict.evidence,
+            "scratch matches down to a size, then falls behind",
+            rule,
+            verdict.conditions,
+        )
     return verdict
 
 
@@ -337,12 +391,15 @@ def _localization(evidence: Evidence, arms: list[ArmResult], norm: str, subset: 
     groups = {init: _group(arms, init, norm, longest, subset) for init in ("scratch", "pretrained")}
     metrics = [("bbox", "AP50", "AP50"), ("bbox", "AP75", "AP75")]
     sample = groups["scratch"][0].final or {}
-    metrics += [(task, "AP", label) for task, label in (("segm", "mask AP"), ("keypoints", "keypoint AP"))
-                if task in sample]  # fmt: skip
-    inputs = {f"{init} {task} {metric}": (groups[init], task, metric, None)
-              for init in groups for task, metric, _ in metrics}  # fmt: skip
-    scratch_values = {label: float(np.mean([evidence.value(a, t, m) for a in groups["scratch"]]))
-                      for t, m, label in metrics}  # fmt: skip
+    metrics += [
+        (task, "AP", label) for task, label in (("segm", "mask AP"), ("keypoints", "keypoint AP")) if task in sample
+    ]
+    inputs = {
+        f"{init} {task} {metric}": (groups[init], task, metric, None) for init in groups for task, metric, _ in metrics
+    }
+    scratch_values = {
+        label: float(np.mean([evidence.value(a, t, m) for a in groups["scratch"]])) for t, m, label in metrics
+    }
     gains = {label: evidence.estimate(_relative_gain(t, m), inputs) for t, m, label in metrics}
     text = f"{norm} {schedule_text(longest)}: relative gain of pre-training " + ", ".join(
         f"{label} {gains[label].text('%')}" for _, _, label in metrics
@@ -369,12 +426,13 @@ def finding_4_localization(arms: list[ArmResult], evidence: Evidence) -> Verdict
     title = "4. Pre-training helps less for localization-sensitive metrics (AP75, mask AP) than for AP50"
     full = full_data_subset(arms)
     parts = [_localization(evidence, arms, norm, full) for norm in _norms(arms, full)]
-    rule = ("at the longest schedule both inits share, the relative gain of pre-training (pre-trained / scratch - 1) "
-            "in AP50 against AP75, mask AP and keypoint AP where present; holds when the AP50 gain exceeds each of "
-            "them (interval of the difference above 0), does not hold when any interval lies below 0; a metric "
-            f"below {SIGNAL_FLOOR:g} AP for scratch gives too little signal")  # fmt: skip
-    return _combine(title, parts, rule, _conditions(evidence, arms),
-                    "needs a finished scratch and a finished pre-trained arm of the same norm")  # fmt: skip
+    rule = (
+        "at the longest schedule both inits share, the relative gain of pre-training (pre-trained / scratch - 1) "
+        "in AP50 against AP75, mask AP and keypoint AP where present; holds when the AP50 gain exceeds each of "
+        "them (interval of the difference above 0), does not hold when any interval lies below 0; a metric "
+        f"below {SIGNAL_FLOOR:g} AP for scratch gives too little signal"
+    )
+    return _combine(title, parts, rule, _conditions(evidence, arms), NEEDS_A_PAIR)
 
 
 FINDINGS = (finding_1_matching, finding_2_convergence, finding_3_less_data, finding_4_localization)

@@ -1,0 +1,124 @@
+"""`scratchdet demo` / `make demo`: generated data, the demo study and its report, in one call.
+
+Two variants: on a CPU, `configs/demo/study.yaml` (a small GN Mask R-CNN, two arms at once); where PyTorch sees a
+GPU, `configs/demo/study_gpu.yaml` (the paper's proportions: 1x = 12 epochs, up to 6x, two seeds, the cost-matched
+arm; 8 arms sharing the GPU through CUDA MPS). The data and study folders are reused, so a second call resumes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from scratchdet.errors import ScratchdetError
+from scratchdet.io import atomic_write_text
+
+# `scratchdet --help` reads DEMO_GPU_JOBS from here: torch and the study machinery are imported where used.
+
+DEMO_DATA = Path("data/demo")
+DEMO_GPU_DATA = Path("data/demo_gpu")
+DEMO_GPU_JOBS = 8  # arms sharing one GPU in the GPU demo (calibrated: tools/gpu_demo_calibration.py)
+
+
+@dataclass(frozen=True)
+class DemoVariant:
+    """What `scratchdet demo` runs on one kind of machine: its study, its data, and arms trained at once."""
+
+    study: str  # under configs/demo/
+    data: Path
+    out: Path
+    jobs: int
+
+
+def demo_variants() -> dict[str, DemoVariant]:
+    cores = os.cpu_count() or 1
+    return {
+        # The CPU demo's small model keeps about one core busy: two arms at once finish about a third sooner.
+        "cpu": DemoVariant("study.yaml", DEMO_DATA, Path("runs/demo"), min(2, cores)),
+        # At this model size one process leaves most of the GPU idle: arms share it (as clients of one MPS server,
+        # engine/mps.py), each with two cores.
+        "cuda": DemoVariant(
+            "study_gpu.yaml", DEMO_GPU_DATA, Path("runs/demo_gpu"), max(1, min(DEMO_GPU_JOBS, cores // 2))
+        ),
+    }
+
+
+def demo_device(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ScratchdetError("--device cuda: PyTorch sees no CUDA device here; run the CPU demo with --device cpu")
+    return requested
+
+
+def demo_study(packaged: Path, data: Path, out: Path, moved: bool) -> Path:
+    """The demo's study spec; with the data elsewhere than the preset expects, a copy pointed at it, written as the
+    study directory's own spec (a study directory holds one spec: a run with other data is refused there)."""
+    if not moved:
+        return packaged
+    spec = yaml.safe_load(packaged.read_text())
+    spec["overrides"] = [
+        *spec.get("overrides", []),
+        f"data.root={data.resolve()}",
+        f"pretrain.root={(data / 'classification').resolve()}",
+    ]
+    text = f"# {packaged.name} with the data in {data}\n" + yaml.safe_dump(spec, sort_keys=False)
+    saved = out / "study.yaml"
+    if saved.is_file() and saved.read_text() != text:
+        raise ScratchdetError(f"{out} holds a study with another spec ({saved}); use another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(saved, text)
+    return saved
+
+
+def run_demo(
+    requested_device: str = "auto",
+    *,
+    data: Path | None = None,
+    out: Path | None = None,
+    jobs: int | None = None,
+    check_only: bool = False,
+) -> Path | None:
+    """Generate the demo data (if absent), check it, run the demo study; returns the report's path (None with
+    `check_only`). `requested_device`: auto, cpu or cuda; `data`, `out`, `jobs`: the variant's unless given."""
+    from scratchdet.data.check import check_dataset
+    from scratchdet.data.synthetic import DEMO_GPU_SPEC, DEMO_SPEC, existing_spec, generate
+    from scratchdet.engine import mps
+    from scratchdet.study.runner import run_study
+
+    started = time.perf_counter()
+    device = demo_device(requested_device)
+    variant = demo_variants()[device]
+    explicit_jobs = jobs
+    data, out, jobs = data or variant.data, out or variant.out, jobs or variant.jobs
+    if device == "cuda" and not explicit_jobs and not mps.available():
+        print(
+            f"CUDA MPS is not available here ({mps.CONTROL}): arms would time-share the GPU, no faster than one "
+            "at a time, so the demo trains one at a time"
+        )
+        jobs = 1
+    spec = DEMO_GPU_SPEC if device == "cuda" else DEMO_SPEC
+    print(f"the {device.upper()} demo: configs/demo/{variant.study}, data in {data}, study in {out}, {jobs} at once")
+    if existing_spec(data) == spec:
+        print(f"demo dataset already in {data}")
+    else:
+        print(f"generating the demo dataset in {data}")
+        generate(data, spec)
+    for split in ("train", "val"):
+        report = check_dataset(data / "annotations" / f"instances_{split}.json", data / split, quiet=True)
+        print(report.format(max_problems=20))
+        if not report.ok:
+            raise ScratchdetError(f"the demo dataset in {data} has errors; delete it and run again")
+    if check_only:
+        return None
+    packaged = Path(str(resources.files("scratchdet") / "configs" / "demo" / variant.study))
+    path = run_study(demo_study(packaged, data, out, moved=data != variant.data), out, parallel=jobs)
+    print(f"demo finished in {time.perf_counter() - started:.0f} s")
+    return path
