@@ -61,7 +61,7 @@ BACKBONE = "backbone.pth"
 FORKED_FROM = "forked_from.json"
 
 # A summary is written last, atomically: a damaged one is redone by resuming the finished run.
-_REDO = "delete it and run `scratchdet {command} --resume {run_dir}` again to redo the final evaluation"
+_REDO = "delete it and run `scratchdet {command} --resume {run_dir}` to redo the final evaluation and write it again"
 
 
 # ------------------------------------------------------------------------------------------------ reading
