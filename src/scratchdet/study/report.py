@@ -63,7 +63,7 @@ def figure_ap_curves(arms: list[ArmResult], evidence: Evidence | None = None) ->
     shown = [a for a in arms if a.train_subset == full]
     norms = sorted({a.norm for a in shown}) or ["-"]
     multipliers = sorted({a.multiplier for a in shown})
-    figure, axes = plt.subplots(2, len(norms), figsize=(5.5 * len(norms), 7), squeeze=False)
+    figure, axes = plt.subplots(2, len(norms), figsize=(7.5 * len(norms), 7), squeeze=False)
     for column, norm in enumerate(norms):
         for row, (task, label) in enumerate((("bbox", "box AP"), ("segm", "mask AP"))):
             axis = axes[row][column]
@@ -86,8 +86,8 @@ def figure_ap_curves(arms: list[ArmResult], evidence: Evidence | None = None) ->
             axis.set_xlabel("iteration")
             axis.set_ylabel(label)
             axis.grid(alpha=0.3)
-            if axis.get_legend_handles_labels()[0]:
-                axis.legend(fontsize=7)
+            if row == 0 and axis.get_legend_handles_labels()[0]:  # one legend per norm, beside the curves' ends
+                axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     return figure
 
 
