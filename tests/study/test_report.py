@@ -110,3 +110,21 @@ def test_a_damaged_summary_or_record_of_a_study_is_named_not_a_traceback(tmp_pat
     (arm / "summary.json").write_text("[" * 100_000)
     assert main(["report", str(tmp_path)]) == 2
     assert "not readable JSON (nested too deeply)" in capsys.readouterr().err
+
+
+def test_a_final_evaluation_on_more_images_is_drawn_apart_from_the_periodic_curve(tmp_path: Path) -> None:
+    import yaml
+
+    from scratchdet.study.report import _split_final
+
+    run = write_arm(tmp_path, "scratch_gn_1x_seed0", init="scratch", schedule="1x",
+                    curve=[(100, 5.0), (200, 8.0), (300, 6.0)])  # fmt: skip
+    arm = read_study(tmp_path)[0]
+    assert not arm.final_on_more_images  # demo/mask_rcnn: every evaluation on the same 200 images
+    assert _split_final(arm, arm.curve("bbox")) == (arm.curve("bbox"), [])
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["eval"]["final_all_images"] = True
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    arm = read_study(tmp_path)[0]
+    assert arm.final_on_more_images
+    assert _split_final(arm, arm.curve("bbox")) == ([(100, 5.0), (200, 8.0)], [(300, 6.0)])

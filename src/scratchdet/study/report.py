@@ -68,10 +68,10 @@ def figure_ap_curves(arms: list[ArmResult], evidence: Evidence | None = None) ->
         for row, (task, label) in enumerate((("bbox", "box AP"), ("segm", "mask AP"))):
             axis = axes[row][column]
             for arm in [a for a in shown if a.norm == norm]:
-                curve = arm.curve(task)
-                if curve:
+                periodic, final = _split_final(arm, arm.curve(task))
+                if periodic:
                     axis.plot(
-                        *zip(*curve, strict=True),
+                        *zip(*periodic, strict=True),
                         STYLES[multipliers.index(arm.multiplier) % 4],
                         marker="o",
                         markersize=3,
@@ -79,7 +79,9 @@ def figure_ap_curves(arms: list[ArmResult], evidence: Evidence | None = None) ->
                         label=arm.name,
                     )
                     if evidence is not None:
-                        _band(axis, evidence, arm, task, curve)
+                        _band(axis, evidence, arm, task, periodic)
+                if final:
+                    axis.plot(*zip(*final, strict=True), "*", markersize=9, color=COLOURS[arm.init])
                 if arm.total_iterations:
                     axis.axvline(arm.total_iterations, color="grey", linestyle=":", linewidth=0.8)
             axis.set_title(f"{label}, norm {norm}")
@@ -89,6 +91,16 @@ def figure_ap_curves(arms: list[ArmResult], evidence: Evidence | None = None) ->
             if row == 0 and axis.get_legend_handles_labels()[0]:  # one legend per norm, beside the curves' ends
                 axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     return figure
+
+
+def _split_final(
+    arm: ArmResult, curve: list[tuple[int, float]]
+) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+    """(periodic points, final point) where the final evaluation scored more images than the periodic ones: joined
+    in one line, the last segment would show the change of image set as if it were the model's."""
+    if arm.final_on_more_images and arm.finished and curve and curve[-1][0] == arm.total_iterations:
+        return curve[:-1], curve[-1:]
+    return curve, []
 
 
 def _band(axis: plt.Axes, evidence: Evidence, arm: ArmResult, task: str, curve: list[tuple[int, float]]) -> None:
@@ -328,7 +340,8 @@ def build_report(study_dir: Path) -> Path:
         (
             "ap_curves",
             "Box and mask AP during training, per norm; dotted lines mark the end of each schedule "
-            "(the paper's Figures 1 and 4); shaded: the 95% band over resamples of the validation images.",
+            "(the paper's Figures 1 and 4); shaded: the 95% band over resamples of the validation images; stars: "
+            "final evaluations on all validation images, where the periodic ones score fewer.",
             lambda a: figure_ap_curves(a, evidence),
         ),
         (

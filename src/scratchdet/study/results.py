@@ -42,6 +42,7 @@ class ArmResult:
     seconds_per_iteration: float = math.nan  # median of the logged steps (for cost estimates)
     init_name: str = ""  # the study's name of the init: scratch, pretrained, or a weight file's name
     pretrain_cost_known: bool = True  # False: a weight file of unknown pre-training cost
+    final_on_more_images: bool = False  # the final evaluation scores all validation images, the periodic ones fewer
 
     @property
     def finished(self) -> bool:
@@ -100,6 +101,7 @@ def read_arm(run_dir: Path, inits: dict[str, dict[str, Any]] | None = None) -> A
         seconds_per_iteration=step_seconds[len(step_seconds) // 2] if step_seconds else math.nan,
         init_name=init_name,
         pretrain_cost_known=cost_known,
+        final_on_more_images=bool(config.get("eval", {}).get("final_all_images") and config["eval"].get("max_images")),
     )
 
 
