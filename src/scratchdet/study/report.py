@@ -10,6 +10,7 @@ import base64
 import html
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -374,11 +375,22 @@ def build_report(study_dir: Path) -> Path:
         "runs": runs_table(arms),
     }
     unfinished = [a.name for a in arms if not a.finished]
-    gallery = _gallery(arms, out / "gallery")
-    markdown = _markdown(study_dir, verdicts, figures, tables, unfinished) + _gallery_md(gallery)
-    atomic_write_text(out / "report.md", markdown)
-    atomic_write_text(out / "report.html", _html(study_dir, verdicts, figures, tables, unfinished, gallery))
+    contents = Contents(study_dir, verdicts, figures, tables, unfinished, _gallery(arms, out / "gallery"))
+    atomic_write_text(out / "report.md", _markdown(contents))
+    atomic_write_text(out / "report.html", _html(contents))
     return out / "report.html"
+
+
+@dataclass(frozen=True)
+class Contents:
+    """What report.md and report.html both show."""
+
+    study_dir: Path
+    verdicts: list[Verdict]
+    figures: list[tuple[str, str, bytes]]  # name, caption, PNG
+    tables: dict[str, list[list[str]]]
+    unfinished: list[str]
+    gallery: Gallery
 
 
 def _gallery(arms: list[ArmResult], folder: Path) -> Gallery:
@@ -449,16 +461,10 @@ def _img(data: bytes, alt: str) -> str:
     return f"<img src='data:image/png;base64,{base64.b64encode(data).decode('ascii')}' alt='{html.escape(alt)}'>"
 
 
-def _markdown(
-    study_dir: Path,
-    verdicts: list[Verdict],
-    figures: list[tuple[str, str, bytes]],
-    tables: dict[str, list[list[str]]],
-    unfinished: list[str],
-) -> str:
-    lines = [f"# scratchdet study: {study_dir.name}", "", "## Verdicts", ""]
+def _markdown(report: Contents) -> str:
+    lines = [f"# scratchdet study: {report.study_dir.name}", "", "## Verdicts", ""]
     lines += [VERDICT_NOTE, ""]
-    for verdict in verdicts:
+    for verdict in report.verdicts:
         lines += [
             f"**{verdict.finding}** — *{verdict.label}*. {verdict.evidence}",
             "",
@@ -467,27 +473,20 @@ def _markdown(
             f"Conditions: {'; '.join(verdict.conditions)}.",
             "",
         ]
-    lines += ["## Final metrics (mean ± std over seeds)", "", _markdown_table(tables["final"]), ""]
-    if len(tables["pretraining"]) > 1:
-        lines += ["## Pre-training", "", PRETRAINING_NOTE, "", _markdown_table(tables["pretraining"]), ""]
-    lines += ["## Runs", "", _markdown_table(tables["runs"]), ""]
-    if unfinished:
-        lines += [f"Unfinished arms (not in the verdicts): {', '.join(unfinished)}", ""]
+    lines += ["## Final metrics (mean ± std over seeds)", "", _markdown_table(report.tables["final"]), ""]
+    if len(report.tables["pretraining"]) > 1:
+        lines += ["## Pre-training", "", PRETRAINING_NOTE, "", _markdown_table(report.tables["pretraining"]), ""]
+    lines += ["## Runs", "", _markdown_table(report.tables["runs"]), ""]
+    if report.unfinished:
+        lines += [f"Unfinished arms (not in the verdicts): {', '.join(report.unfinished)}", ""]
     lines += ["## Figures", ""]
-    for name, caption, _ in figures:
+    for name, caption, _ in report.figures:
         lines += [f"![{name}](figures/{name}.png)", "", caption, ""]
-    return "\n".join(lines)
+    return "\n".join(lines) + _gallery_md(report.gallery)
 
 
-def _html(
-    study_dir: Path,
-    verdicts: list[Verdict],
-    figures: list[tuple[str, str, bytes]],
-    tables: dict[str, list[list[str]]],
-    unfinished: list[str],
-    gallery: Gallery,
-) -> str:
-    title = html.escape(f"scratchdet study: {study_dir.name}")
+def _html(report: Contents) -> str:
+    title = html.escape(f"scratchdet study: {report.study_dir.name}")
     parts = [
         f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{title}</title>",
         f"<style>{CSS}</style></head><body><h1>{title}</h1>",
@@ -495,7 +494,7 @@ def _html(
         "(He, Girshick, Dollár) is checked against the runs of this study.</p><h2>Verdicts</h2>",
         f"<p>{html.escape(VERDICT_NOTE)}</p><ul>",
     ]
-    for verdict in verdicts:
+    for verdict in report.verdicts:
         parts.append(
             f"<li><strong>{html.escape(verdict.finding)}</strong>: <span class='{_verdict_class(verdict)}'>"
             f"{html.escape(verdict.label)}</span>. {html.escape(verdict.evidence)}"
@@ -503,17 +502,17 @@ def _html(
             f"<p class='conditions'>Conditions: {html.escape('; '.join(verdict.conditions))}.</p></li>"
         )
     parts.append(
-        "</ul><h2>Final metrics</h2><p>Mean ± standard deviation over seeds.</p>" + _html_table(tables["final"])
+        "</ul><h2>Final metrics</h2><p>Mean ± standard deviation over seeds.</p>" + _html_table(report.tables["final"])
     )
-    if len(tables["pretraining"]) > 1:
+    if len(report.tables["pretraining"]) > 1:
         parts.append(
-            f"<h2>Pre-training</h2><p>{html.escape(PRETRAINING_NOTE)}</p>" + _html_table(tables["pretraining"])
+            f"<h2>Pre-training</h2><p>{html.escape(PRETRAINING_NOTE)}</p>" + _html_table(report.tables["pretraining"])
         )
-    if unfinished:
-        parts.append(f"<p>Unfinished arms (not in the verdicts): {html.escape(', '.join(unfinished))}</p>")
+    if report.unfinished:
+        parts.append(f"<p>Unfinished arms (not in the verdicts): {html.escape(', '.join(report.unfinished))}</p>")
     parts.append("<h2>Figures</h2>")
-    for name, caption, data in figures:
+    for name, caption, data in report.figures:
         parts.append(f"<figure>{_img(data, name)}<figcaption>{html.escape(caption)}</figcaption></figure>")
-    parts.append(_gallery_html(gallery))
-    parts.append("<h2>Runs</h2>" + _html_table(tables["runs"]) + "</body></html>")
+    parts.append(_gallery_html(report.gallery))
+    parts.append("<h2>Runs</h2>" + _html_table(report.tables["runs"]) + "</body></html>")
     return "\n".join(parts)
