@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from scratchdet.errors import ScratchdetError
+from scratchdet.errors import ScratchdetError, TrainingPaused
 
 if TYPE_CHECKING:
     pass
@@ -126,10 +126,10 @@ def _start_or_resume(args: argparse.Namespace, run: Callable[..., dict[str, Any]
     if args.resume is not None:
         if args.config or args.overrides or args.out:
             raise ScratchdetError("--resume RUN_DIR takes no config, overrides or --out: the run's own config is used")
-        return run(rundir.read_config(args.resume), args.resume, resume=True)
+        return run(rundir.read_config(args.resume), args.resume, resume=True, stop_at=args.stop_at)
     if not args.config or args.out is None:
         raise ScratchdetError(f"give a config and --out RUN_DIR (or --resume RUN_DIR); see `scratchdet {command} -h`")
-    return run(load_config(args.config, args.overrides), args.out)
+    return run(load_config(args.config, args.overrides), args.out, stop_at=args.stop_at)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -294,6 +294,19 @@ def _is_main_process() -> bool:
     return is_main()
 
 
+def _add_run_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--out", type=Path, help="run directory to create")
+    parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help=f"continue the {what} in RUN_DIR")
+    parser.add_argument(
+        "--stop-at",
+        type=int,
+        metavar="ITER",
+        help="pause after ITER iterations with a checkpoint there (no final evaluation); --resume continues. "
+        "SIGTERM pauses the same way, at the end of a step",
+    )
+    _add_nproc_argument(parser)
+
+
 def _add_nproc_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--nproc",
@@ -407,9 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = _command(commands, "train", _train, "train a detector; --resume continues a run exactly")
     train.add_argument("config", nargs="?", help="a packaged preset or a YAML file")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. solver.schedule=2x")
-    train.add_argument("--out", type=Path, help="run directory to create")
-    train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR")
-    _add_nproc_argument(train)
+    _add_run_arguments(train, "run")
 
     pretrain = _command(
         commands,
@@ -419,9 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pretrain.add_argument("config", nargs="?", help="a detection preset or YAML file (its model and pretrain sections)")
     pretrain.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. pretrain.epochs=10")
-    pretrain.add_argument("--out", type=Path, help="run directory to create")
-    pretrain.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the pre-training in RUN_DIR")
-    _add_nproc_argument(pretrain)
+    _add_run_arguments(pretrain, "pre-training")
 
     evaluate = _command(commands, "eval", _eval, "COCO box/mask AP of a run's newest checkpoint or a checkpoint")
     evaluate.add_argument("target", type=Path, metavar="RUN_DIR_OR_CHECKPOINT")
@@ -548,6 +557,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             init_from_environment()
         return int(args.handler(args))
+    except TrainingPaused as exc:
+        if _is_main_process():
+            print(str(exc).replace("RUN_DIR", str(getattr(args, "resume", None) or args.out)), file=sys.stderr)
+        return exc.exit_code
     except ScratchdetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -101,6 +101,11 @@ def die_before_writing(owner: Any, name: str, file_name: str) -> None:
     setattr(owner, name, wrapper)
 
 
+def _terminated(original: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    os.kill(os.getpid(), signal.SIGTERM)  # handled before the next bytecode: within this step
+    return original(*args, **kwargs)
+
+
 def plant(point: str, n: int) -> None:
     import torch
     from torch.utils.tensorboard import SummaryWriter
@@ -112,6 +117,8 @@ def plant(point: str, n: int) -> None:
     points: dict[str, Callable[[], None]] = {
         # after backward, before the weights change
         "step": lambda: on_nth_call(torch.optim.SGD, "step", n, killed),
+        # the same point, but the process gets SIGTERM (a time limit, `scancel`): it finishes the step first
+        "sigterm": lambda: on_nth_call(torch.optim.SGD, "step", n, _terminated),
         # the same point, but the process stops (SIGSTOP) instead: alive, and answering nobody
         "hang": lambda: on_nth_call(torch.optim.SGD, "step", n, lambda *a, **k: os.kill(os.getpid(), signal.SIGSTOP)),
         # half of the checkpoint's bytes are in its temporary file

@@ -93,6 +93,41 @@ def test_sigkill_at_a_planted_point_then_resume_ends_exactly_like_an_uninterrupt
         assert "resuming from" in resumed.stderr and "model_0000010.pth" in resumed.stderr
 
 
+def test_sigterm_saves_at_the_end_of_the_step_and_resume_ends_exactly_like_an_uninterrupted_run(
+    reference: Path, synth_dir: Path, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "terminated"
+    stopped = _scratchdet(_start_arguments(synth_dir, run_dir), fault=("sigterm", 13))
+    assert stopped.returncode == 143, stopped.stderr[-2000:]
+    assert "Traceback" not in stopped.stderr
+    message = "stopped at iteration 14 on request (SIGTERM), of 40; its checkpoint is saved: continue with --resume"
+    assert f"{message} {run_dir}" in stopped.stderr
+    # Asked during step 13, after that step's collective: every process learns it at the next one and stops after
+    # step 14, between the periodic checkpoints at 10 and 15; nothing done since the last one is lost.
+    assert (run_dir / "checkpoints" / "last_checkpoint").read_text() == "model_0000014.pth"
+    assert not (run_dir / "summary.json").exists()
+    resumed = _scratchdet(["train", "--resume", str(run_dir)])
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stderr and "model_0000014.pth" in resumed.stderr
+    _assert_same_run(run_dir, reference)
+
+
+def test_stop_at_pauses_there_and_resume_ends_exactly_like_an_uninterrupted_run(
+    reference: Path, synth_dir: Path, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "paused"
+    paused = _scratchdet([*_start_arguments(synth_dir, run_dir), "--stop-at", "12"])
+    assert paused.returncode == 0, paused.stderr[-2000:]
+    assert "paused at iteration 12 as asked (--stop-at)" in paused.stderr
+    assert (run_dir / "checkpoints" / "last_checkpoint").read_text() == "model_0000012.pth"
+    assert not (run_dir / "summary.json").exists() and "final" not in (run_dir / "metrics.jsonl").read_text()
+    again = _scratchdet(["train", "--resume", str(run_dir), "--stop-at", "12"])  # already there: nothing to do
+    assert again.returncode == 0 and "paused at iteration 12" in again.stderr
+    resumed = _scratchdet(["train", "--resume", str(run_dir)])
+    assert resumed.returncode == 0, resumed.stderr
+    _assert_same_run(run_dir, reference)
+
+
 def test_a_full_disk_stops_the_run_with_a_clear_error_and_resume_finishes_it(
     reference: Path, synth_dir: Path, tmp_path: Path
 ) -> None:

@@ -202,6 +202,7 @@ def launch_local(nproc: int, argv: Sequence[str]) -> int:
     Threads are split between the processes unless OMP_NUM_THREADS is set. When a process fails, torchrun's
     agent stops the others; each process has already printed its own error, so the launcher only sums up.
     """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -226,6 +227,9 @@ def launch_local(nproc: int, argv: Sequence[str]) -> int:
     )
     try:
         elastic_launch(config, sys.executable)("-m", "scratchdet", *argv)
+    except SignalException as exc:  # torchrun's agent passed the signal on; each process said how it stopped
+        print(f"the launcher got signal {exc.sigval.name}: {_how_to_continue(argv, nproc)}", file=sys.stderr)
+        return 128 + int(exc.sigval)
     except ChildFailedError as exc:
         failed_rank, failure = exc.get_first_failure()
         code = failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode  # a signal: as a shell says

@@ -176,7 +176,8 @@ class EvalHook(HookBase):
 
 
 class CheckpointHook(HookBase):
-    """A checkpoint every `period` steps and after the last one; `extra` is stored beside the trainer state.
+    """A checkpoint every `period` steps, after the last one and before a pause; `extra` is stored beside the
+    trainer state.
 
     Every process gathers the state (it holds each one's random state); rank 0 writes it.
     """
@@ -189,7 +190,7 @@ class CheckpointHook(HookBase):
     def after_step(self) -> None:
         trainer = self.trainer
         due = trainer.iteration % self.period == 0 or trainer.iteration in self.checkpointer.keep_iterations
-        if due or trainer.finished:
+        if due or trainer.finished or trainer.pausing:
             state = trainer.state_dict()
             if distributed.is_main():
                 self.checkpointer.save(trainer.iteration, {**state, **self.extra})

@@ -180,13 +180,16 @@ def pretraining_step_seconds(config: Config) -> float:
     return measure_seconds_per_iteration(trainer)
 
 
-def pretrain(config: Config, run_dir: Path, *, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
+def pretrain(
+    config: Config, run_dir: Path, *, resume: bool = False, quiet: bool = False, stop_at: int | None = None
+) -> dict[str, Any]:
     """Pre-train the backbone of `config.model` on `config.pretrain`'s ImageFolder; returns the summary."""
     return run_training(
         config,
         Path(run_dir),
         resume=resume,
         command="pretrain",
+        stop_at=stop_at,
         prepare=lambda device: pretraining_job(config, Path(run_dir), device),
     )
 

@@ -239,7 +239,9 @@ def detection_step_seconds(config: Config) -> float:
     return measure_seconds_per_iteration(trainer)
 
 
-def train(config: Config, run_dir: Path, *, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
+def train(
+    config: Config, run_dir: Path, *, resume: bool = False, quiet: bool = False, stop_at: int | None = None
+) -> dict[str, Any]:
     """Train (or continue training) the detection run in `run_dir`; returns the summary.
 
     Under torchrun every process calls it and the processes share each global batch.
@@ -249,6 +251,7 @@ def train(config: Config, run_dir: Path, *, resume: bool = False, quiet: bool = 
         Path(run_dir),
         resume=resume,
         command="train",
+        stop_at=stop_at,
         prepare=lambda device: detection_job(config, Path(run_dir), device, quiet),
     )
 

@@ -30,7 +30,7 @@ from torch import nn
 from scratchdet.engine import distributed
 from scratchdet.engine.accounting import SeenCounts, batch_counts
 from scratchdet.engine.schedule import Schedule, set_learning_rate
-from scratchdet.errors import ScratchdetError
+from scratchdet.errors import ScratchdetError, TrainingPaused
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,9 @@ class Trainer:
         self.last_lr = 0.0
         self.last_step_seconds = 0.0
         self.last_data_seconds = 0.0
+        self.stop_at: int | None = None  # pause (checkpoint, no final evaluation) once this many steps are done
+        self.stop_requested = False  # set by a signal handler; acted on at the end of a step
+        self.stopping = False  # some process requested a stop before this step's collective: all stop after it
         for hook in self.hooks:
             hook.trainer = self
 
@@ -138,23 +141,41 @@ class Trainer:
     def finished(self) -> bool:
         return self.iteration >= self.schedule.total_iterations
 
+    @property
+    def pausing(self) -> bool:
+        """This step is the last before a pause: the checkpoint hook saves it."""
+        return not self.finished and (self.stopping or self.iteration == self.stop_at)
+
     def train(self) -> None:
+        """Train to the end of the schedule; raises `TrainingPaused` when it pauses before (`stop_at`, a stop
+        request), after the step's hooks have saved a checkpoint."""
         self.model.train()
         try:
             for hook in self.hooks:
                 hook.before_train()
             while not self.finished:
+                if self.iteration == self.stop_at:
+                    self._pause(f"paused at iteration {self.iteration} as asked (--stop-at)", 0)
                 for hook in self.hooks:
                     hook.before_step()
                 self.run_step()
                 for hook in self.hooks:
                     hook.after_step()
+                if self.stopping and not self.finished:
+                    self._pause(f"stopped at iteration {self.iteration} on request (SIGTERM)", 143)
             for hook in self.hooks:
                 hook.after_train()
         except RuntimeError as exc:
             if distributed.is_peer_failure(exc):
                 raise distributed.peer_failure(exc) from None
             raise
+
+    def _pause(self, what: str, exit_code: int) -> None:
+        raise TrainingPaused(
+            f"{what}, of {self.schedule.total_iterations}; its checkpoint is saved: continue with --resume RUN_DIR",
+            self.iteration,
+            exit_code,
+        )
 
     def run_step(self) -> None:
         started = time.perf_counter()
@@ -180,16 +201,20 @@ class Trainer:
         self.train_seconds += self.last_step_seconds
 
     def _reduce(self, losses: dict[str, torch.Tensor], counts: SeenCounts) -> SeenCounts:
-        """Average the losses into `last_losses` and sum the batch counts over processes (one collective).
+        """Average the losses into `last_losses`, sum the batch counts over processes and agree on stopping (one
+        collective).
 
-        Before the backward pass, so that a non-finite loss on any process stops every process at the same step.
+        Before the backward pass, so that a non-finite loss on any process stops every process at the same step;
+        a stop requested of any process stops all of them after this step.
         """
-        local = [float(value.detach()) for value in losses.values()] + [counts.images, counts.instances, counts.pixels]
+        local = [float(value.detach()) for value in losses.values()]
+        local += [counts.images, counts.instances, counts.pixels, float(self.stop_requested)]
         summed = distributed.sum_over_processes(local)
         processes = distributed.world_size()
         self.last_losses = {name: value / processes for name, value in zip(losses, summed, strict=False)}
         self._check_finite(self.last_losses)
-        images, instances, pixels = (int(value) for value in summed[len(losses) :])
+        images, instances, pixels = (int(value) for value in summed[len(losses) : len(losses) + 3])
+        self.stopping = summed[-1] > 0
         return SeenCounts(images, instances, pixels)
 
     def _check_finite(self, losses: dict[str, float]) -> None:

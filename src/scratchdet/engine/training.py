@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import logging
 import random
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,11 +55,19 @@ class Job:
 
 
 def run_training(
-    config: Config, run_dir: Path, *, resume: bool, command: str, prepare: Callable[[torch.device], Job]
+    config: Config,
+    run_dir: Path,
+    *,
+    resume: bool,
+    command: str,
+    prepare: Callable[[torch.device], Job],
+    stop_at: int | None = None,
 ) -> dict[str, Any]:
     """Train (or continue) the run in `run_dir` with what `prepare(device)` builds; returns the summary.
 
-    Under torchrun every process calls it and the processes share each global batch; rank 0 writes.
+    Under torchrun every process calls it and the processes share each global batch; rank 0 writes. With
+    `stop_at`, or when SIGTERM arrives (a scheduler's time limit, pre-emption, `scancel`), it checkpoints at the
+    end of a step and raises `TrainingPaused`; `--resume` continues exactly from there.
     """
     run_dir = Path(run_dir)
     device = distributed.init_from_environment()
@@ -86,9 +97,11 @@ def run_training(
     )
     if state is not None:
         trainer.load_state_dict(state)
+    trainer.stop_at = stop_at
     log.info(job.describe(job.schedule))
     try:
-        trainer.train()
+        with _stop_on_sigterm(trainer):
+            trainer.train()
     finally:
         if writer is not None:
             writer.close()
@@ -100,6 +113,28 @@ def run_training(
         "schedule": trainer.schedule.as_dict(),
     }
     return rundir.finish_run(run_dir, summary, started)
+
+
+@contextmanager
+def _stop_on_sigterm(trainer: Trainer) -> Iterator[None]:
+    """SIGTERM during training asks `trainer` to stop at the end of a step, with a checkpoint (all processes at the
+    same step: see `Trainer._reduce`). Repeated SIGTERMs change nothing (a launcher passes on the one Slurm sent
+    everyone); SIGKILL stops at once. Outside training SIGTERM terminates as usual. Only the main thread may set
+    signal handlers (tests call from others)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def request_stop(signum: int, frame: Any) -> None:
+        if not trainer.stop_requested:
+            log.warning("SIGTERM: stopping at the end of a step, with a checkpoint")
+        trainer.stop_requested = True
+
+    previous = signal.signal(signal.SIGTERM, request_stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def seed_everything(seed: int) -> None:
