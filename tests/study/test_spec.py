@@ -43,7 +43,7 @@ def test_dry_run_plan_lists_every_job_and_the_iterations_saved(tmp_path: Path, s
     spec = SPEC.replace("schedule: [1x, 3x, 6x]", "schedule: [1x, 2x]")
     spec = spec.replace("pretrain: {epochs: 5}", f"pretrain: {{epochs: 5, root: {synth_dir / 'classification'}}}")
     (tmp_path / "spec.yaml").write_text(spec)
-    text = describe_plan(plan_study(tmp_path / "spec.yaml", tmp_path / "study"), measure=False)
+    text = describe_plan(plan_study(tmp_path / "spec.yaml", tmp_path / "study"))
     assert "arms/scratch_gn_2x_full_seed0" in text and "pretrain/resnet_narroww32d18_gn" in text
     assert "forked from scratch_gn_2x_full_seed0 at its first lr step (60000 iterations)" in text
     assert "forking saves 960,000 of 4,320,000 detection iterations (22%)" in text
@@ -81,7 +81,7 @@ pretrain: {{epochs: 2, images_per_batch: 16, image_size: 32}}
     expected = math.ceil(20 + pretrain_pixels / (4 * area))
     matched = next(a for a in plan.arms if a.name == "scratch_gn_matched_seed0")
     assert matched.iterations == expected and matched.config.model.init == "scratch" and matched.pretrain is None
-    assert f"cost-matched: {expected:,} iterations" in describe_plan(plan, measure=False)
+    assert f"cost-matched: {expected:,} iterations" in describe_plan(plan)
 
 
 def test_matched_needs_a_pretrained_arm_and_a_schedule_to_match(tmp_path: Path) -> None:

@@ -24,7 +24,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from pydantic import ValidationError
 from tqdm import tqdm
 
 from scratchdet.assemble import detector_from_config
@@ -36,11 +38,24 @@ from scratchdet.engine.run import detection_step_seconds, training_set_size
 from scratchdet.errors import ScratchdetError
 from scratchdet.io import LOCK_FILE, atomic_write_text, lock_holder, try_lock
 from scratchdet.study.report import build_report
-from scratchdet.study.spec import INITS_FILE, StudyPlan, expand, inits_record, read_spec
+from scratchdet.study.resources import JobResources, Resources, SlurmSettings, resources_for
+from scratchdet.study.slurm import (
+    JobState,
+    format_states,
+    slurm_jobs,
+    slurm_jobs_alive,
+    slurm_plan,
+    submit_missing,
+    wait_for,
+)
+from scratchdet.study.spec import INITS_FILE, StudyPlan, config_file, expand, inits_record, read_spec
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 0.5
 PLAIN_PROGRESS_SECONDS = 30.0
+
+
+ONE_PROCESS = JobResources(processes=1, nodes=1, gpus=0, cpus=None)
 
 
 @dataclass
@@ -53,6 +68,7 @@ class Job:
     needs: list[str] = field(default_factory=list)  # jobs that must finish first
     fork_from: Path | None = None  # parent run directory
     fork_iteration: int = 0
+    resources: JobResources = ONE_PROCESS
     process: subprocess.Popen[bytes] | None = None
     failed: bool = False
 
@@ -79,18 +95,23 @@ class Job:
         return rundir.checkpoint_file(self.fork_from, self.fork_iteration)
 
 
-def jobs_of(plan: StudyPlan, study_dir: Path) -> dict[str, Job]:
+def jobs_of(plan: StudyPlan, study_dir: Path, flags: Resources | None = None) -> dict[str, Job]:
+    """The study's jobs; `flags` are resource settings from the command line (study/resources.py)."""
+    flags = flags or Resources()
     jobs: dict[str, Job] = {}
     for pre in plan.pretrain_jobs:
-        jobs[f"pretrain/{pre.name}"] = Job(
-            f"pretrain/{pre.name}", "pretrain", study_dir / "pretrain" / pre.name, pre.config, pre.iterations
-        )
+        name = f"pretrain/{pre.name}"
+        resources = resources_for(name, plan.spec.resources, flags, pre.config.pretrain.images_per_batch)
+        run_dir = study_dir / "pretrain" / pre.name
+        jobs[name] = Job(name, "pretrain", run_dir, pre.config, pre.iterations, resources=resources)
     for arm in plan.arms:
         config = arm.config
         if arm.keep_iterations:
             config = config.model_copy(deep=True)
             config.output.keep_iterations = sorted(set(arm.keep_iterations))
-        job = Job(f"arms/{arm.name}", "train", study_dir / "arms" / arm.name, config, arm.iterations)
+        name = f"arms/{arm.name}"
+        resources = resources_for(name, plan.spec.resources, flags, config.solver.images_per_batch)
+        job = Job(name, "train", study_dir / "arms" / arm.name, config, arm.iterations, resources=resources)
         if arm.pretrain:
             job.needs.append(f"pretrain/{arm.pretrain}")
         if arm.fork_parent:
@@ -104,12 +125,18 @@ def _prepare_fork(job: Job) -> None:
     rundir.fork(job.fork_from, job.run_dir, job.fork_iteration, job.config)
 
 
+def write_configs(jobs: dict[str, Job], study_dir: Path) -> None:
+    for job in jobs.values():
+        atomic_write_text(config_file(study_dir, job.name), job.config.to_yaml())
+
+
 def _start(job: Job, study_dir: Path, threads: int | None, environment: dict[str, str]) -> None:
-    config_path = study_dir / "configs" / f"{job.name.replace('/', '__')}.yaml"
-    atomic_write_text(config_path, job.config.to_yaml())
     if job.fork_from is not None and not job.started:
         _prepare_fork(job)
-    arguments = ["--resume", str(job.run_dir)] if job.started else [str(config_path), "--out", str(job.run_dir)]
+    start = [str(config_file(study_dir, job.name)), "--out", str(job.run_dir)]
+    arguments = ["--resume", str(job.run_dir)] if job.started else start
+    if job.resources.processes > 1:
+        arguments += ["--nproc", str(job.resources.processes)]
     job.run_dir.mkdir(parents=True, exist_ok=True)
     environment = {**os.environ, **environment}
     if threads is not None:
@@ -251,33 +278,48 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{seconds:02d}s"
 
 
-def describe_plan(plan: StudyPlan, measure: bool = True) -> str:
-    """The `--dry-run` table: every job, its iterations and images, forks, and a time estimate from a short
-    measured warm-up of each distinct model (`measure=False` leaves the estimate out)."""
-
+def estimated_seconds(plan: StudyPlan, seconds_per_iteration: float | None = None) -> tuple[dict[str, float], str]:
+    """Training seconds of every job (pretrain/NAME, arms/NAME; a forked arm from its fork on) and where the speed
+    comes from: `seconds_per_iteration` for every job when given, else a short measured warm-up of each distinct
+    model on this machine."""
     speeds: dict[str, float] = {}
-    rows = [f"{'job':<40s} {'iterations':>10s} {'images':>10s} {'starts at':>10s} {'est. time':>10s}"]
-    total_seconds = 0.0
+    estimates: dict[str, float] = {}
     for job in plan.pretrain_jobs:
-        seconds = pretraining_step_seconds(job.config) if measure else 0.0
-        total_seconds += seconds * job.iterations
-        images = job.iterations * job.config.pretrain.images_per_batch
-        rows.append(
-            f"{'pretrain/' + job.name:<40s} {job.iterations:>10,d} {images:>10,d} {0:>10d} "
-            f"{_duration(seconds * job.iterations) if measure else '-':>10s}"
-        )
+        if seconds_per_iteration is None:
+            speeds[f"pretraining {job.name}"] = pretraining_step_seconds(job.config)
+        estimates[f"pretrain/{job.name}"] = (
+            seconds_per_iteration or speeds[f"pretraining {job.name}"]
+        ) * job.iterations
     for arm in plan.arms:
-        key = f"{arm.values['norm']}"
-        if measure and key not in speeds:
+        key = str(arm.values["norm"])
+        if seconds_per_iteration is None and key not in speeds:
             speeds[key] = detection_step_seconds(without_init(arm.config))
-        seconds = speeds.get(key, 0.0) * (arm.iterations - arm.fork_iteration)
-        total_seconds += seconds
+        speed = seconds_per_iteration or speeds[key]
+        estimates[f"arms/{arm.name}"] = speed * (arm.iterations - arm.fork_iteration)
+    if seconds_per_iteration is not None:
+        return estimates, f"given: {seconds_per_iteration:g} s/it"
+    return estimates, "measured on this machine: " + ", ".join(f"{k}: {v:.3f} s/it" for k, v in speeds.items())
+
+
+def describe_plan(plan: StudyPlan, estimates: dict[str, float] | None = None, source: str = "") -> str:
+    """The `--dry-run` table: every job, its iterations and images, forks, and the time `estimates` (from
+    `estimated_seconds`, which says where they come from: `source`)."""
+
+    estimates = estimates or {}
+    rows = [f"{'job':<40s} {'iterations':>10s} {'images':>10s} {'starts at':>10s} {'est. time':>10s}"]
+
+    def time_of(name: str) -> str:
+        return _duration(estimates[name]) if name in estimates else "-"
+
+    for job in plan.pretrain_jobs:
+        images = job.iterations * job.config.pretrain.images_per_batch
+        name = f"pretrain/{job.name}"
+        rows.append(f"{name:<40s} {job.iterations:>10,d} {images:>10,d} {0:>10d} {time_of(name):>10s}")
+    for arm in plan.arms:
         images = arm.iterations * arm.config.solver.images_per_batch
         start = f"{arm.fork_iteration}" if arm.fork_parent else "0"
-        rows.append(
-            f"{'arms/' + arm.name:<40s} {arm.iterations:>10,d} {images:>10,d} {start:>10s} "
-            f"{_duration(seconds) if measure else '-':>10s}"
-        )
+        name = f"arms/{arm.name}"
+        rows.append(f"{name:<40s} {arm.iterations:>10,d} {images:>10,d} {start:>10s} {time_of(name):>10s}")
         if arm.fork_parent:
             rows.append(f"{'':<6s}forked from {arm.fork_parent} at its first lr step ({arm.fork_iteration} iterations)")
         if arm.cost:
@@ -287,11 +329,10 @@ def describe_plan(plan: StudyPlan, measure: bool = True) -> str:
         f"forking saves {plan.iterations_saved:,} of {total:,} detection iterations "
         f"({100 * plan.iterations_saved / max(total, 1):.0f}%)"
     )
-    if measure:
-        measured = ", ".join(f"{norm}: {s:.3f} s/it" for norm, s in speeds.items())
+    if estimates:
         rows.append(
-            f"estimated training time: {_duration(total_seconds)} (measured {measured}; evaluation and "
-            "start-up not included)"
+            f"estimated training time: {_duration(sum(estimates.values()))} ({source}; evaluation and start-up not "
+            "included)"
         )
     return "\n".join(rows)
 
@@ -338,18 +379,69 @@ def _gpu_sharing(parallel: int) -> Iterator[dict[str, str]]:
         yield environment or {}
 
 
-def run_study(spec_path: Path, study_dir: Path, *, parallel: int = 1, dry_run: bool = False) -> Path | None:
-    """Plan, run what is missing, and write the report; returns the report's path (None for a dry run)."""
+@dataclass
+class SlurmOptions:
+    """`--executor slurm`: settings over the spec's `slurm:` section, and how to follow the jobs."""
+
+    settings: dict[str, Any] = field(default_factory=dict)  # partition, account, time, sbatch, signal_delay, ...
+    wait: bool = False
+    retry_failed: bool = False
+    poll_seconds: float = 30.0
+
+
+def run_study(
+    spec_path: Path,
+    study_dir: Path,
+    *,
+    parallel: int = 1,
+    dry_run: bool = False,
+    resources: Resources | None = None,
+    slurm: SlurmOptions | None = None,
+    seconds_per_iteration: float | None = None,
+) -> Path | None:
+    """Plan, run what is missing (here, or as Slurm jobs when `slurm` is given), and write the report; returns
+    the report's path (None for a dry run, or when Slurm jobs were submitted without waiting for them)."""
 
     rundir.setup_logging(None)
     study_dir = Path(study_dir)
     plan = plan_study(spec_path, study_dir)
     load_reports = check_weights(plan)
+    jobs = jobs_of(plan, study_dir, resources)
+    if slurm is None:
+        _check_local(jobs, study_dir)
     if dry_run:
-        print(describe_plan(plan))
+        estimates, source = estimated_seconds(plan, seconds_per_iteration=seconds_per_iteration)
+        print(describe_plan(plan, estimates, source))
+        if slurm is not None:
+            graph = slurm_jobs(jobs, study_dir)
+            print(slurm_plan(graph, study_dir, _slurm_settings(plan, slurm), estimates, source))
         for text in load_reports:
             print(text)
         return None
+    started = time.perf_counter()
+    with _holding_study(spec_path, study_dir, plan):
+        write_configs(jobs, study_dir)
+        if slurm is not None:
+            settings = _slurm_settings(plan, slurm)
+            states = submit_missing(slurm_jobs(jobs, study_dir), study_dir, settings, slurm.retry_failed)
+        else:
+            with _gpu_sharing(parallel) as environment:
+                failed = run_jobs(jobs, study_dir, parallel, environment)
+    if slurm is not None:
+        return _follow_slurm(jobs, study_dir, states, slurm)
+    report = build_report(study_dir)
+    log.info(f"study finished in {_duration(time.perf_counter() - started)}; report: {report}")
+    if failed:
+        raise ScratchdetError(
+            "these jobs failed (see console.txt in their run directories): " + ", ".join(j.name for j in failed)
+        )
+    return report
+
+
+@contextmanager
+def _holding_study(spec_path: Path, study_dir: Path, plan: StudyPlan) -> Iterator[None]:
+    """The study directory for this spec alone, locked against a second `scratchdet study` while it runs or
+    submits; the spec and the inits are saved in it."""
     spec_text = Path(spec_path).read_text()
     saved = study_dir / "study.yaml"
     if saved.is_file() and saved.read_text() != spec_text:
@@ -364,15 +456,48 @@ def run_study(spec_path: Path, study_dir: Path, *, parallel: int = 1, dry_run: b
     try:
         atomic_write_text(saved, spec_text)
         atomic_write_text(study_dir / INITS_FILE, json.dumps(inits_record(plan.spec), indent=2) + "\n")
-        started = time.perf_counter()
-        with _gpu_sharing(parallel) as environment:
-            failed = run_jobs(jobs_of(plan, study_dir), study_dir, parallel, environment)
-        report = build_report(study_dir)
+        yield
     finally:
         os.close(lock)
-    log.info(f"study finished in {_duration(time.perf_counter() - started)}; report: {report}")
-    if failed:
+
+
+def _check_local(jobs: dict[str, Job], study_dir: Path) -> None:
+    """The local executor runs every job on this machine, and not while the study's Slurm jobs run."""
+    wide = [j.name for j in jobs.values() if j.resources.nodes > 1]
+    if wide:
+        raise ScratchdetError(f"{', '.join(wide)}: more than one node needs --executor slurm")
+    live = slurm_jobs_alive(study_dir)
+    if live:
         raise ScratchdetError(
-            "these jobs failed (see console.txt in their run directories): " + ", ".join(j.name for j in failed)
+            f"{study_dir} has Slurm jobs queued or running ({', '.join(live)}): follow them with --executor slurm, "
+            "or scancel them before running the study here"
+        )
+
+
+def _slurm_settings(plan: StudyPlan, options: SlurmOptions) -> SlurmSettings:
+    try:
+        return SlurmSettings.model_validate({**plan.spec.slurm.model_dump(), **options.settings})
+    except ValidationError as exc:
+        raise ScratchdetError(f"Slurm settings: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from None
+
+
+def _follow_slurm(
+    jobs: dict[str, Job], study_dir: Path, states: dict[str, JobState], options: SlurmOptions
+) -> Path | None:
+    print(format_states(states), flush=True)
+    if not options.wait:
+        print(
+            f"run the same command again to see the jobs' states (and submit what is missing); "
+            f"`scratchdet report {study_dir}` writes the report of what has finished, any time"
+        )
+        return None
+    graph = slurm_jobs(jobs, study_dir)
+    final = wait_for(graph, study_dir, options.poll_seconds, lambda now: print(format_states(now), flush=True))
+    report = build_report(study_dir)
+    unfinished = [name for name, state in final.items() if state.label != "finished"]
+    if unfinished:
+        raise ScratchdetError(
+            f"the report ({report}) lacks what these jobs did not finish: {', '.join(unfinished)}; run the study "
+            "again to submit them again (a failed one needs --retry-failed once its cause is fixed)"
         )
     return report

@@ -11,6 +11,8 @@
     pretrain: {epochs: 10}          # settings of the `pretrain` section for the pre-trained arms
     weights:                        # published backbones as inits: `init: [scratch, imagenet]`
       imagenet: weights/R-50-GN.pkl # a path (relative to the spec's folder), or {path: ..., pretrain: {...}}
+    resources: {gpus: 8}            # per job (processes, nodes, GPUs, CPUs; per-job patterns): study/resources.py
+    slurm: {partition: learnfair, time: 4320}   # for --executor slurm (partition, account, time, sbatch, ...)
 
 Shared prefixes are trained once: two arms that differ only in schedule length see the same data, learning rate
 and initialization until the shorter one's first lr step (the data order depends on the seed and the iteration
@@ -51,6 +53,7 @@ from scratchdet.engine.schedule import one_x_iterations
 from scratchdet.errors import ScratchdetError
 from scratchdet.modeling.weights import PUBLISHED_PRETRAINING
 from scratchdet.names import NormName
+from scratchdet.study.resources import ResourceSpec, SlurmSettings
 
 AXES = ("init", "norm", "schedule", "train_subset", "seed")
 INITS = ("scratch", "pretrained")  # any other init is the name of a weight file under `weights`
@@ -121,6 +124,8 @@ class StudySpec(BaseModel):
     pretrain: dict[str, Any] = {}
     weights: dict[str, WeightsInit] = {}
     fork_shared_prefixes: bool = True
+    resources: ResourceSpec = Field(default_factory=ResourceSpec)  # see study/resources.py
+    slurm: SlurmSettings = Field(default_factory=SlurmSettings)  # for --executor slurm
 
     @field_validator("weights", mode="before")
     @classmethod
@@ -241,6 +246,12 @@ def inits_record(spec: StudySpec) -> dict[str, dict[str, Any]]:
 
 def backbone_path(study_dir: Path, job: str) -> Path:
     return Path(study_dir) / "pretrain" / job / rundir.BACKBONE
+
+
+def config_file(study_dir: Path, job: str) -> Path:
+    """STUDY_DIR/configs/<job>.yaml (job: arms/NAME or pretrain/NAME): its resolved config, written before any job
+    runs."""
+    return Path(study_dir) / "configs" / f"{job.replace('/', '__')}.yaml"
 
 
 def expand(spec: StudySpec, study_dir: Path, dataset_size: int | None = None) -> StudyPlan:

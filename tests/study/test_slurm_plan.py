@@ -1,0 +1,143 @@
+"""The Slurm executor's plan, without a cluster: resources, the job graph, the commands a node runs, the states a
+re-run shows and what it submits again (Slurm's answers stubbed), the dry run. tests/study/test_slurm.py runs it
+against a real Slurm."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from scratchdet.errors import ScratchdetError
+from scratchdet.study import slurm
+from scratchdet.study.resources import Resources, ResourceSpec, SlurmSettings, resources_for
+from scratchdet.study.runner import SlurmOptions, jobs_of, plan_study, run_study
+
+SPEC = """
+base: demo/mask_rcnn
+overrides: [solver.base_epochs=null, solver.images_per_batch=16]
+axes:
+  init: [scratch, pretrained]
+  norm: [gn]
+  schedule: [1x, 3x, 6x]
+  seed: [0]
+pretrain: {epochs: 5}
+resources:
+  gpus: 8
+  cpus: 10
+  jobs: {"arms/*_6x_*": {gpus: 16, nodes: 2}}
+"""
+
+
+def graph(tmp_path: Path, flags: Resources | None = None) -> dict[str, slurm.SlurmJob]:
+    (tmp_path / "spec.yaml").write_text(SPEC)
+    study = tmp_path / "study"
+    return slurm.slurm_jobs(jobs_of(plan_study(tmp_path / "spec.yaml", study), study, flags), study)
+
+
+def test_resources_come_from_defaults_spec_flags_then_the_first_matching_pattern() -> None:
+    spec = ResourceSpec(gpus=8, jobs={"arms/*_6x_*": Resources(gpus=16, nodes=2), "arms/*": Resources(gpus=4)})
+    assert resources_for("arms/a_1x_seed0", ResourceSpec(), Resources(), 16).describe() == "1 process on 1 node"
+    six = resources_for("arms/a_6x_seed0", spec, Resources(), 16)
+    assert (six.processes, six.nodes, six.gpus, six.processes_per_node, six.gpus_per_node) == (16, 2, 16, 8, 8)
+    assert resources_for("arms/a_1x_seed0", spec, Resources(), 16).gpus == 4  # the first match wins
+    assert resources_for("pretrain/p", spec, Resources(gpus=2), 16).gpus == 2  # a flag over the spec's default
+    assert resources_for("arms/a_6x_seed0", spec, Resources(gpus=2), 16).gpus == 16  # the pattern over the flag
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [(Resources(gpus=8, processes=4), "4 processes for 8 GPUs"), (Resources(gpus=6, nodes=4), "spread evenly"),
+     (Resources(processes=3), "16 images per batch cannot be shared by 3 processes")],
+)  # fmt: skip
+def test_inconsistent_resources_are_refused_with_the_job_named(settings: Resources, message: str) -> None:
+    with pytest.raises(ScratchdetError, match=r"resources of arms/x: .*" + message):
+        resources_for("arms/x", ResourceSpec(), settings, 16)
+
+
+def test_a_fork_parent_is_split_at_its_fork_iterations_and_jobs_come_in_dependency_order(tmp_path: Path) -> None:
+    jobs = graph(tmp_path)
+    six, pretrained = "arms/scratch_gn_6x_seed0", "pretrain/resnet_narroww32d18_gn"
+    assert jobs[f"{six}@60000"].needs == [] and jobs[f"{six}@60000"].stop_at == 60_000
+    assert jobs[f"{six}@210000"].needs == [f"{six}@60000"]
+    assert jobs[six].needs == [f"{six}@210000"] and jobs[six].stop_at is None
+    assert jobs["arms/scratch_gn_1x_seed0"].needs == [f"{six}@60000"]
+    assert jobs["arms/scratch_gn_3x_seed0"].needs == [f"{six}@210000"]
+    assert jobs["arms/pretrained_gn_1x_seed0"].needs == [pretrained, "arms/pretrained_gn_6x_seed0@60000"]
+    assert jobs["arms/pretrained_gn_6x_seed0@60000"].needs == [pretrained]
+    order = list(jobs)
+    for name, job in jobs.items():
+        assert all(order.index(need) < order.index(name) for need in job.needs), name
+    assert jobs[six].resources.nodes == 2 and jobs["arms/scratch_gn_1x_seed0"].resources.gpus == 8
+
+
+def test_the_command_a_node_runs_on_one_node_and_on_several(tmp_path: Path) -> None:
+    jobs = graph(tmp_path)
+    one = slurm.task_of(jobs["arms/scratch_gn_1x_seed0"], tmp_path)
+    command = slurm.training_command(one, 0, ["n1"], "77")
+    assert command[1:] == ["-m", "scratchdet", "train", "--resume", one.run_dir, "--nproc", "8"]
+    part = slurm.task_of(jobs["arms/scratch_gn_6x_seed0@60000"], tmp_path)
+    command = slurm.training_command(part, 1, ["n1", "n2"], "77")
+    assert command[1:9] == ["-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=8", "--node-rank=1",
+                            "--master-addr=n1", "--master-port=20077", "--module"]  # fmt: skip
+    assert command[9:] == ["scratchdet", "train", "--resume", part.run_dir, "--stop-at", "60000"]
+
+
+def test_a_rerun_submits_what_ended_unfinished_but_not_what_failed_for_its_own_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jobs = graph(tmp_path)
+    study = tmp_path / "study"
+    names = list(jobs)
+    record = {name: {"job_id": str(100 + i)} for i, name in enumerate(names)}
+    failed, cancelled, queued = "pretrain/resnet_narroww32d18_gn", "arms/scratch_gn_1x_seed0", names[-1]
+    outcome = slurm._outcome_path(study, failed)
+    outcome.parent.mkdir(parents=True)
+    outcome.write_text(json.dumps({"job_id": record[failed]["job_id"], "state": "failed", "exit": 1,
+                                   "console": "C/console.txt"}))  # fmt: skip
+    live = {record[name]["job_id"]: ("RUNNING", "None") for name in names if name.startswith("arms/scratch_gn_6x")}
+    live[record[queued]["job_id"]] = ("PENDING", "Dependency")
+    monkeypatch.setattr(slurm, "queue", lambda ids: live)
+    monkeypatch.setattr(slurm, "_ended_state", lambda job_id: "CANCELLED")
+    states = slurm.job_states(jobs, study, record, retry_failed=False)
+    assert states[failed].failed and not states[failed].submit
+    assert f"failed (exit status 1); see C/console.txt and {study}/slurm/logs/" in states[failed].label
+    assert states[cancelled].submit
+    assert states[cancelled].label == f"job {record[cancelled]['job_id']} cancelled unfinished; submitting again"
+    assert states["arms/scratch_gn_6x_seed0"].live and states["arms/scratch_gn_6x_seed0"].label.startswith("running")
+    assert states[queued].label == "queued (Dependency)" and not states[queued].submit
+    waiting = states["arms/pretrained_gn_6x_seed0@60000"]  # needs the failed pre-training
+    assert not waiting.submit and waiting.label == f"waiting: needs {failed}"
+    assert states["arms/pretrained_gn_6x_seed0@210000"].label == "waiting: needs arms/pretrained_gn_6x_seed0@60000"
+    again = slurm.job_states(jobs, study, record, retry_failed=True)
+    assert again[failed].submit and again["arms/pretrained_gn_6x_seed0@60000"].submit
+
+
+def test_dry_run_prints_each_job_script_and_the_gpu_hours(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "spec.yaml").write_text(SPEC.replace("[1x, 3x, 6x]", "[1x, 2x]"))
+    options = SlurmOptions({"time": 4320, "partition": "learnfair", "sbatch": {"qos": "high"}})
+    run_study(tmp_path / "spec.yaml", tmp_path / "study", dry_run=True, slurm=options, seconds_per_iteration=0.5)
+    text = capsys.readouterr().out
+    assert not (tmp_path / "study").exists()  # a dry run writes nothing
+    # 1x at 16 images: 90,000 iterations; 2x: 180,000, the 1x forks at 60,000; pre-training: 5 epochs.
+    detection = (180_000 + 30_000) * 2 * 0.5 * 8 / 3600  # two inits, 8 GPUs each
+    assert "cost of the plan: " in text and "GPU-hours" in text
+    gpu_hours = float(text.split("cost of the plan: ")[1].split(" GPU-hours")[0].replace(",", ""))
+    assert gpu_hours > detection  # plus the pre-training's
+    assert "arms/scratch_gn_2x_seed0@60000: 8 processes on 1 node, 8 GPUs, pauses at iteration 60000" in text
+    script = text.split("# ---- arms/scratch_gn_1x_seed0:")[1].split("# ----")[0]
+    for line in ("#SBATCH --partition=learnfair", "#SBATCH --time=4320", "#SBATCH --qos=high",
+                 "#SBATCH --gpus-per-node=8", "#SBATCH --cpus-per-task=80", "#SBATCH --signal=USR2@90",
+                 "#SBATCH --dependency='afterok:<arms/scratch_gn_2x_seed0@60000>'"):  # fmt: skip
+        assert line in script, line
+    assert "--resume " + str(tmp_path / "study" / "arms" / "scratch_gn_1x_seed0") + " --nproc 8" in script
+
+
+def test_submitting_needs_a_time_limit(tmp_path: Path) -> None:
+    (tmp_path / "spec.yaml").write_text(SPEC)
+    with pytest.raises(ScratchdetError, match="give the jobs' time limit: --time MINUTES"):
+        run_study(tmp_path / "spec.yaml", tmp_path / "study", slurm=SlurmOptions())
+    with pytest.raises(ScratchdetError, match="more than one node needs --executor slurm"):
+        run_study(tmp_path / "spec.yaml", tmp_path / "other")
+    assert SlurmSettings().signal_delay == 90
