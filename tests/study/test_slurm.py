@@ -145,3 +145,34 @@ def test_a_study_on_slurm_requeues_resumes_and_equals_the_local_one(
             assert torch.equal(on_slurm[name], here[name]), (arm, name)
     print(report_text(study))
     assert report_text(study) == report_text(tmp_path / "local")
+
+
+def test_a_job_that_fails_is_reported_with_its_log_and_not_submitted_again(
+    cluster: dict[str, str], tmp_path: Path
+) -> None:
+    spec = write_spec(tmp_path, tmp_path / "no_data")  # every job fails as it builds its dataset
+    study = tmp_path / "study"
+    command = [sys.executable, "-m", "scratchdet", "study", str(spec), "--out", str(study), "--executor", "slurm",
+               "--time", "2", "--poll", "1"]  # fmt: skip
+    refused = subprocess.run([*command, "--partition", "nowhere"], env=cluster, capture_output=True, text=True)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+    assert f"sbatch refused arms/{LONG}@240: " in refused.stderr and "nvalid partition" in refused.stderr
+    assert not (study / "slurm" / "jobs.json").exists()
+    waited = subprocess.run([*command, "--wait"], env=cluster, capture_output=True, text=True)
+    print(waited.stdout, waited.stderr)
+    assert waited.returncode == 2 and "Traceback" not in waited.stderr
+    assert "lacks what these jobs did not finish" in waited.stderr and "--retry-failed" in waited.stderr
+    first = ids(study)
+    part = first[f"arms/{LONG}@240"]
+    # The part of the long arm up to the fork failed; Slurm ended the two jobs that needed it.
+    console = study / "arms" / LONG / "console.txt"
+    assert f"failed (exit status 2); see {console} and {study}/slurm/logs/{part}_0_log.err" in waited.stdout
+    assert "not found" in console.read_text()  # the training's own error, in the log the state names
+
+    again = subprocess.run(command, env=cluster, capture_output=True, text=True, check=True)
+    print(again.stdout)
+    states = {line.split()[0]: line for line in again.stdout.splitlines() if line.startswith("arms/")}
+    assert f"failed (exit status 2); see {console}" in states[f"arms/{LONG}@240"]
+    assert states[f"arms/{LONG}"].endswith(f"waiting: needs arms/{LONG}@240")
+    assert states[f"arms/{SHORT}"].endswith(f"waiting: needs arms/{LONG}@240")
+    assert ids(study) == first and "submitted" not in again.stdout  # nothing submitted again

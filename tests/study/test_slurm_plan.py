@@ -104,7 +104,7 @@ def test_a_rerun_submits_what_ended_unfinished_but_not_what_failed_for_its_own_r
     assert states[failed].failed and not states[failed].submit
     assert f"failed (exit status 1); see C/console.txt and {study}/slurm/logs/" in states[failed].label
     assert states[cancelled].submit
-    assert states[cancelled].label == f"job {record[cancelled]['job_id']} cancelled unfinished; submitting again"
+    assert states[cancelled].label == f"job {record[cancelled]['job_id']} cancelled unfinished"
     assert states["arms/scratch_gn_6x_seed0"].live and states["arms/scratch_gn_6x_seed0"].label.startswith("running")
     assert states[queued].label == "queued (Dependency)" and not states[queued].submit
     waiting = states["arms/pretrained_gn_6x_seed0@60000"]  # needs the failed pre-training
@@ -120,18 +120,26 @@ def test_dry_run_prints_each_job_script_and_the_gpu_hours(tmp_path: Path, capsys
     run_study(tmp_path / "spec.yaml", tmp_path / "study", dry_run=True, slurm=options, seconds_per_iteration=0.5)
     text = capsys.readouterr().out
     assert not (tmp_path / "study").exists()  # a dry run writes nothing
-    # 1x at 16 images: 90,000 iterations; 2x: 180,000, the 1x forks at 60,000; pre-training: 5 epochs.
-    detection = (180_000 + 30_000) * 2 * 0.5 * 8 / 3600  # two inits, 8 GPUs each
-    assert "cost of the plan: " in text and "GPU-hours" in text
-    gpu_hours = float(text.split("cost of the plan: ")[1].split(" GPU-hours")[0].replace(",", ""))
-    assert gpu_hours > detection  # plus the pre-training's
-    assert "arms/scratch_gn_2x_seed0@60000: 8 processes on 1 node, 8 GPUs, pauses at iteration 60000" in text
+    # Per init, at 16 images: 2x is 180,000 iterations, 1x forks from it at 60,000 and trains to 90,000; and the
+    # pre-training; every job on 8 GPUs at the given 0.5 s per iteration.
+    pretraining = plan_study(tmp_path / "spec.yaml", tmp_path / "study").pretrain_jobs[0].iterations
+    gpu_hours = (2 * (180_000 + 30_000) + pretraining) * 0.5 * 8 / 3600
+    assert f"cost of the plan: {gpu_hours:,.2f} GPU-hours, {gpu_hours / 8:,.2f} node-hours (given: 0.5 s/it" in text
+    assert "arms/scratch_gn_2x_seed0@60000: iterations 0-60,000, est. 8h20m; 8 processes on 1 node, 8 GPUs" in text
+    assert "arms/scratch_gn_2x_seed0: iterations 60,000-180,000, est. 16h40m; 8 processes" in text
+    assert "arms/scratch_gn_2x_seed0 outlasts the time limit (4320 min)" not in text  # 16h40m < 72 h
     script = text.split("# ---- arms/scratch_gn_1x_seed0:")[1].split("# ----")[0]
     for line in ("#SBATCH --partition=learnfair", "#SBATCH --time=4320", "#SBATCH --qos=high",
                  "#SBATCH --gpus-per-node=8", "#SBATCH --cpus-per-task=80", "#SBATCH --signal=USR2@90",
                  "#SBATCH --dependency='afterok:<arms/scratch_gn_2x_seed0@60000>'"):  # fmt: skip
         assert line in script, line
     assert "--resume " + str(tmp_path / "study" / "arms" / "scratch_gn_1x_seed0") + " --nproc 8" in script
+    short = SlurmOptions({"time": 400, "max_requeues": 1})
+    run_study(tmp_path / "spec.yaml", tmp_path / "study", dry_run=True, slurm=short, seconds_per_iteration=0.5)
+    text = capsys.readouterr().out
+    assert "arms/scratch_gn_2x_seed0@60000 outlasts the time limit (400 min): requeued about 1 time(s)\n" in text
+    more = "requeued about 2 time(s) (more than --max-requeues 1: raise it)"
+    assert f"arms/scratch_gn_2x_seed0 outlasts the time limit (400 min): {more}" in text
 
 
 def test_submitting_needs_a_time_limit(tmp_path: Path) -> None:

@@ -74,7 +74,8 @@ def _flatten(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """1m05s, 12m00s, 3h07m."""
     seconds = int(seconds)
     return (
         f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
@@ -128,7 +129,7 @@ class MetricsHook(HookBase):
         self.writer.write(record)
         if self._bar is None:
             total_iterations = trainer.schedule.total_iterations
-            eta = _duration(step * (total_iterations - trainer.iteration))
+            eta = format_duration(step * (total_iterations - trainer.iteration))
             terms = " ".join(f"{k.removeprefix('loss_')} {v:.3f}" for k, v in trainer.last_losses.items())
             log.info(
                 f"iter {trainer.iteration}/{total_iterations}  loss {record['total_loss']:.3f} ({terms})  "

@@ -32,6 +32,7 @@ from tqdm import tqdm
 from scratchdet.assemble import detector_from_config
 from scratchdet.config import SCRATCH_OVERRIDES, Config, load_config, without_init
 from scratchdet.engine import rundir
+from scratchdet.engine.hooks import format_duration
 from scratchdet.engine.mps import CONTROL, mps_server
 from scratchdet.engine.pretrain import pretraining_step_seconds
 from scratchdet.engine.run import detection_step_seconds, training_set_size
@@ -273,11 +274,6 @@ def plan_study(spec_path: Path, study_dir: Path) -> StudyPlan:
     return expand(spec, study_dir, _dataset_size(base))
 
 
-def _duration(seconds: float) -> str:
-    minutes, seconds = divmod(int(seconds), 60)
-    return f"{minutes}m{seconds:02d}s"
-
-
 def estimated_seconds(plan: StudyPlan, seconds_per_iteration: float | None = None) -> tuple[dict[str, float], str]:
     """Training seconds of every job (pretrain/NAME, arms/NAME; a forked arm from its fork on) and where the speed
     comes from: `seconds_per_iteration` for every job when given, else a short measured warm-up of each distinct
@@ -309,7 +305,7 @@ def describe_plan(plan: StudyPlan, estimates: dict[str, float] | None = None, so
     rows = [f"{'job':<40s} {'iterations':>10s} {'images':>10s} {'starts at':>10s} {'est. time':>10s}"]
 
     def time_of(name: str) -> str:
-        return _duration(estimates[name]) if name in estimates else "-"
+        return format_duration(estimates[name]) if name in estimates else "-"
 
     for job in plan.pretrain_jobs:
         images = job.iterations * job.config.pretrain.images_per_batch
@@ -331,8 +327,8 @@ def describe_plan(plan: StudyPlan, estimates: dict[str, float] | None = None, so
     )
     if estimates:
         rows.append(
-            f"estimated training time: {_duration(sum(estimates.values()))} ({source}; evaluation and start-up not "
-            "included)"
+            f"estimated training time: {format_duration(sum(estimates.values()))} ({source}; evaluation and "
+            "start-up not included)"
         )
     return "\n".join(rows)
 
@@ -430,7 +426,7 @@ def run_study(
     if slurm is not None:
         return _follow_slurm(jobs, study_dir, states, slurm)
     report = build_report(study_dir)
-    log.info(f"study finished in {_duration(time.perf_counter() - started)}; report: {report}")
+    log.info(f"study finished in {format_duration(time.perf_counter() - started)}; report: {report}")
     if failed:
         raise ScratchdetError(
             "these jobs failed (see console.txt in their run directories): " + ", ".join(j.name for j in failed)

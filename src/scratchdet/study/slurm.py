@@ -43,6 +43,7 @@ from submitit.slurm import slurm as submitit_slurm
 
 from scratchdet.config import load_config
 from scratchdet.engine import rundir
+from scratchdet.engine.hooks import format_duration
 from scratchdet.errors import ScratchdetError
 from scratchdet.io import atomic_write_text
 from scratchdet.study.resources import JobResources, SlurmSettings
@@ -78,6 +79,11 @@ class SlurmJob:
     needs: list[str] = field(default_factory=list)
     fork_from: Path | None = None
     fork_iteration: int = 0
+    start: int = 0  # the iteration it starts from: a fork's, or where the previous part of its run paused
+
+    @property
+    def end(self) -> int:
+        return self.stop_at if self.stop_at is not None else self.iterations
 
     def done(self) -> bool:
         if rundir.is_finished(self.run_dir):
@@ -98,13 +104,14 @@ def slurm_jobs(jobs: dict[str, Job], study_dir: Path) -> dict[str, SlurmJob]:
     for job in jobs.values():
         config = config_file(study_dir, job.name)
         previous: list[str] = list(job.needs)
+        start = job.fork_iteration
         for iteration in sorted(forks.get(job.name, ())):
             part = f"{job.name}@{iteration}"
             result[part] = SlurmJob(
-                part, job.command, job.run_dir, config, iteration, job.resources, iteration, previous
+                part, job.command, job.run_dir, config, iteration, job.resources, iteration, previous, start=start
             )
-            previous = [part]
-        whole = SlurmJob(job.name, job.command, job.run_dir, config, job.iterations, job.resources)
+            previous, start = [part], iteration
+        whole = SlurmJob(job.name, job.command, job.run_dir, config, job.iterations, job.resources, start=start)
         whole.needs = previous
         if job.fork_from is not None:
             whole.needs = [*job.needs, f"{_arm(job.fork_from)}@{job.fork_iteration}"]
@@ -285,7 +292,8 @@ def _write_outcome(task: Task, job_id: str, state: str, code: int) -> None:
 
 @dataclass
 class JobState:
-    """Where one job stands: `label` as shown; `live` while Slurm holds it; `submit` when it should be (again)."""
+    """Where one job stands: `label` as shown; `live` while Slurm holds it; `submit` when it should be submitted
+    (again) by the next `submit_missing`."""
 
     job_id: str
     label: str
@@ -375,13 +383,12 @@ def job_states(
         if job_id and outcome.get("job_id") == job_id and outcome.get("state") == "failed":
             logs = f"{outcome.get('console')} and {study_dir / SLURM_DIR / LOGS / (job_id + '_0_log.err')}"
             label = f"failed (exit status {outcome.get('exit')}); see {logs}"
-            label += "; submitting again" if retry_failed else ""
             states[name] = JobState(job_id, label, submit=retry_failed, failed=not retry_failed)
         elif job_id:
             ended = _ended_state(job_id) or "ended"
-            states[name] = JobState(job_id, f"job {job_id} {ended.lower()} unfinished; submitting again", submit=True)
+            states[name] = JobState(job_id, f"job {job_id} {ended.lower()} unfinished", submit=True)
         else:
-            states[name] = JobState("", "new; submitting", submit=True)
+            states[name] = JobState("", "new", submit=True)
     for name, job in jobs.items():  # a job whose prerequisite failed cannot run
         blocked = [n for n in job.needs if states[n].failed or (states[n].label.startswith("waiting"))]
         if states[name].submit and blocked:
@@ -473,9 +480,17 @@ def submit_missing(
         if not states[name].submit:
             continue
         dependency = _dependency(job, ids, jobs)
-        submitted = make_executor(study_dir, job, settings, dependency).submit(NodeTask(task_of(job, study_dir)))
+        executor = make_executor(study_dir, job, settings, dependency)
+        try:
+            submitted = executor.submit(NodeTask(task_of(job, study_dir)))
+        except submitit.core.utils.FailedJobError as exc:  # sbatch refused it; what was submitted is recorded
+            raise ScratchdetError(
+                f"sbatch refused {name}: {str(exc).strip() or 'no reason given'}. Fix the Slurm settings (flags or "
+                "the spec's slurm: and resources:) and run the study again"
+            ) from None
         ids[name] = str(submitted.job_id)
-        states[name] = JobState(ids[name], states[name].label.replace("submitting", "submitted"), live=True)
+        again = "; submitted again" if states[name].job_id else "; submitted"
+        states[name] = JobState(ids[name], states[name].label + again, live=True)
         record[name] = {"job_id": ids[name], "submitted": time.strftime("%Y-%m-%dT%H:%M:%S")}
         _write_record(study_dir, record)  # after each: a submission cut short still knows what it submitted
         log.info(f"submitted {name} as Slurm job {ids[name]}" + (f" ({dependency})" if dependency else ""))
@@ -514,28 +529,31 @@ def wait_for(
 def slurm_plan(
     jobs: dict[str, SlurmJob], study_dir: Path, settings: SlurmSettings, estimates: dict[str, float], source: str
 ) -> str:
-    """The dry run's Slurm part: each job's resources and sbatch script, and the GPU-hours of the plan."""
+    """The dry run's Slurm part: each job's resources, iterations and time, its sbatch script, and the GPU-hours
+    of the plan. `estimates`: each run's seconds from its start (`runner.estimated_seconds`), shared by its parts."""
+    seconds = {name: _job_seconds(job, jobs, estimates) for name, job in jobs.items()}
     rows = ["", "Slurm jobs (in submission order; a job waits for those it needs with afterok):"]
-    for job in jobs.values():
+    for name, job in jobs.items():
         needs = f"; after {', '.join(job.needs)}" if job.needs else ""
-        part = f", pauses at iteration {job.stop_at}" if job.stop_at is not None else ""
-        rows.append(f"  {job.name}: {job.resources.describe()}{part}{needs}")
+        took = f", est. {format_duration(seconds[name])}" if estimates else ""
+        rows.append(f"  {name}: iterations {job.start:,}-{job.end:,}{took}; {job.resources.describe()}{needs}")
     rows.append("")
-    whole = {name: job for name, job in jobs.items() if job.stop_at is None}  # a parent's parts add up to it
     if estimates:
-        gpu_hours = sum(estimates.get(n, 0.0) * job.resources.gpus for n, job in whole.items()) / 3600
-        node_hours = sum(estimates.get(n, 0.0) * job.resources.nodes for n, job in whole.items()) / 3600
-        longest = max((estimates.get(n, 0.0) for n in whole), default=0.0)
+        gpu_hours = sum(seconds[n] * job.resources.gpus for n, job in jobs.items()) / 3600
+        node_hours = sum(seconds[n] * job.resources.nodes for n, job in jobs.items()) / 3600
         rows.append(
             f"cost of the plan: {gpu_hours:,.2f} GPU-hours, {node_hours:,.2f} node-hours ({source}; evaluation and "
             "start-up not included)"
         )
-        if settings.time is not None and longest > settings.time * 60:
-            requeues = int(longest // (settings.time * 60))
-            rows.append(
-                f"the longest job needs about {longest / 3600:.1f} h: with time {settings.time} min it is requeued "
-                f"{requeues} time(s) (slurm.max_requeues is {settings.max_requeues})"
-            )
+        if settings.time is not None:
+            limit = settings.time * 60
+            requeued = {n: int(s // limit) for n, s in seconds.items() if s > limit}
+            for name, count in requeued.items():
+                more = f" (more than --max-requeues {settings.max_requeues}: raise it)"
+                rows.append(
+                    f"{name} outlasts the time limit ({settings.time} min): requeued about {count} time(s)"
+                    + (more if count > settings.max_requeues else "")
+                )
     else:
         rows.append("cost of the plan: give --seconds-per-iteration (as measured on the cluster) for GPU-hours")
     if settings.time is None:
@@ -544,6 +562,16 @@ def slurm_plan(
         runs = shlex.join(training_command(task_of(job, study_dir), 0, ["<first node>"], "<job id>"))
         rows += ["", f"# ---- {job.name}: runs `{runs}` on its node(s)", job_script(job, study_dir, settings, jobs)]
     return "\n".join(rows)
+
+
+def _job_seconds(job: SlurmJob, jobs: dict[str, SlurmJob], estimates: dict[str, float]) -> float:
+    """A job's share of its run's estimated seconds (a run's parts take theirs in proportion to iterations)."""
+    run = job.name.split("@")[0]
+    if run not in estimates:
+        return 0.0
+    whole = jobs[run]
+    first = min(j.start for j in jobs.values() if j.name.split("@")[0] == run)
+    return estimates[run] * (job.end - job.start) / max(1, whole.end - first)
 
 
 def slurm_jobs_alive(study_dir: Path) -> list[str]:
