@@ -42,6 +42,7 @@ from scratchdet.study.report import build_report
 from scratchdet.study.resources import JobResources, Resources, SlurmSettings, resources_for
 from scratchdet.study.slurm import (
     JobState,
+    SlurmJob,
     format_states,
     slurm_jobs,
     slurm_jobs_alive,
@@ -405,12 +406,13 @@ def run_study(
     jobs = jobs_of(plan, study_dir, resources)
     if slurm is None:
         _check_local(jobs, study_dir)
+    else:
+        graph, settings = slurm_jobs(jobs, study_dir), _slurm_settings(plan, slurm)
     if dry_run:
         estimates, source = estimated_seconds(plan, seconds_per_iteration=seconds_per_iteration)
         print(describe_plan(plan, estimates, source))
         if slurm is not None:
-            graph = slurm_jobs(jobs, study_dir)
-            print(slurm_plan(graph, study_dir, _slurm_settings(plan, slurm), estimates, source))
+            print(slurm_plan(graph, study_dir, settings, estimates, source))
         for text in load_reports:
             print(text)
         return None
@@ -418,13 +420,12 @@ def run_study(
     with _holding_study(spec_path, study_dir, plan):
         write_configs(jobs, study_dir)
         if slurm is not None:
-            settings = _slurm_settings(plan, slurm)
-            states = submit_missing(slurm_jobs(jobs, study_dir), study_dir, settings, slurm.retry_failed)
+            states = submit_missing(graph, study_dir, settings, slurm.retry_failed)
         else:
             with _gpu_sharing(parallel) as environment:
                 failed = run_jobs(jobs, study_dir, parallel, environment)
     if slurm is not None:
-        return _follow_slurm(jobs, study_dir, states, slurm)
+        return _follow_slurm(graph, study_dir, states, slurm)
     report = build_report(study_dir)
     log.info(f"study finished in {format_duration(time.perf_counter() - started)}; report: {report}")
     if failed:
@@ -478,7 +479,7 @@ def _slurm_settings(plan: StudyPlan, options: SlurmOptions) -> SlurmSettings:
 
 
 def _follow_slurm(
-    jobs: dict[str, Job], study_dir: Path, states: dict[str, JobState], options: SlurmOptions
+    graph: dict[str, SlurmJob], study_dir: Path, states: dict[str, JobState], options: SlurmOptions
 ) -> Path | None:
     print(format_states(states), flush=True)
     if not options.wait:
@@ -487,7 +488,6 @@ def _follow_slurm(
             f"`scratchdet report {study_dir}` writes the report of what has finished, any time"
         )
         return None
-    graph = slurm_jobs(jobs, study_dir)
     final = wait_for(graph, study_dir, options.poll_seconds, lambda now: print(format_states(now), flush=True))
     report = build_report(study_dir)
     unfinished = [name for name, state in final.items() if state.label != "finished"]
