@@ -22,7 +22,7 @@ axes:
   norm: [gn]
   schedule: [1x, 3x, 6x]
   seed: [0]
-pretrain: {epochs: 5}
+pretrain: {epochs: 5, root: CLASSIFICATION}
 resources:
   gpus: 8
   cpus: 10
@@ -30,10 +30,14 @@ resources:
 """
 
 
-def graph(tmp_path: Path, flags: Resources | None = None) -> dict[str, slurm.SlurmJob]:
-    (tmp_path / "spec.yaml").write_text(SPEC)
+def write_spec(folder: Path, synth_dir: Path, spec: str = SPEC) -> Path:
+    (folder / "spec.yaml").write_text(spec.replace("CLASSIFICATION", str(synth_dir / "classification")))
+    return folder / "spec.yaml"
+
+
+def graph(tmp_path: Path, synth_dir: Path) -> dict[str, slurm.SlurmJob]:
     study = tmp_path / "study"
-    return slurm.slurm_jobs(jobs_of(plan_study(tmp_path / "spec.yaml", study), study, flags), study)
+    return slurm.slurm_jobs(jobs_of(plan_study(write_spec(tmp_path, synth_dir), study), study), study)
 
 
 def test_resources_come_from_defaults_spec_flags_then_the_first_matching_pattern() -> None:
@@ -56,8 +60,10 @@ def test_inconsistent_resources_are_refused_with_the_job_named(settings: Resourc
         resources_for("arms/x", ResourceSpec(), settings, 16)
 
 
-def test_a_fork_parent_is_split_at_its_fork_iterations_and_jobs_come_in_dependency_order(tmp_path: Path) -> None:
-    jobs = graph(tmp_path)
+def test_a_fork_parent_is_split_at_its_fork_iterations_and_jobs_come_in_dependency_order(
+    tmp_path: Path, synth_dir: Path
+) -> None:
+    jobs = graph(tmp_path, synth_dir)
     six, pretrained = "arms/scratch_gn_6x_seed0", "pretrain/resnet_narroww32d18_gn"
     assert jobs[f"{six}@60000"].needs == [] and jobs[f"{six}@60000"].stop_at == 60_000
     assert jobs[f"{six}@210000"].needs == [f"{six}@60000"]
@@ -72,8 +78,8 @@ def test_a_fork_parent_is_split_at_its_fork_iterations_and_jobs_come_in_dependen
     assert jobs[six].resources.nodes == 2 and jobs["arms/scratch_gn_1x_seed0"].resources.gpus == 8
 
 
-def test_the_command_a_node_runs_on_one_node_and_on_several(tmp_path: Path) -> None:
-    jobs = graph(tmp_path)
+def test_the_command_a_node_runs_on_one_node_and_on_several(tmp_path: Path, synth_dir: Path) -> None:
+    jobs = graph(tmp_path, synth_dir)
     one = slurm.task_of(jobs["arms/scratch_gn_1x_seed0"], tmp_path)
     command = slurm.training_command(one, 0, ["n1"], "77")
     assert command[1:] == ["-m", "scratchdet", "train", "--resume", one.run_dir, "--nproc", "8"]
@@ -85,9 +91,9 @@ def test_the_command_a_node_runs_on_one_node_and_on_several(tmp_path: Path) -> N
 
 
 def test_a_rerun_submits_what_ended_unfinished_but_not_what_failed_for_its_own_reason(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, synth_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    jobs = graph(tmp_path)
+    jobs = graph(tmp_path, synth_dir)
     study = tmp_path / "study"
     names = list(jobs)
     record = {name: {"job_id": str(100 + i)} for i, name in enumerate(names)}
@@ -114,8 +120,10 @@ def test_a_rerun_submits_what_ended_unfinished_but_not_what_failed_for_its_own_r
     assert again[failed].submit and again["arms/pretrained_gn_6x_seed0@60000"].submit
 
 
-def test_dry_run_prints_each_job_script_and_the_gpu_hours(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    (tmp_path / "spec.yaml").write_text(SPEC.replace("[1x, 3x, 6x]", "[1x, 2x]"))
+def test_dry_run_prints_each_job_script_and_the_gpu_hours(
+    tmp_path: Path, synth_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_spec(tmp_path, synth_dir, SPEC.replace("[1x, 3x, 6x]", "[1x, 2x]"))
     options = SlurmOptions({"time": 4320, "partition": "learnfair", "sbatch": {"qos": "high"}})
     run_study(tmp_path / "spec.yaml", tmp_path / "study", dry_run=True, slurm=options, seconds_per_iteration=0.5)
     text = capsys.readouterr().out
@@ -142,8 +150,8 @@ def test_dry_run_prints_each_job_script_and_the_gpu_hours(tmp_path: Path, capsys
     assert f"arms/scratch_gn_2x_seed0 outlasts the time limit (400 min): {more}" in text
 
 
-def test_submitting_needs_a_time_limit(tmp_path: Path) -> None:
-    (tmp_path / "spec.yaml").write_text(SPEC)
+def test_submitting_needs_a_time_limit(tmp_path: Path, synth_dir: Path) -> None:
+    write_spec(tmp_path, synth_dir)
     with pytest.raises(ScratchdetError, match="give the jobs' time limit: --time MINUTES"):
         run_study(tmp_path / "spec.yaml", tmp_path / "study", slurm=SlurmOptions())
     with pytest.raises(ScratchdetError, match="more than one node needs --executor slurm"):
