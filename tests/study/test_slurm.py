@@ -26,8 +26,8 @@ from tests.slurm_cluster import one_node_cluster
 
 pytestmark = pytest.mark.slow
 
-# At 4 images per iteration: 1,080 and 360 iterations; the shorter forks at its first lr step, 240.
-LONG, SHORT = "scratch_gn_0.003x_seed0", "scratch_gn_0.001x_seed0"
+# At 4 images per iteration: 1,440 and 360 iterations; the shorter forks at its first lr step, 240.
+LONG, SHORT = "scratch_gn_0.004x_seed0", "scratch_gn_0.001x_seed0"
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def write_spec(folder: Path, data: Path) -> Path:
     spec = {
         "base": "demo/mask_rcnn",
         "overrides": overrides,
-        "axes": {"init": ["scratch"], "norm": ["gn"], "schedule": ["0.003x", "0.001x"], "seed": [0]},
+        "axes": {"init": ["scratch"], "norm": ["gn"], "schedule": ["0.004x", "0.001x"], "seed": [0]},
         "resources": {"jobs": {f"arms/{LONG}": {"processes": 2}}},
     }
     (folder / "spec.yaml").write_text(yaml.safe_dump(spec))
@@ -88,10 +88,11 @@ def test_a_study_on_slurm_requeues_resumes_and_equals_the_local_one(
     spec = write_spec(tmp_path, synth_dir)
     run_study(spec, tmp_path / "local")
     study = tmp_path / "slurm"
-    # A 2-minute limit, the warning 60 s before it: the long arm's second part (840 iterations) cannot finish in
-    # one allocation; every allocation trains 30 s at least, so 10 requeues are plenty.
+    # A 2-minute limit, the warning 30 s before it (Slurm sends it 30 to 90 s after the start): the long arm's
+    # second part (1,200 iterations, over 100 s) cannot finish in one allocation; each trains 25 s at least, so 10
+    # requeues are plenty.
     command = [sys.executable, "-m", "scratchdet", "study", str(spec), "--out", str(study), "--executor", "slurm",
-               "--time", "2", "--signal-delay", "60", "--max-requeues", "10", "--poll", "2"]  # fmt: skip
+               "--time", "2", "--signal-delay", "30", "--max-requeues", "10", "--poll", "2"]  # fmt: skip
     environment = {**cluster, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
     submitted = subprocess.run(command, env=environment, capture_output=True, text=True, check=True).stdout
@@ -153,7 +154,7 @@ def test_a_job_that_fails_is_reported_with_its_log_and_not_submitted_again(
     spec = write_spec(tmp_path, tmp_path / "no_data")  # every job fails as it builds its dataset
     study = tmp_path / "study"
     command = [sys.executable, "-m", "scratchdet", "study", str(spec), "--out", str(study), "--executor", "slurm",
-               "--time", "2", "--poll", "1"]  # fmt: skip
+               "--time", "5", "--poll", "1"]  # fmt: skip
     refused = subprocess.run([*command, "--partition", "nowhere"], env=cluster, capture_output=True, text=True)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
     assert f"sbatch refused arms/{LONG}@240: " in refused.stderr and "nvalid partition" in refused.stderr

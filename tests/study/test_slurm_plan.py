@@ -157,3 +157,11 @@ def test_submitting_needs_a_time_limit(tmp_path: Path, synth_dir: Path) -> None:
     with pytest.raises(ScratchdetError, match="more than one node needs --executor slurm"):
         run_study(tmp_path / "spec.yaml", tmp_path / "other")
     assert SlurmSettings().signal_delay == 90
+
+
+def test_a_warning_that_could_come_before_the_job_has_started_is_refused() -> None:
+    # Slurm may send the warning up to 60 s before `time - signal_delay`; a job needs a few seconds to handle it.
+    assert slurm.signal_problem(SlurmSettings(time=2, signal_delay=30)) == ""
+    assert slurm.signal_problem(SlurmSettings(time=3)) == ""  # the default 90 s
+    assert "give at most 30 s" in slurm.signal_problem(SlurmSettings(time=2))
+    assert "give 2 minutes or more" in slurm.signal_problem(SlurmSettings(time=1, signal_delay=1))

@@ -440,12 +440,35 @@ def make_executor(study_dir: Path, job: SlurmJob, settings: SlurmSettings, depen
             "give the jobs' time limit: --time MINUTES (or slurm.time in the spec), at most the partition's; a job "
             "that reaches it checkpoints and is requeued (--max-requeues)"
         )
+    problem = signal_problem(settings)
+    if problem:
+        raise ScratchdetError(problem)
     try:
         executor = submitit.SlurmExecutor(folder=study_dir / SLURM_DIR / LOGS, max_num_timeout=settings.max_requeues)
     except RuntimeError as exc:  # submitit looks for srun
         raise ScratchdetError(f"--executor slurm submits from a machine with Slurm's commands: {exc}") from None
     executor.update_parameters(**slurm_parameters(job, settings, dependency))
     return executor
+
+
+SIGNAL_EARLY_SECONDS = 60  # Slurm may send the time-limit warning up to this much earlier than asked
+SIGNAL_START_MARGIN = 30  # and a job signalled before submitit has set its handler (it starts Python) dies of it
+
+
+def signal_problem(settings: SlurmSettings) -> str:
+    """Why `signal_delay` does not fit the time limit (empty when it does)."""
+    if settings.time is None:
+        return ""
+    longest = settings.time * 60 - SIGNAL_EARLY_SECONDS - SIGNAL_START_MARGIN
+    if settings.signal_delay <= longest:
+        return ""
+    return (
+        f"--signal-delay {settings.signal_delay} s does not fit --time {settings.time} min: Slurm may send the "
+        f"warning up to {SIGNAL_EARLY_SECONDS} s early, and a job warned in its first seconds dies of it; give at "
+        f"most {longest} s, or a longer time limit"
+        if longest > 0
+        else f"--time {settings.time} min is too short for the time-limit warning: give 2 minutes or more"
+    )
 
 
 def task_of(job: SlurmJob, study_dir: Path) -> Task:
@@ -558,6 +581,8 @@ def slurm_plan(
         rows.append("cost of the plan: give --seconds-per-iteration (as measured on the cluster) for GPU-hours")
     if settings.time is None:
         rows.append("no time limit given: submitting needs --time MINUTES (or slurm.time in the spec)")
+    elif signal_problem(settings):
+        rows.append(f"submitting would be refused: {signal_problem(settings)}")
     for job in jobs.values():
         runs = shlex.join(training_command(task_of(job, study_dir), 0, ["<first node>"], "<job id>"))
         rows += ["", f"# ---- {job.name}: runs `{runs}` on its node(s)", job_script(job, study_dir, settings, jobs)]
