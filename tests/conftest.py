@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from scratchdet import portable
 from scratchdet.data.synthetic import SynthSpec, generate
 
 SMALL_SPEC = SynthSpec(
@@ -50,6 +53,19 @@ def tiny_training_overrides(data_root: Path) -> list[str]:
         "eval.detections_per_image=20",
         "output.log_period=5",
     ]
+
+
+def run_pinned(arguments: list[str]) -> None:
+    """`scratchdet --portable ARGUMENTS` in a process of its own: the runs whose numbers tests/pinned.py pins.
+
+    Portable arithmetic has to be chosen before torch first computes, which in this process is long past; in a
+    child it holds whatever the machine, this process's settings or the environment it was started with. On a CPU
+    that cannot compute portably the run uses its native kernels and `assert_pinned` skips.
+    """
+    flag = [] if portable.unsupported() else ["--portable"]
+    command = [sys.executable, "-m", "scratchdet", *flag, *arguments]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, f"{' '.join(command)} exited {result.returncode}:\n{result.stderr[-4000:]}"
 
 
 def final_weights(run_dir: Path) -> dict[str, Any]:

@@ -13,12 +13,10 @@ import torch
 from torchvision import tv_tensors
 
 from scratchdet.cli import main
-from scratchdet.config import load_config
 from scratchdet.data.synthetic_keypoints import FLIP_INDEX, KEYPOINT_NAMES
 from scratchdet.data.transforms import HorizontalFlipSwappingKeypoints, keypoint_flip_index
-from scratchdet.engine.run import train
 from scratchdet.engine.rundir import read_metrics
-from tests.conftest import tiny_training_overrides
+from tests.conftest import run_pinned, tiny_training_overrides
 from tests.pinned import assert_pinned
 
 # 200 iterations of 4 images on 16 images, scored on those same images: enough for OKS matches to appear.
@@ -39,8 +37,7 @@ def people(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def keypoint_run(people: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("kp") / "run"
-    overrides = [*tiny_training_overrides(people), *SHORT]
-    train(load_config("demo/keypoint_rcnn", overrides), run, quiet=True)
+    run_pinned(["train", "--out", str(run), "demo/keypoint_rcnn", *tiny_training_overrides(people), *SHORT])
     return run
 
 

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from scratchdet import portable
 from scratchdet.errors import ScratchdetError, TrainingPaused
 
 if TYPE_CHECKING:
@@ -438,6 +439,15 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument(
+        "--portable",
+        action="store_true",
+        help="CPU arithmetic that gives the same numbers to the last digit on any x86-64 CPU with AVX2: PyTorch's "
+        "AVX2 kernels, MKL's COMPATIBLE branch, convolutions without oneDNN, one thread (slower; also set by "
+        "SCRATCHDET_PORTABLE=1, and passed on to every process a command starts). Without it a run uses this "
+        "CPU's fastest kernels, and its numbers differ in the last digits from another CPU's, which training "
+        "grows into different AP",
+    )
     commands = _subparsers(parser, "commands")
 
     config = commands.add_parser("config", help="list, resolve and print configurations")
@@ -644,6 +654,8 @@ def _after_a_full_disk(args: argparse.Namespace) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.portable or portable.requested(os.environ):
+            portable.enable()  # before any command touches torch; the processes it starts inherit it
         if getattr(args, "nproc", None) is not None:
             from scratchdet.engine.distributed import launch_local, strip_option
 

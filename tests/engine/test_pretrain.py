@@ -10,11 +10,10 @@ import yaml
 
 from scratchdet.config import load_config
 from scratchdet.data.synthetic import SynthSpec, classification_classes, generate
-from scratchdet.engine.pretrain import pretrain
 from scratchdet.engine.run import train
 from scratchdet.engine.rundir import read_metrics
 from scratchdet.errors import ScratchdetError
-from tests.conftest import tiny_training_overrides
+from tests.conftest import run_pinned, tiny_training_overrides
 from tests.engine.test_faults import KILL_AT
 from tests.pinned import assert_pinned
 
@@ -30,7 +29,7 @@ def pretrained(tmp_path_factory: pytest.TempPathFactory, synth_dir: Path) -> Pat
                              classification_val_per_class=10), workers=2, quiet=True)  # fmt: skip
     run = tmp_path_factory.mktemp("pre") / "run"
     overrides = [*tiny_training_overrides(synth_dir), f"pretrain.root={data / 'classification'}", *PRETRAIN]
-    pretrain(load_config("demo/mask_rcnn", overrides), run, quiet=True)
+    run_pinned(["pretrain", "--out", str(run), "demo/mask_rcnn", *overrides])
     return run
 
 

@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from scratchdet import portable
 from scratchdet.config import load_config
 from scratchdet.data.batching import TrainingBatches
 from scratchdet.data.coco import CocoDetection, CocoIndex
 from scratchdet.engine.run import _train_transforms, train
 from scratchdet.engine.rundir import read_metrics
-from tests.conftest import final_weights, tiny_training_overrides
+from tests.conftest import final_weights, run_pinned, tiny_training_overrides
 from tests.engine.test_faults import KILL_AT
 from tests.pinned import assert_pinned
 
@@ -27,8 +28,8 @@ SHORT = ["solver.base_epochs=null", "solver.schedule=0.000444444x", "eval.max_im
 @pytest.fixture(scope="module")
 def short_run(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("runs") / "short"
-    config = load_config("demo/mask_rcnn", [*tiny_training_overrides(synth_dir), *SHORT, "eval.period=80"])
-    train(config, run_dir, quiet=True)
+    run_pinned(["train", "--out", str(run_dir), "demo/mask_rcnn", *tiny_training_overrides(synth_dir), *SHORT,
+                "eval.period=80"])  # fmt: skip
     return run_dir
 
 
@@ -53,6 +54,9 @@ def test_run_directory_is_self_describing(short_run: Path) -> None:
     assert list((short_run / "tensorboard").iterdir())
     detections = json.loads((short_run / "detections.json").read_text())
     assert detections and {"image_id", "category_id", "bbox", "score", "segmentation"} <= set(detections[0])
+    machine = json.loads((short_run / "summary.json").read_text())["machine"]
+    if portable.unsupported() is None:  # what it computed with: the pinned runs are portable
+        assert machine["arithmetic"] == "portable (AVX2 kernels)" and machine["torch_threads"] == 1
     record = read_metrics(short_run)[0]
     for key in (
         "iteration",

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from scratchdet import portable
 from scratchdet.config import Config, load_config, read_yaml_mapping
 from scratchdet.engine import distributed
 from scratchdet.engine.checkpoint import Checkpointer
@@ -314,6 +315,7 @@ def machine_description() -> dict[str, Any]:
         "torch": torch.__version__,
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "arithmetic": portable.description(),
         "processes": distributed.world_size(),
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
     }
