@@ -44,8 +44,8 @@ SETTINGS: dict[str, tuple[dict[str, str], str | None]] = {
     "PyTorch AVX2": ({"ATEN_CPU_CAPABILITY": "avx2"}, "avx2"),
     "PyTorch default": ({"ATEN_CPU_CAPABILITY": "default"}, None),
     "oneDNN SSE4.1": ({"ONEDNN_MAX_CPU_ISA": "SSE41"}, None),
-    "MKL SSE2": ({"MKL_CBWR": "COMPATIBLE"}, None),
-    "1 thread": ({"OMP_NUM_THREADS": "1"}, None),
+    "MKL SSE4.2": ({"MKL_ENABLE_INSTRUCTIONS": "SSE4_2"}, None),
+    "4 threads": ({"OMP_NUM_THREADS": "4"}, None),
     "numpy SSE4.2": ({"NPY_DISABLE_CPU_FEATURES": "X86_V3 X86_V4 AVX512_ICL AVX512_SPR"}, None),
     "OpenBLAS SSE3": ({"OPENBLAS_CORETYPE": "Prescott"}, None),
 }
@@ -75,16 +75,12 @@ def run_pinned_tests(name: str, environment: dict[str, str], tests: list[str], f
 
 
 def native_short_run(name: str, environment: dict[str, str], data: Path, folder: Path) -> dict[str, Any]:
-    from tests.conftest import tiny_training_overrides
-    from tests.engine.test_training import SHORT
+    from tests.engine.test_training import short_run_arguments
 
     out = folder / f"native_{name.replace(' ', '_')}"
     started = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "-m", "scratchdet", "train", "--out", str(out), "demo/mask_rcnn",
-         *tiny_training_overrides(data), *SHORT, "eval.period=80"],
-        env={**os.environ, **environment}, capture_output=True, check=True,
-    )  # fmt: skip
+    subprocess.run([sys.executable, "-m", "scratchdet", *short_run_arguments(data, out)],
+                   env={**os.environ, **environment}, capture_output=True, check=True)  # fmt: skip
     final = json.loads((out / "summary.json").read_text())["final"]
     return {"box": final["bbox"]["AP"], "mask": final["segm"]["AP"], "seconds": time.perf_counter() - started}
 
