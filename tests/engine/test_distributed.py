@@ -34,16 +34,19 @@ SPARSE_OUTPUT = ["output.checkpoint_period=20", "output.log_period=2"]
 WEIGHT_TOLERANCE = 1e-5
 
 
+# Every process of these tests computes portably: how far 1 and 2 processes drift apart is then the same on every
+# CPU (with a CPU's own kernels it is not: see the SyncBN test).
+PORTABLE = {"OMP_NUM_THREADS": "1", portable.SWITCH: "1"}
+
+
 def _scratchdet(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "scratchdet", *args], capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, check=False)  # fmt: skip
+                          env={**os.environ, **PORTABLE, **(env or {})}, check=False)  # fmt: skip
 
 
-def _train(
-    synth_dir: Path, out: Path, extra: list[str], *launch: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
+def _train(synth_dir: Path, out: Path, extra: list[str], *launch: str) -> subprocess.CompletedProcess[str]:
     overrides = [*tiny_training_overrides(synth_dir), *EQUAL_SPLIT, *extra]
-    return _scratchdet("train", "demo/mask_rcnn", *overrides, "--out", str(out), *launch, env=env)
+    return _scratchdet("train", "demo/mask_rcnn", *overrides, "--out", str(out), *launch)
 
 
 def _final_state(run_dir: Path) -> dict:
@@ -136,7 +139,7 @@ def _start_ranks(
     itself): what the processes do on their own when a peer on another node fails. `faults`: per rank, a fault
     planted by tests/engine/kill_at.py (point, n)."""
     overrides = [*tiny_training_overrides(synth_dir), *EQUAL_SPLIT, LONG_RUN, *SPARSE_OUTPUT]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
+    env = {**os.environ, **PORTABLE, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
            "WORLD_SIZE": "2", **extra_env}  # fmt: skip
     return [
         subprocess.Popen(
@@ -239,16 +242,14 @@ def test_syncbn_in_two_processes_trains_and_detects_as_batch_norm_in_one(synth_d
     iteration 4: from there on, float-level differences of the two sums flip which proposals survive NMS (measured:
     a box-head norm's running variance then moves by 2e-2 while every weight still agrees to 1e-6). How far the two
     sums drift depends on the CPU's kernels (1.9e-5 with an AVX2 CPU's own, 6e-7 with an AVX-512 one's, past the
-    tolerance on the first), so both runs compute portably, which makes the drift the same on every machine (5e-7)."""
+    tolerance on the first), so both runs compute portably (`_scratchdet`): 5e-7 apart on every machine."""
     checkpoints = {}
-    same_everywhere = {portable.SWITCH: "1"}
     for name, launch in (("one", []), ("two", ["--nproc", "2"])):
         result = _train(synth_dir, tmp_path / name, [SIX_ITERATIONS, "model.norm=syncbn", "output.checkpoint_period=2"],
-                        *launch, env=same_everywhere)  # fmt: skip
+                        *launch)  # fmt: skip
         assert result.returncode == 0, result.stderr
         checkpoints[name] = tmp_path / name / "checkpoints" / "model_0000004.pth"
-        scored = _scratchdet("eval", str(checkpoints[name]), "--detections", str(tmp_path / f"{name}.json"),
-                             env=same_everywhere)  # fmt: skip
+        scored = _scratchdet("eval", str(checkpoints[name]), "--detections", str(tmp_path / f"{name}.json"))
         assert scored.returncode == 0, scored.stderr
     one, two = (torch.load(checkpoints[name], weights_only=True)["model"] for name in ("one", "two"))
     worst = max((one[k].float() - two[k].float()).abs().max().item() for k in one)  # running statistics included
