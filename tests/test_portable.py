@@ -36,9 +36,13 @@ OTHER_CPU = {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41", "M
 needs_portable = pytest.mark.skipif(portable.unsupported() is not None, reason=str(portable.unsupported()))
 
 
+def _unpinned() -> dict[str, str]:
+    """This process's environment without any portable setting it may carry."""
+    return {k: v for k, v in os.environ.items() if k not in portable.ENVIRONMENT}
+
+
 def _weights_hash(flags: list[str], environment: dict[str, str]) -> str:
-    clean = {k: v for k, v in os.environ.items() if k not in portable.ENVIRONMENT}
-    result = subprocess.run([sys.executable, "-c", STEPS, *flags], env={**clean, **environment},
+    result = subprocess.run([sys.executable, "-c", STEPS, *flags], env={**_unpinned(), **environment},
                             capture_output=True, text=True, check=True)  # fmt: skip
     return result.stdout.split()[-1]
 
@@ -56,8 +60,7 @@ def test_portable_asked_for_after_torch_has_computed_is_refused() -> None:
     if portable._mkl_branch() is None:
         pytest.skip("this PyTorch does not expose MKL's branch")
     late = "import torch; torch.ones(8, 8) @ torch.ones(8, 8); from scratchdet.cli import main; main(['--portable', 'config', 'list'])"  # noqa: E501
-    clean = {k: v for k, v in os.environ.items() if k not in portable.ENVIRONMENT}
-    result = subprocess.run([sys.executable, "-c", late], env=clean, capture_output=True, text=True, check=False)
+    result = subprocess.run([sys.executable, "-c", late], env=_unpinned(), capture_output=True, text=True, check=False)
     assert "portable arithmetic did not take effect (MKL's branch is 1, not COMPATIBLE (3))" in result.stderr
     assert f"Start the process with {portable.SWITCH}=1 in its environment" in result.stderr
 

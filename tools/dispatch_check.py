@@ -51,14 +51,6 @@ SETTINGS: dict[str, tuple[dict[str, str], str | None]] = {
 }
 
 
-def cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    return set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
-
-
 def run_pinned_tests(name: str, environment: dict[str, str], tests: list[str], folder: Path) -> dict[str, Any]:
     record = folder / f"{name.replace(' ', '_')}.jsonl"
     env = {**os.environ, **environment, "PINNED_RECORD": str(record)}
@@ -96,7 +88,9 @@ def main() -> int:
 
     from tests.pinned import PINNED
 
-    flags = cpu_flags()
+    from scratchdet.portable import cpu_flags
+
+    flags = cpu_flags() or set()
     chosen = {name: SETTINGS[name] for name in args.settings}
     settings = {name: env for name, (env, needs) in chosen.items() if needs is None or needs in flags}
     skipped = [name for name in chosen if name not in settings]

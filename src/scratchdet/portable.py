@@ -57,15 +57,22 @@ def unsupported(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
     AVX2 kernel on a CPU without AVX2 would end the process with an illegal instruction instead."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return f"portable arithmetic needs an x86-64 CPU; this one is {platform.machine() or 'unknown'}"
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
+    flags = cpu_flags(cpuinfo)
+    if flags is None:
         return f"cannot read {cpuinfo} to check that this CPU has AVX2 and FMA"
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
     missing = [flag for flag in ("avx2", "fma") if flag not in flags]
     if missing:
         return f"portable arithmetic uses AVX2 kernels; this CPU lacks {' and '.join(missing)}"
     return None
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str] | None:
+    """The CPU's feature flags as Linux lists them, or None where the file cannot be read."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return None
+    return set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
 
 
 def enable() -> None:
