@@ -11,11 +11,16 @@ FIGURES = ("ap_curves", "accounting", "pretraining_gain", "overfitting")
 def test_verdicts_without_saved_evaluations_are_inconclusive_and_say_why(tmp_path: Path) -> None:
     paper_like_study(tmp_path)  # hand-written metrics, no saved detections: the noise is unknown
     verdicts = all_verdicts(read_study(tmp_path))
-    assert [v.status for v in verdicts] == [INCONCLUSIVE, UNTESTED, UNTESTED, INCONCLUSIVE]
+    assert [v.status for v in verdicts] == [INCONCLUSIVE, INCONCLUSIVE, UNTESTED, INCONCLUSIVE]
     assert (
-        "scratch 29.5 (3x) vs pre-trained 30.0 (3x) box AP, difference -0.5 (interval unknown)" in verdicts[0].evidence
+        "scratch 29.5 (3x) vs pre-trained 30.0 (3x) box AP, "
+        "difference -0.5 (interval unknown: saved evaluations missing)" in verdicts[0].evidence
     )
-    assert verdicts[1].label == "not tested: not tested at a comparable cost"
+    assert verdicts[1].label == "inconclusive: not converged"  # pre-training's best schedule, 3x, is not flat
+    assert (
+        "3x gains +6.0 (interval unknown: saved evaluations missing) box AP over 1x (convergence unknown)"
+        in verdicts[1].evidence
+    )
 
 
 def test_seeds_are_averaged_in_the_table(tmp_path: Path) -> None:

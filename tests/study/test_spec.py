@@ -55,9 +55,11 @@ def test_bad_spec_is_reported(tmp_path: Path) -> None:
         read_spec(tmp_path / "spec.yaml")
 
 
-def test_a_matched_scratch_arm_sees_the_pixels_of_pre_training_plus_the_shortest_fine_tuning(
+def test_a_matched_scratch_arm_sees_the_pixels_of_pre_training_plus_the_longest_fine_tuning(
     synth_dir: Path, tmp_path: Path
 ) -> None:
+    """`matched` matches pre-training + the fine-tuning at the longest schedule (the one most likely converged, which
+    finding 2 compares with); `matched@1x` matches the fine-tuning at 1x."""
     import json
     import math
 
@@ -65,23 +67,25 @@ def test_a_matched_scratch_arm_sees_the_pixels_of_pre_training_plus_the_shortest
 base: demo/mask_rcnn
 overrides: [data.root={synth_dir}, solver.base_epochs=1, solver.images_per_batch=4,
             pretrain.root={synth_dir / "classification"}]
-axes: {{init: [scratch, pretrained], schedule: [1x, 2x, matched]}}
+axes: {{init: [scratch, pretrained], schedule: [1x, 2x, matched, matched@1x]}}
 pretrain: {{epochs: 2, images_per_batch: 16, image_size: 32}}
 """)
     plan = plan_study(tmp_path / "spec.yaml", tmp_path / "study")
     assert sorted(a.name for a in plan.arms) == ["pretrained_gn_1x_seed0", "pretrained_gn_2x_seed0",
                                                  "scratch_gn_1x_seed0", "scratch_gn_2x_seed0",
-                                                 "scratch_gn_matched_seed0"]  # fmt: skip
+                                                 "scratch_gn_matched-1x_seed0", "scratch_gn_matched_seed0"]  # fmt: skip
     # Counted here without scratchdet's helpers: 24 classes x 2 images, 2 epochs of 16 -> 6 iterations of 32 x 32;
     # 80 training images, 1x = 20 iterations of 4; shorter side to 96, longer at most 128.
     pretrain_pixels = round(2 * 48 / 16) * 16 * 32 * 32
     images = json.loads((synth_dir / "annotations" / "instances_train.json").read_text())["images"]
     scales = [min(96 / min(i["height"], i["width"]), 128 / max(i["height"], i["width"])) for i in images]
     area = sum(int(i["height"] * s) * int(i["width"] * s) for i, s in zip(images, scales, strict=True)) / len(images)
-    expected = math.ceil(20 + pretrain_pixels / (4 * area))
-    matched = next(a for a in plan.arms if a.name == "scratch_gn_matched_seed0")
-    assert matched.iterations == expected and matched.config.model.init == "scratch" and matched.pretrain is None
-    assert f"cost-matched: {expected:,} iterations" in describe_plan(plan)
+    for name, finetune in (("scratch_gn_matched_seed0", 40), ("scratch_gn_matched-1x_seed0", 20)):
+        expected = math.ceil(finetune + pretrain_pixels / (4 * area))
+        matched = next(a for a in plan.arms if a.name == name)
+        assert matched.iterations == expected and matched.config.model.init == "scratch" and matched.pretrain is None
+        assert f"cost-matched: {expected:,} iterations" in describe_plan(plan)
+    assert f"fine-tuning at 2x {40 * 4 * area:,.0f} (40 iterations)" in describe_plan(plan)
 
 
 def test_matched_needs_a_pretrained_arm_and_a_schedule_to_match(tmp_path: Path) -> None:
@@ -91,6 +95,33 @@ def test_matched_needs_a_pretrained_arm_and_a_schedule_to_match(tmp_path: Path) 
     (tmp_path / "spec.yaml").write_text("base: demo/mask_rcnn\naxes: {schedule: [matched]}\n")
     with pytest.raises(ScratchdetError, match="list one too"):
         plan_study(tmp_path / "spec.yaml", tmp_path / "study")
+    (tmp_path / "spec.yaml").write_text("base: demo/mask_rcnn\naxes: {schedule: [1x, matched@3x]}\n")
+    with pytest.raises(ScratchdetError, match=r"3x is not one of \['1x'\]"):
+        plan_study(tmp_path / "spec.yaml", tmp_path / "study")
+
+
+def test_pretraining_once_per_seed_when_the_spec_asks(synth_dir: Path, tmp_path: Path) -> None:
+    """`pretrain: {per_seed: true}`: each seed's pre-trained arms start from a pre-training of that seed, so the
+    seeds' spread holds pre-training's variance too; by default one pre-training serves every seed."""
+    spec = f"""
+base: demo/mask_rcnn
+overrides: [data.root={synth_dir}, pretrain.root={synth_dir / "classification"}]
+axes: {{init: [scratch, pretrained], schedule: [1x], seed: [0, 1]}}
+pretrain: {{epochs: 2EXTRA}}
+"""
+    (tmp_path / "spec.yaml").write_text(spec.replace("EXTRA", ""))
+    shared = plan_study(tmp_path / "spec.yaml", tmp_path / "study")
+    assert [(j.name, j.config.seed) for j in shared.pretrain_jobs] == [("resnet_narroww32d18_gn", 0)]
+    (tmp_path / "spec.yaml").write_text(spec.replace("EXTRA", ", per_seed: true"))
+    plan = plan_study(tmp_path / "spec.yaml", tmp_path / "study2")
+    jobs = [(j.name, j.config.seed, j.config.pretrain.epochs) for j in plan.pretrain_jobs]
+    assert jobs == [("resnet_narroww32d18_gn_seed0", 0, 2), ("resnet_narroww32d18_gn_seed1", 1, 2)]
+    starts = {a.name: a.pretrain for a in plan.arms if a.pretrain}
+    assert starts == {"pretrained_gn_1x_seed0": "resnet_narroww32d18_gn_seed0",
+                      "pretrained_gn_1x_seed1": "resnet_narroww32d18_gn_seed1"}  # fmt: skip
+    (tmp_path / "spec.yaml").write_text(spec.replace("EXTRA", ", per_seed: 2"))
+    with pytest.raises(ScratchdetError, match="per_seed: true"):
+        plan_study(tmp_path / "spec.yaml", tmp_path / "study3")
 
 
 def test_matched_arms_for_published_weights_of_known_cost(synth_dir: Path, tmp_path: Path) -> None:

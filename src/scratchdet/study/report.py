@@ -293,10 +293,11 @@ table.gallery img{image-rendering:pixelated}"""
 
 
 VERDICT_NOTE = (
-    "Numbers in brackets are 95% intervals: seed-to-seed spread (with two or more seeds) plus 500 bootstrap "
-    "resamples of the validation images (seeded, so the report is reproducible). A verdict holds or fails only when "
-    "its interval lies wholly on one side of its threshold and, for trained-to-the-end comparisons, both inits have "
-    "converged; otherwise it is inconclusive and says why."
+    "Numbers in brackets are 95% intervals with two parts: the spread between seeds (Student's t, with two or more "
+    "seeds) and the validation set (500 seeded bootstrap resamples of its images, so the report is reproducible), "
+    "each effect counted once, the parts' intervals added in quadrature. A verdict holds or fails only when its "
+    "interval lies wholly on one side of its threshold, it holds training noise (two seeds or more) and, for "
+    "trained-to-the-end comparisons, the inits have converged; otherwise it is inconclusive and says why."
 )
 
 GALLERY_NOTE = (

@@ -40,6 +40,7 @@ class ArmResult:
     warmup_iters: int = 0
     steps: tuple[int, ...] = ()
     seconds_per_iteration: float = math.nan  # median of the logged steps (for cost estimates)
+    init_source: str = "scratch"  # model.init: "scratch" or the weight file the arm started from
     init_name: str = ""  # the study's name of the init: scratch, pretrained, or a weight file's name
     pretrain_cost_known: bool = True  # False: a weight file of unknown pre-training cost
     final_on_more_images: bool = False  # the final evaluation scores all validation images, the periodic ones fewer
@@ -99,6 +100,7 @@ def read_arm(run_dir: Path, inits: dict[str, dict[str, Any]] | None = None) -> A
         warmup_iters=int(schedule.get("warmup_iters", solver.get("warmup_iters", 0))),
         steps=tuple(int(s) for s in schedule.get("steps", ())),
         seconds_per_iteration=step_seconds[len(step_seconds) // 2] if step_seconds else math.nan,
+        init_source=str(model["init"]),
         init_name=init_name,
         pretrain_cost_known=cost_known,
         final_on_more_images=bool(config.get("eval", {}).get("final_all_images") and config["eval"].get("max_images")),

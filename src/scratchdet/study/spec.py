@@ -5,10 +5,10 @@
     axes:
       init: [scratch, pretrained]   # pretrained: the backbone pre-trained by the study itself; or a name in weights
       norm: [gn]                    # frozen_bn | bn | syncbn | gn | none
-      schedule: [1x, 3x, matched]   # matched: a scratch arm as costly as pre-training + the shortest fine-tuning
+      schedule: [1x, 3x, matched]   # matched: a scratch arm as costly as pre-training + the longest fine-tuning
       train_subset: [null, 200]     # null: the whole training set
       seed: [0]
-    pretrain: {epochs: 10}          # settings of the `pretrain` section for the pre-trained arms
+    pretrain: {epochs: 10}          # settings of the `pretrain` section; per_seed: true pre-trains once per seed
     weights:                        # published backbones as inits: `init: [scratch, imagenet]`
       imagenet: weights/R-50-GN.pkl # a path (relative to the spec's folder), or {path: ..., pretrain: {...}}
     resources: {gpus: 8}            # per job (processes, nodes, GPUs, CPUs; per-job patterns): study/resources.py
@@ -20,7 +20,9 @@ only). The longest arm of each such group is trained in full and keeps a checkpo
 step; the shorter arm starts from that checkpoint ("fork") instead of training the prefix again.
 
 The schedule `matched` adds, per norm, subset and seed, a from-scratch arm whose length makes it see as many input
-pixels as a pre-trained arm's pre-training plus its shortest fine-tuning (the paper's "comparable total cost"): one
+pixels as a pre-trained arm's pre-training plus its fine-tuning at the longest schedule (the paper's "comparable
+total cost" of pre-training + fine-tuning to a good result: finding 2 compares it with pre-training's converged best
+schedule, most often its longest); `matched@3x` matches the fine-tuning at 3x instead. One
 per pre-trained init of known cost (the study's own pre-training: its iterations x batch x crop size²; a weight file:
 images x epochs x input size² from the spec or the table of published files), named `matched-<init>` when there
 are several. Detection pixels per iteration are the batch times the expected resized image area over the training
@@ -57,7 +59,21 @@ from scratchdet.study.resources import ResourceSpec, SlurmSettings
 
 AXES = ("init", "norm", "schedule", "train_subset", "seed")
 INITS = ("scratch", "pretrained")  # any other init is the name of a weight file under `weights`
-MATCHED = "matched"  # the schedule of a scratch arm as costly as pre-training + the shortest fine-tuning
+MATCHED = "matched"  # the schedule of a scratch arm as costly as pre-training + the longest fine-tuning
+PER_SEED = "per_seed"  # pretrain: {per_seed: true}: one pre-training per seed, so the seeds sample its variance too
+
+
+def is_matched(schedule: str) -> bool:
+    return schedule == MATCHED or schedule.startswith(MATCHED + "@")
+
+
+def matched_reference(schedule: str, schedules: list[str]) -> str | None:
+    """The fine-tuning schedule a `matched` (the longest regular one of `schedules`) or `matched@Nx` schedule is
+    matched to; None for a regular schedule."""
+    if not is_matched(schedule):
+        return None
+    regular = [s for s in schedules if not is_matched(s)]
+    return schedule.partition("@")[2] or max(regular, key=lambda s: float(s[:-1]))
 
 
 class Axes(BaseModel):
@@ -77,8 +93,16 @@ class Axes(BaseModel):
     @field_validator("schedule")
     @classmethod
     def _a_regular_schedule(cls, values: list[str]) -> list[str]:
-        if all(v == MATCHED for v in values):
-            raise ValueError(f"'{MATCHED}' is matched to the shortest other schedule: list one too, e.g. [1x, matched]")
+        regular = [v for v in values if not is_matched(v)]
+        if not regular:
+            raise ValueError(f"'{MATCHED}' is matched to the longest other schedule: list one too, e.g. [1x, matched]")
+        for value in values:
+            reference = matched_reference(value, values)
+            if reference is not None and reference not in regular:
+                raise ValueError(
+                    f"{value!r}: '{MATCHED}@Nx' matches the fine-tuning at a schedule of the list; {reference} is not "
+                    f"one of {regular}"
+                )
         return values
 
 
@@ -135,6 +159,13 @@ class StudySpec(BaseModel):
             if isinstance(value, dict)
             else value
         )
+
+    @field_validator("pretrain")
+    @classmethod
+    def _per_seed_is_a_flag(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(value.get(PER_SEED, False), bool):
+            raise ValueError(f"{PER_SEED}: true (one pre-training per seed) or false (one for all seeds)")
+        return value
 
     @model_validator(mode="after")
     def _inits_are_known(self) -> StudySpec:
@@ -265,8 +296,8 @@ def expand(spec: StudySpec, study_dir: Path, dataset_size: int | None = None) ->
     with_subset = len(axes.train_subset) > 1 or axes.train_subset[0] is not None
     arms: list[Arm] = []
     jobs: dict[str, PretrainJob] = {}
-    shortest = min((s for s in axes.schedule if s != MATCHED), key=lambda s: float(s[:-1]))
-    for values, target in _grid(spec):
+    shortest = min((s for s in axes.schedule if not is_matched(s)), key=lambda s: float(s[:-1]))
+    for values, target, reference in _grid(spec):
         name = arm_name(values, with_subset)
         size = values["train_subset"] or dataset_size
         job = None
@@ -275,7 +306,7 @@ def expand(spec: StudySpec, study_dir: Path, dataset_size: int | None = None) ->
                 base, _arm_config(base, {**values, "schedule": shortest}, "to-be-pretrained", name), spec.pretrain
             )
         cost = ""
-        if target is not None:
+        if target is not None and reference is not None:
             if job is not None:
                 settings = job.config.pretrain
                 pixels = job.iterations * settings.images_per_batch * settings.image_size**2
@@ -283,7 +314,7 @@ def expand(spec: StudySpec, study_dir: Path, dataset_size: int | None = None) ->
                 counts = spec.weights[target].pretrain_counts()
                 assert counts is not None  # _matched_targets keeps only the files of known cost
                 pixels = counts["pixels"]
-            values, cost = _matched_schedule(base, values, pixels, target, shortest, size, name)
+            values, cost = _matched_schedule(base, values, pixels, target, reference, size, name)
             job = None  # a from-scratch arm: it only borrows the pre-training's cost
         elif job is not None:
             jobs.setdefault(job.name, job)
@@ -309,7 +340,7 @@ def _matched_targets(spec: StudySpec) -> list[str]:
     files whose pre-training cost is known (given in the spec or in the table of published files)."""
     known = {name for name, entry in spec.weights.items() if entry.pretrain_counts() is not None}
     targets = [i for i in spec.axes.init if i == "pretrained" or i in known]
-    if MATCHED in spec.axes.schedule and not targets:
+    if any(is_matched(s) for s in spec.axes.schedule) and not targets:
         raise ScratchdetError(
             f"study spec: schedule '{MATCHED}' matches a scratch arm to the cost of pre-training + fine-tuning; add "
             "pretrained to axes.init, or a weight-file init whose pre-training cost is known (weights: {NAME: {path: "
@@ -318,18 +349,22 @@ def _matched_targets(spec: StudySpec) -> list[str]:
     return targets
 
 
-def _grid(spec: StudySpec) -> list[tuple[dict[str, Any], str | None]]:
-    """Every arm's axis values, with the init a cost-matched arm is matched to (None for the others). `matched` is
-    a from-scratch schedule: one arm per pre-trained init of known cost, named after it when there are several."""
+def _grid(spec: StudySpec) -> list[tuple[dict[str, Any], str | None, str | None]]:
+    """Every arm's axis values, with the init and the fine-tuning schedule a cost-matched arm is matched to (None
+    for the others). `matched` is a from-scratch schedule: one arm per pre-trained init of known cost, named after
+    it when there are several (scratch_gn_matched-imagenet_seed0), and after its schedule when `matched@3x` names
+    it (scratch_gn_matched-3x_seed0)."""
     targets = _matched_targets(spec)
-    grid: list[tuple[dict[str, Any], str | None]] = []
+    grid: list[tuple[dict[str, Any], str | None, str | None]] = []
     for combination in itertools.product(*(getattr(spec.axes, axis) for axis in AXES)):
         values = dict(zip(AXES, combination, strict=True))
-        if values["schedule"] != MATCHED:
-            grid.append((values, None))
+        reference = matched_reference(values["schedule"], spec.axes.schedule)
+        if reference is None:
+            grid.append((values, None, None))
         elif values["init"] == "scratch":
+            label = values["schedule"].replace("@", "-")
             grid += [
-                ({**values, "schedule": MATCHED if len(targets) == 1 else f"{MATCHED}-{target}"}, target)
+                ({**values, "schedule": label if len(targets) == 1 else f"{label}-{target}"}, target, reference)
                 for target in targets
             ]
     return grid
@@ -340,15 +375,15 @@ def _matched_schedule(
     values: dict[str, Any],
     pretrain_pixels: int,
     target: str,
-    shortest: str,
+    reference_schedule: str,
     size: int | None,
     name: str,
 ) -> tuple[dict[str, Any], str]:
-    """The arm's values with the schedule that matches pre-training + fine-tuning at `shortest` in pixels seen, and
-    a line saying how (for the dry run)."""
+    """The arm's values with the schedule that matches pre-training + fine-tuning at `reference_schedule` in pixels
+    seen, and a line saying how (for the dry run)."""
     from scratchdet.study.statistics import matched_iterations  # statistics reads results, which reads this module
 
-    reference = _arm_config(base, {**values, "schedule": shortest}, "scratch", name)
+    reference = _arm_config(base, {**values, "schedule": reference_schedule}, "scratch", name)
     solver = reference.solver
     finetune = schedule_for(reference, size).total_iterations
     per_iteration = solver.images_per_batch * mean_training_pixels(reference)
@@ -358,18 +393,22 @@ def _matched_schedule(
     multiplier = (iterations + 0.25) / unit
     cost = (
         f"{iterations:,} iterations ({multiplier:.2f}x) see {iterations * per_iteration:,.0f} pixels: pre-training "
-        f"({target}) {pretrain_pixels:,} + fine-tuning at {shortest} {finetune * per_iteration:,.0f} ({finetune:,} "
-        "iterations)"
+        f"({target}) {pretrain_pixels:,} + fine-tuning at {reference_schedule} {finetune * per_iteration:,.0f} "
+        f"({finetune:,} iterations)"
     )
     return {**values, "schedule": f"{multiplier!r}x"}, cost
 
 
 def _pretrain_job(base: dict[str, Any], arm_config: Config, settings: dict[str, Any]) -> PretrainJob:
+    """The pre-training an arm starts from: one per backbone and norm, shared by every seed (seeded by the base
+    config), or with `per_seed: true` one per seed too, seeded by the arm's seed (named ..._seed1)."""
     data = without_init(arm_config).model_dump(mode="json")  # the detector settings only describe the backbone
-    data["pretrain"] = {**data["pretrain"], **settings}
-    data["seed"] = base.get("seed", 0)
+    per_seed = settings.get(PER_SEED, False)
+    data["pretrain"] = {**data["pretrain"], **{k: v for k, v in settings.items() if k != PER_SEED}}
+    data["seed"] = arm_config.seed if per_seed else base.get("seed", 0)
     config = build_config(data, "study pre-training")
-    return PretrainJob(pretrain_name(config), config)
+    name = pretrain_name(config)
+    return PretrainJob(f"{name}_seed{config.seed}" if per_seed else name, config)
 
 
 def _plan_forks(arms: list[Arm]) -> None:

@@ -1,10 +1,11 @@
 """The paper's four findings, checked against a study's results, as statistical claims.
 
-Each verdict is one of "holds", "does not hold", "inconclusive" (with why: within noise, not converged) or "not
-tested" (with why: no such arms, no cost-matched arm, too little signal). It says "holds" or "does not hold" only
-when the 95% interval of the difference it rests on (`statistics.py`: seeds and validation images) lies wholly on
-one side of the rule's threshold, and, where the finding is about trained-to-the-end models, only when both inits
-have converged. Each verdict states its rule, its numbers with their intervals, and the conditions it checked.
+Each verdict is one of "holds", "does not hold", "inconclusive" (with why: within noise, not converged, one seed)
+or "not tested" (with why: no such arms, no cost-matched arm, too little signal). It says "holds" or "does not
+hold" only when the 95% interval of the difference it rests on (`statistics.py`: seeds and validation images) lies
+wholly on one side of the rule's threshold, that interval holds training noise (two seeds or more), and, where the
+finding is about trained-to-the-end models, both inits have converged. Each verdict states its rule, its numbers
+with their intervals, and the conditions it checked.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from scratchdet.study.results import ArmResult, full_data_subset
-from scratchdet.study.statistics import Estimate, Evidence, matched_iterations
+from scratchdet.study.statistics import LEVEL, Estimate, Evidence, matched_iterations
 
 HOLDS, FAILS, INCONCLUSIVE, UNTESTED = "holds", "does not hold", "inconclusive", "not tested"
 MATCH_TOLERANCE = 1.0  # box AP: "scratch matches pre-training" means not more than this behind
+ONE_SEED = "one seed"  # a decided interval from one seed holds no training noise: not a verdict
 NEEDS_A_PAIR = "needs a finished scratch and a finished pre-trained arm of the same norm"
-CONVERGENCE_TOLERANCE = 1.0  # box AP: converged when the longest schedule gains less than this over half as long
+CONVERGENCE_TOLERANCE = 1.0  # box AP: converged when the longest schedule gains less than this over a shorter one
+CONVERGENCE_RATIO = 1.5  # convergence compares schedules at least this far apart (the paper doubles: 3x to 6x)
 SIGNAL_FLOOR = 1.0  # AP: below this on every arm compared, a comparison says nothing ("too little signal")
 EARLY_FRACTION = 1 / 3  # finding 2's early point: this far from the end of warm-up to the end of the shortest run
 COST_TOLERANCE = 0.10  # "a comparable total cost": pixels seen within ±10%
@@ -112,17 +115,17 @@ def schedule_text(multiplier: float) -> str:
     return f"{multiplier:.3g}x"
 
 
-def _reference_schedule(schedules: list[float]) -> float:
-    """What the longest schedule is compared with to call a curve flat: the longest at most half as long (the paper
-    doubles, 3x to 6x), else the next shorter one. A schedule close to the longest (a cost-matched 5.12x beside 6x)
-    would call a still-rising curve flat: both end where the learning rate is low, and little separates them."""
+def _reference_schedule(schedules: list[float]) -> float | None:
+    """What the longest schedule is compared with to call a curve flat: the longest one at least CONVERGENCE_RATIO
+    times shorter, or None. A schedule close to the longest (1.3x beside 1x, a cost-matched 5.12x beside 6x) would
+    call a still-rising curve flat: both end where the learning rate is low, and little separates them."""
     longest = schedules[-1]
-    halves = [m for m in schedules if m <= longest / 2 + 1e-9]
-    return halves[-1] if halves else schedules[-2]
+    shorter = [m for m in schedules if m * CONVERGENCE_RATIO <= longest + 1e-9]
+    return shorter[-1] if shorter else None
 
 
 def convergence(evidence: Evidence, arms: list[ArmResult], init: str, norm: str, subset: int | None) -> Convergence:
-    """Whether doubling the schedule no longer pays: the gain of the longest schedule over the one it doubles
+    """Whether a longer schedule no longer pays: the gain of the longest schedule over the one it is compared with
     (`_reference_schedule`; box AP, with its interval) is below CONVERGENCE_TOLERANCE as a whole."""
     schedules = _schedules(arms, init, norm, subset)
     longest = schedules[-1]
@@ -130,13 +133,19 @@ def convergence(evidence: Evidence, arms: list[ArmResult], init: str, norm: str,
     iterations = 2 * max(a.total_iterations for a in group)
     speeds = [a.seconds_per_iteration for a in group if not math.isnan(a.seconds_per_iteration)]
     seconds = iterations * float(np.median(speeds)) if speeds else math.nan
-    step = (
+    longer = (
         f"add a {schedule_text(2 * longest)} schedule ({iterations:,} iterations, {_duration(seconds)} per seed "
         f"at the measured speed)"
     )
-    if len(schedules) < 2:
-        return Convergence(False, f"{init}: one schedule ({schedule_text(longest)}), convergence not measurable", step)
     shorter = _reference_schedule(schedules)
+    if shorter is None:
+        return Convergence(
+            False,
+            f"{init}: no schedule at most 1/{CONVERGENCE_RATIO:g} of {schedule_text(longest)} to compare it with "
+            "(convergence not measurable)",
+            f"add a {schedule_text(longest / 2)} schedule (it forks from the {schedule_text(longest)} arm), or "
+            + longer,
+        )
     gain = evidence.estimate(
         _difference("long", "short"),
         {
@@ -145,23 +154,52 @@ def convergence(evidence: Evidence, arms: list[ArmResult], init: str, norm: str,
         },
     )
     text = f"{init}: {schedule_text(longest)} gains {gain.text()} box AP over {schedule_text(shorter)}"
+    if not gain.known:
+        return Convergence(False, text + " (convergence unknown)", longer)
     if gain.below(CONVERGENCE_TOLERANCE):
         return Convergence(True, text + " (converged)")
     if gain.above(CONVERGENCE_TOLERANCE):
-        return Convergence(False, text + " (still improving)", step)
-    return Convergence(False, text + " (convergence within noise)", step)
+        return Convergence(False, text + " (still improving)", longer)
+    if gain.value < CONVERGENCE_TOLERANCE:  # flat, probably: the interval, not the schedule, is short
+        return Convergence(
+            False,
+            text + " (convergence within noise)",
+            f"narrow the interval rather than train longer: more seeds (now {gain.seeds}) or validation images "
+            f"(now {gain.images})",
+        )
+    return Convergence(False, text + " (convergence within noise)", longer)
 
 
-def _judge(estimate: Estimate, threshold: float) -> tuple[str, str]:
-    if estimate.above(threshold):
-        return HOLDS, ""
-    if estimate.below(threshold):
+def _judge(estimate: Estimate, threshold: float, level: float = LEVEL) -> tuple[str, str]:
+    """Holds (fails) when the interval lies wholly above (below) `threshold` and holds training noise."""
+    if not estimate.known:
+        return INCONCLUSIVE, f"interval unknown ({estimate.note or 'saved evaluations missing'})"
+    decided = HOLDS if estimate.above(threshold, level) else FAILS if estimate.below(threshold, level) else None
+    if decided is None:
+        return INCONCLUSIVE, "within noise"
+    return (decided, "") if estimate.training_noise else (INCONCLUSIVE, ONE_SEED)
+
+
+def _judge_all(judged: list[tuple[str, str]]) -> tuple[str, str]:
+    """Conditions that must all hold: fails when one fails, holds when every one holds, else inconclusive."""
+    statuses = [s for s, _ in judged]
+    if FAILS in statuses:
         return FAILS, ""
-    return INCONCLUSIVE, "within noise" if estimate.known else "interval unknown (saved evaluations missing)"
+    if all(s == HOLDS for s in statuses):
+        return HOLDS, ""
+    return INCONCLUSIVE, "; ".join(dict.fromkeys(r for s, r in judged if s == INCONCLUSIVE))
 
 
 def _too_little_signal(*values: float) -> bool:
     return all(math.isnan(v) or v < SIGNAL_FLOOR for v in values)
+
+
+def _seeds_note(estimate: Estimate) -> str:
+    return " (one seed: the interval holds no training noise)" if estimate.known and not estimate.training_noise else ""
+
+
+def _unconverged(states: list[Convergence]) -> str:
+    return "; ".join(f"{s.text.split(':')[0]}: {s.next_step}" for s in states if not s.converged)
 
 
 def _matching(evidence: Evidence, arms: list[ArmResult], norm: str, subset: int | None, name: str) -> Part:
@@ -171,22 +209,17 @@ def _matching(evidence: Evidence, arms: list[ArmResult], norm: str, subset: int 
     gap = evidence.estimate(
         _difference("scratch", "pretrained"), {init: (groups[init], "bbox", "AP", None) for init in groups}
     )
-    scratch, pre = _mean_ap(evidence, groups["scratch"]), _mean_ap(evidence, groups["pretrained"])
+    scratch, pre = gap.means.get("scratch", math.nan), gap.means.get("pretrained", math.nan)
     states = [convergence(evidence, arms, init, norm, subset) for init in ("scratch", "pretrained")]
     text = (
         f"{name}: scratch {scratch:.1f} ({schedule_text(best['scratch'])}) vs pre-trained {pre:.1f} "
-        f"({schedule_text(best['pretrained'])}) box AP, difference {gap.text()}; " + "; ".join(s.text for s in states)
+        f"({schedule_text(best['pretrained'])}) box AP, difference {gap.text()}{_seeds_note(gap)}; "
+        + "; ".join(s.text for s in states)
     )
     if _too_little_signal(scratch, pre):
         return Part(name, UNTESTED, "too little signal", text)
-    unconverged = [s for s in states if not s.converged]
-    if unconverged:
-        return Part(
-            name,
-            INCONCLUSIVE,
-            "not converged",
-            text + ". Next: " + "; ".join(f"{s.text.split(':')[0]}: {s.next_step}" for s in unconverged),
-        )
+    if not all(s.converged for s in states):
+        return Part(name, INCONCLUSIVE, "not converged", text + ". Next: " + _unconverged(states))
     status, reason = _judge(gap, -MATCH_TOLERANCE)
     return Part(name, status, reason, text)
 
@@ -213,9 +246,20 @@ def _combine(title: str, parts: list[Part], rule: str, conditions: list[str], un
 
 
 def _conditions(evidence: Evidence, arms: list[ArmResult]) -> list[str]:
+    """The seeds, the validation images the verdict's estimates rested on, and what the noise leaves out."""
     seeds = sorted({a.seed for a in arms})
-    images = ", ".join(str(n) for n in sorted(evidence.image_counts)) or "unknown"
+    images = ", ".join(str(n) for n in sorted(evidence.used_images - {0}))
+    images = images or ("unknown (evaluations not saved)" if evidence.used_images else "none compared")
     found = [f"seeds: {len(seeds)} ({', '.join(map(str, seeds))})", f"validation images: {images}"]
+    shared: dict[str, set[int]] = {}
+    for arm in arms:
+        if arm.init != "scratch":
+            shared.setdefault(arm.init_source, set()).add(arm.seed)
+    if len(seeds) > 1 and any(len(s) > 1 for s in shared.values()):
+        found.append(
+            "pre-training: one run shared by every seed, so its own variance is not in the intervals "
+            "(pretrain: {per_seed: true} samples it)"
+        )
     return found + sorted(evidence.notes)
 
 
@@ -226,9 +270,9 @@ def finding_1_matching(arms: list[ArmResult], evidence: Evidence) -> Verdict:
     rule = (
         f"each init at its best schedule; holds when the 95% interval of (scratch - pre-trained) box AP lies above "
         f"-{MATCH_TOLERANCE:g}, does not hold when it lies below; both inits must have converged (the longest "
-        f"schedule gains less than {CONVERGENCE_TOLERANCE:g} box AP over the longest at most half as long, else "
-        f"the next shorter, interval included); below {SIGNAL_FLOOR:g} box AP on both there is too little "
-        f"signal"
+        f"schedule gains less than {CONVERGENCE_TOLERANCE:g} box AP, interval included, over the longest schedule "
+        f"at least {CONVERGENCE_RATIO:g} times shorter); a decided verdict needs two seeds or more; below "
+        f"{SIGNAL_FLOOR:g} box AP on both there is too little signal"
     )
     return _combine(title, parts, rule, _conditions(evidence, arms), NEEDS_A_PAIR)
 
@@ -243,10 +287,10 @@ def early_iteration(arms: list[ArmResult]) -> tuple[int, int]:
     return target, latest
 
 
-def _cost_matched(arms: list[ArmResult], pre_short: list[ArmResult], norm: str, subset: int | None) -> float | None:
-    """The scratch schedule whose pixels seen are within COST_TOLERANCE of pre-training + fine-tuning at the
-    shortest pre-trained schedule (the closest one), or None."""
-    budget = float(np.mean([a.total_pixels for a in pre_short]))
+def _cost_matched(arms: list[ArmResult], pre: list[ArmResult], norm: str, subset: int | None) -> float | None:
+    """The scratch schedule whose pixels seen are within COST_TOLERANCE of pre-training + fine-tuning of the
+    pre-trained arms `pre` (the closest one), or None."""
+    budget = float(np.mean([a.total_pixels for a in pre]))
     ratios = (
         {
             m: float(np.mean([a.total_pixels for a in _group(arms, "scratch", norm, m, subset)])) / budget
@@ -259,14 +303,36 @@ def _cost_matched(arms: list[ArmResult], pre_short: list[ArmResult], norm: str, 
     return min(close, key=lambda m: abs(close[m] - 1)) if close else None
 
 
-def _convergence_speed(evidence: Evidence, arms: list[ArmResult], norm: str, subset: int | None) -> Part:
-    pre_schedules = _schedules(arms, "pretrained", norm, subset)
-    pre_short = _group(arms, "pretrained", norm, pre_schedules[0], subset)
+def _early_lead(
+    evidence: Evidence, arms: list[ArmResult], norm: str, subset: int | None
+) -> tuple[Estimate | None, str]:
+    """Pre-training's lead at finding 2's early point on the longest arm of each init, with its text (or None and
+    the reason no evaluation lies there)."""
+    shortest = _group(arms, "pretrained", norm, _schedules(arms, "pretrained", norm, subset)[0], subset)
     trunks = {
         init: _group(arms, init, norm, _schedules(arms, init, norm, subset)[-1], subset)
         for init in ("scratch", "pretrained")
     }
-    if not all(a.pretrain_cost_known for a in pre_short):
+    target, latest = early_iteration([*shortest, *trunks["scratch"], *trunks["pretrained"]])
+    common = set.intersection(*({i for i, _ in a.curve("bbox")} for group in trunks.values() for a in group))
+    early = sorted(i for i in common if target <= i <= latest)
+    if not early:
+        return None, (
+            f"{norm}: needs an evaluation of both inits between iteration {target} and {latest}; set eval.period to "
+            f"divide {target}"
+        )
+    lead = evidence.estimate(
+        _difference("pretrained", "scratch"), {init: (trunks[init], "bbox", "AP", early[0]) for init in trunks}
+    )
+    return lead, f"{norm}: at iteration {early[0]} (early point) pre-training leads by {lead.text()} box AP"
+
+
+def _convergence_speed(evidence: Evidence, arms: list[ArmResult], norm: str, subset: int | None) -> Part:
+    """Finding 2 for one norm: pre-training ahead early, and a scratch arm as costly as pre-training + the
+    fine-tuning of pre-training's converged best schedule ending level with it."""
+    best = _best_schedule(evidence, arms, "pretrained", norm, subset)
+    pre_best = _group(arms, "pretrained", norm, best, subset)
+    if not all(a.pretrain_cost_known for a in pre_best):
         return Part(
             norm,
             UNTESTED,
@@ -274,52 +340,46 @@ def _convergence_speed(evidence: Evidence, arms: list[ArmResult], norm: str, sub
             f"{norm}: the pre-training cost of the weight file "
             "is unknown, so no total cost can be compared: give weights.NAME.pretrain in the study spec",
         )
-    target, latest = early_iteration([*pre_short, *trunks["scratch"], *trunks["pretrained"]])
-    common = set.intersection(*({i for i, _ in a.curve("bbox")} for group in trunks.values() for a in group))
-    early = sorted(i for i in common if target <= i <= latest)
-    if not early:
-        return Part(
-            norm,
-            UNTESTED,
-            "no evaluation at the early point",
-            f"{norm}: needs an evaluation of both inits between iteration {target} and {latest}; set "
-            f"eval.period to divide {target}",
-        )
-    iteration = early[0]
-    lead = evidence.estimate(
-        _difference("pretrained", "scratch"), {init: (trunks[init], "bbox", "AP", iteration) for init in trunks}
-    )
-    text = f"{norm}: at iteration {iteration} (early point) pre-training leads by {lead.text()} box AP"
-    matched = _cost_matched(arms, pre_short, norm, subset)
+    lead, text = _early_lead(evidence, arms, norm, subset)
+    if lead is None:
+        return Part(norm, UNTESTED, "no evaluation at the early point", text)
+    pre_state = convergence(evidence, arms, "pretrained", norm, subset)
+    matched = _cost_matched(arms, pre_best, norm, subset)
     if matched is None:
-        per_iteration = float(np.mean([a.counts.get("pixels", 0) / max(a.total_iterations, 1) for a in pre_short]))
-        pretrain = float(np.mean([(a.pretrain_counts or {}).get("pixels", 0) for a in pre_short]))
-        length = matched_iterations(pretrain, pre_short[0].total_iterations, per_iteration) if per_iteration else 0
+        per_iteration = float(np.mean([a.counts.get("pixels", 0) / max(a.total_iterations, 1) for a in pre_best]))
+        pretrain = float(np.mean([(a.pretrain_counts or {}).get("pixels", 0) for a in pre_best]))
+        length = matched_iterations(pretrain, pre_best[0].total_iterations, per_iteration) if per_iteration else 0
         text += (
             f"; no scratch arm sees a comparable number of pixels to pre-training + fine-tuning at "
-            f"{schedule_text(pre_schedules[0])}: add `schedule: [..., matched]` (a scratch arm of {length:,} "
-            f"iterations)"
+            f"{schedule_text(best)} (pre-training's best schedule): add `schedule: [..., "
+            f"matched@{schedule_text(best)}]` (a scratch arm of {length:,} iterations)"
         )
-        status = FAILS if lead.below(0) else UNTESTED
-        return Part(norm, status, "" if status == FAILS else "not tested at a comparable cost", text)
-    scratch_matched = _group(arms, "scratch", norm, matched, subset)
-    ratio = np.mean([a.total_pixels for a in scratch_matched]) / np.mean([a.total_pixels for a in pre_short])
-    gap = evidence.estimate(
-        _difference("scratch", "pretrained"),
-        {"scratch": (scratch_matched, "bbox", "AP", None), "pretrained": (pre_short, "bbox", "AP", None)},
-    )
-    short = schedule_text(pre_schedules[0])
-    text += (
-        f"; scratch at {schedule_text(matched)} (pixels x{ratio:.2f} of pre-training + fine-tuning at {short}) "
-        f"vs pre-trained {short}: {gap.text()} box AP"
-    )
-    if lead.below(0) or gap.below(-MATCH_TOLERANCE):
-        return Part(norm, FAILS, "", text)
-    if _too_little_signal(_mean_ap(evidence, scratch_matched), _mean_ap(evidence, pre_short)):
+        gap = None
+    else:
+        scratch_matched = _group(arms, "scratch", norm, matched, subset)
+        ratio = np.mean([a.total_pixels for a in scratch_matched]) / np.mean([a.total_pixels for a in pre_best])
+        gap = evidence.estimate(
+            _difference("scratch", "pretrained"),
+            {"scratch": (scratch_matched, "bbox", "AP", None), "pretrained": (pre_best, "bbox", "AP", None)},
+        )
+        text += (
+            f"; scratch at {schedule_text(matched)} ({gap.means['scratch']:.1f} box AP; pixels x{ratio:.2f} of "
+            f"pre-training + fine-tuning at {schedule_text(best)}) vs pre-trained {schedule_text(best)} "
+            f"({gap.means['pretrained']:.1f}, its best schedule): {gap.text()} box AP{_seeds_note(gap)}"
+        )
+    text += f"; {pre_state.text}"
+    values = [*lead.means.values(), *(gap.means.values() if gap else ())]
+    if _too_little_signal(*values):
         return Part(norm, UNTESTED, "too little signal", text)
-    if lead.above(0) and gap.above(-MATCH_TOLERANCE):
-        return Part(norm, HOLDS, "", text)
-    return Part(norm, INCONCLUSIVE, "within noise" if lead.known and gap.known else "interval unknown", text)
+    early = _judge(lead, 0.0)
+    if early[0] == FAILS:  # pre-training does not speed up convergence: decided whatever the end shows
+        return Part(norm, FAILS, "", text)
+    if not pre_state.converged:
+        return Part(norm, INCONCLUSIVE, "not converged", f"{text}. Next: pretrained: {pre_state.next_step}")
+    if gap is None:
+        return Part(norm, UNTESTED, "not tested at a comparable cost", text)
+    status, reason = _judge_all([early, _judge(gap, -MATCH_TOLERANCE)])
+    return Part(norm, status, reason, text)
 
 
 def finding_2_convergence(arms: list[ArmResult], evidence: Evidence) -> Verdict:
@@ -330,10 +390,31 @@ def finding_2_convergence(arms: list[ArmResult], evidence: Evidence) -> Verdict:
         f"holds when, early (the first evaluation at least {EARLY_FRACTION:.2g} of the way from the end of warm-up "
         f"to the end of the shortest schedule, before its first lr step), pre-training leads (interval above 0), "
         f"and a scratch arm that sees as many pixels (±{COST_TOLERANCE:.0%}) as pre-training + fine-tuning at "
-        f"the shortest schedule ends no more than {MATCH_TOLERANCE:g} box AP behind it (interval above "
-        f"-{MATCH_TOLERANCE:g}); does not hold when either interval lies on the other side"
+        f"pre-training's best schedule, which must have converged (as in finding 1), ends no more than "
+        f"{MATCH_TOLERANCE:g} box AP behind it (interval above -{MATCH_TOLERANCE:g}); does not hold when either "
+        "interval lies on the other side; a decided verdict needs two seeds or more"
     )
     return _combine(title, parts, rule, _conditions(evidence, arms), NEEDS_A_PAIR)
+
+
+def _size_verdict(norm: str, parts: list[Part]) -> Part:
+    """One norm's verdict over its reduced training sets (`parts`, largest first): holds when scratch matches on
+    every one, or matches down to a size and falls behind below it (the paper's 'until very little'); does not hold
+    when it falls behind on every one; inconclusive when a set is undecided or a smaller set matches where a larger
+    one does not."""
+    evidence = " | ".join(f"[{p.status}{': ' + p.reason if p.reason else ''}] {p.evidence}" for p in parts)
+    tested = [p for p in parts if p.status != UNTESTED]
+    if not tested:
+        return Part(norm, UNTESTED, "; ".join(sorted({p.reason for p in parts})), evidence)
+    undecided = [p for p in tested if p.status not in (HOLDS, FAILS)]
+    if undecided:
+        return Part(norm, INCONCLUSIVE, "; ".join(sorted({p.reason for p in undecided})), evidence)
+    statuses = [p.status for p in tested]
+    if len(set(statuses)) == 1:
+        return Part(norm, statuses[0], "", evidence)
+    if statuses == sorted(statuses, key=lambda s: s == FAILS):  # every set that matches is larger than every other
+        return Part(norm, HOLDS, "scratch matches down to a size, then falls behind", evidence)
+    return Part(norm, INCONCLUSIVE, "a smaller set matches where a larger one does not", evidence)
 
 
 def finding_3_less_data(arms: list[ArmResult], evidence: Evidence) -> Verdict:
@@ -341,14 +422,17 @@ def finding_3_less_data(arms: list[ArmResult], evidence: Evidence) -> Verdict:
     full = full_data_subset(arms)
     reduced = sorted({a.train_subset for a in arms if a.train_subset not in (None, full) and a.finished}, reverse=True)
     parts = []
-    for subset in reduced:
-        for norm in _norms(arms, subset):
+    for norm in sorted({n for subset in reduced for n in _norms(arms, subset)}):
+        sizes = []
+        for subset in (s for s in reduced if norm in _norms(arms, s)):
             images = max(a.train_images for a in arms if a.train_subset == subset) or subset
-            parts.append(_matching(evidence, arms, norm, subset, f"{images} images, {norm}"))
+            sizes.append(_matching(evidence, arms, norm, subset, f"{images} images, {norm}"))
+        parts.append(_size_verdict(norm, sizes))
     rule = (
-        "on every reduced training set, as finding 1: each init at its best schedule, both converged; holds when "
-        "scratch matches on every reduced set, does not hold when it falls behind on every one; a set where it "
-        "matches above a set where it does not is the paper's 'until very little'"
+        "for each norm, on every reduced training set, as finding 1 (each init at its best schedule, both "
+        "converged, two seeds or more): holds when scratch matches on every reduced set, or matches down to a "
+        "size and falls behind on every smaller one (the paper's 'until very little'); does not hold when it falls "
+        "behind on every one; the norms then combine as in finding 1"
     )
     verdict = _combine(
         title,
@@ -357,30 +441,22 @@ def finding_3_less_data(arms: list[ArmResult], evidence: Evidence) -> Verdict:
         _conditions(evidence, arms),
         "needs scratch and pre-trained arms on a training subset (axis train_subset)",
     )
-    statuses = [p.status for p in parts if p.status in (HOLDS, FAILS)]
-    if statuses and statuses == sorted(statuses, key=lambda s: s == FAILS) and len(set(statuses)) == 2:
-        return Verdict(
-            title,
-            HOLDS,
-            verdict.evidence,
-            "scratch matches down to a size, then falls behind",
-            rule,
-            verdict.conditions,
-        )
     return verdict
 
 
-def _relative_gain(task: str, metric: str) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
-    def gain(v: dict[str, np.ndarray]) -> np.ndarray:
-        with np.errstate(divide="ignore", invalid="ignore"):  # scratch at 0 AP: caught by the signal floor
-            return 100 * (v[f"pretrained {task} {metric}"] / v[f"scratch {task} {metric}"] - 1)
+def _log_ratio(task: str, metric: str) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    """log(pre-trained / scratch): the relative gain on the scale where its interval is symmetric."""
+    return lambda v: np.log(v[f"pretrained {task} {metric}"]) - np.log(v[f"scratch {task} {metric}"])
 
-    return gain
+
+def _gain(task: str, metric: str) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    """The absolute gain of pre-training in AP points."""
+    return lambda v: v[f"pretrained {task} {metric}"] - v[f"scratch {task} {metric}"]
 
 
 def _gain_difference(task: str, metric: str) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
-    """Relative gain in AP50 minus relative gain in `metric` (percentage points)."""
-    return lambda v: _relative_gain("bbox", "AP50")(v) - _relative_gain(task, metric)(v)
+    """The gain in AP50 minus the gain in `metric` (AP points)."""
+    return lambda v: _gain("bbox", "AP50")(v) - _gain(task, metric)(v)
 
 
 def _localization(evidence: Evidence, arms: list[ArmResult], norm: str, subset: int | None) -> Part:
@@ -397,29 +473,57 @@ def _localization(evidence: Evidence, arms: list[ArmResult], norm: str, subset: 
     inputs = {
         f"{init} {task} {metric}": (groups[init], task, metric, None) for init in groups for task, metric, _ in metrics
     }
-    scratch_values = {
-        label: float(np.mean([evidence.value(a, t, m) for a in groups["scratch"]])) for t, m, label in metrics
-    }
-    gains = {label: evidence.estimate(_relative_gain(t, m), inputs) for t, m, label in metrics}
-    text = f"{norm} {schedule_text(longest)}: relative gain of pre-training " + ", ".join(
-        f"{label} {gains[label].text('%')}" for _, _, label in metrics
+    gains = {label: evidence.estimate(_gain(t, m), inputs) for t, m, label in metrics}
+    ratios = {label: evidence.estimate(_log_ratio(t, m), inputs) for t, m, label in metrics}
+    text = f"{norm} {schedule_text(longest)}: gain of pre-training " + ", ".join(
+        f"{label} {gains[label].text(' points')} ({ratios[label].percent_text()})" for _, _, label in metrics
     )
-    if any(v < SIGNAL_FLOOR for v in scratch_values.values()):
-        low = [label for label, v in scratch_values.items() if v < SIGNAL_FLOOR]
-        return Part(
-            norm, UNTESTED, "too little signal", text + f" (scratch below {SIGNAL_FLOOR:g} in {', '.join(low)})"
-        )
-    judged = []
+    means = gains["AP50"].means
+    low = [
+        label
+        for t, m, label in metrics
+        if _too_little_signal(means.get(f"scratch {t} {m}", math.nan), means.get(f"pretrained {t} {m}", math.nan))
+    ]
+    if low:
+        below = f" (both inits below {SIGNAL_FLOOR:g} in {', '.join(low)})"
+        return Part(norm, UNTESTED, "too little signal", text + below)
+    corrected = _family_level(len(metrics) - 1)
+    differences = []
     for task, metric, label in metrics[1:]:
         difference = evidence.estimate(_gain_difference(task, metric), inputs)
-        text += f"; AP50 minus {label}: {difference.text(' points')}"
-        judged.append(_judge(difference, 0.0))
-    statuses = {s for s, _ in judged}
-    if statuses == {HOLDS}:
-        return Part(norm, HOLDS, "", text)
-    if FAILS in statuses:
-        return Part(norm, FAILS, "", text)
-    return Part(norm, INCONCLUSIVE, next(r for s, r in judged if s == INCONCLUSIVE), text)
+        text += f"; AP50 gain minus {label} gain: {difference.text(' points')}"
+        if len(metrics) > 2 and difference.known:
+            low_c, high_c = difference.bounds(corrected)
+            text += f" ({corrected:.1%}: [{low_c:+.1f}, {high_c:+.1f}])"
+        differences.append(difference)
+    text += _seeds_note(differences[0])
+    states = [convergence(evidence, arms, init, norm, subset) for init in ("scratch", "pretrained")]
+    text += "; " + "; ".join(s.text for s in states)
+    if not all(s.converged for s in states):
+        return Part(norm, INCONCLUSIVE, "not converged", text + ". Next: " + _unconverged(states))
+    status, reason = localization_judgement(differences)
+    return Part(norm, status, reason, text)
+
+
+def _family_level(comparisons: int) -> float:
+    """The level at which one of `comparisons` intervals must exclude 0 for "any one fails" to keep a 5% error
+    (Bonferroni)."""
+    return 1 - (1 - LEVEL) / comparisons
+
+
+def localization_judgement(differences: list[Estimate]) -> tuple[str, str]:
+    """Finding 4 from (AP50 gain - other gain) differences: holds when every 95% interval lies above 0 (each must
+    hold, so no correction is needed); does not hold when one lies below 0 at the Bonferroni level of the family
+    (any one of k failing would otherwise fire k times as often as 5%)."""
+    corrected = _family_level(len(differences))
+    fails = [_judge(d, 0.0, corrected) for d in differences]
+    if any(s == FAILS for s, _ in fails):
+        return FAILS, ""
+    judged = [_judge(d, 0.0) for d in differences]
+    if all(s == HOLDS for s, _ in judged):
+        return HOLDS, ""
+    reasons = [r for s, r in [*judged, *fails] if s == INCONCLUSIVE]  # one below 0 at 95% only: within noise
+    return INCONCLUSIVE, "; ".join(dict.fromkeys(reasons))
 
 
 def finding_4_localization(arms: list[ArmResult], evidence: Evidence) -> Verdict:
@@ -427,10 +531,13 @@ def finding_4_localization(arms: list[ArmResult], evidence: Evidence) -> Verdict
     full = full_data_subset(arms)
     parts = [_localization(evidence, arms, norm, full) for norm in _norms(arms, full)]
     rule = (
-        "at the longest schedule both inits share, the relative gain of pre-training (pre-trained / scratch - 1) "
-        "in AP50 against AP75, mask AP and keypoint AP where present; holds when the AP50 gain exceeds each of "
-        "them (interval of the difference above 0), does not hold when any interval lies below 0; a metric "
-        f"below {SIGNAL_FLOOR:g} AP for scratch gives too little signal"
+        "at the longest schedule both inits share, both converged (as in finding 1), the gain of pre-training in AP "
+        "points (pre-trained - scratch, as the paper's tables set AP50 and AP75 side by side) in AP50 against AP75, "
+        "mask AP and keypoint AP where present; holds when the AP50 gain exceeds each of them (every interval of "
+        f"the difference above 0, at {LEVEL:.0%}), does not hold when one lies below 0 at 95% divided among the "
+        "comparisons (Bonferroni); relative gains (pre-trained / scratch - 1, intervals from log ratios) are shown, "
+        f"not judged; a decided verdict needs two seeds or more; a metric below {SIGNAL_FLOOR:g} AP on both inits "
+        "gives too little signal"
     )
     return _combine(title, parts, rule, _conditions(evidence, arms), NEEDS_A_PAIR)
 
@@ -443,12 +550,17 @@ def all_verdicts(arms: list[ArmResult], evidence: Evidence | None = None) -> lis
     each, scratch against that init alone."""
     evidence = evidence or Evidence(arms)
     names = sorted({a.init_name for a in arms if a.init != "scratch"})
-    if len(names) <= 1:
-        return [finding(arms, evidence) for finding in FINDINGS]
+    chosen_sets = (
+        [(None, arms)]
+        if len(names) <= 1
+        else [(name, [a for a in arms if a.init == "scratch" or a.init_name == name]) for name in names]
+    )
     verdicts = []
-    for name in names:
-        chosen = [a for a in arms if a.init == "scratch" or a.init_name == name]
+    for name, chosen in chosen_sets:
         for finding in FINDINGS:
+            evidence.used_images.clear()  # each verdict's conditions name the validation sets it used
             verdict = finding(chosen, evidence)
-            verdicts.append(dataclasses.replace(verdict, finding=f"{verdict.finding} (pre-trained: {name})"))
+            if name is not None:
+                verdict = dataclasses.replace(verdict, finding=f"{verdict.finding} (pre-trained: {name})")
+            verdicts.append(verdict)
     return verdicts
