@@ -9,13 +9,10 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from scratchdet import portable
 from scratchdet.errors import ScratchdetError, TrainingPaused
-
-if TYPE_CHECKING:
-    pass
 
 EPILOG = """examples:
   scratchdet data synth --out data/demo                  generate the demo dataset

@@ -15,11 +15,11 @@ import yaml
 
 from scratchdet.study import verdicts
 from scratchdet.study.results import read_study
+from scratchdet.study.spec import matched_iterations
 from scratchdet.study.statistics import (
     Estimate,
     Evidence,
     estimate_from,
-    matched_iterations,
     seed_and_image_variance,
     t_quantile,
 )

@@ -75,10 +75,6 @@ class CocoIndex:
         categories = sorted(data["categories"], key=lambda c: c["id"])
         return cls(Path(path), images, annotations, categories)
 
-    @property
-    def category_names(self) -> list[str]:
-        return [c["name"] for c in self.categories]
-
     def trainable_annotations(self, image_id: int) -> list[dict[str, Any]]:
         """Non-crowd annotations with a box of positive size: what becomes a training target."""
         return [

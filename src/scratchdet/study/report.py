@@ -51,10 +51,6 @@ def _save(figure: Figure, path: Path) -> bytes:
     return data
 
 
-def _style_of(arm: ArmResult, multipliers: list[float]) -> str:
-    return STYLES[multipliers.index(arm.multiplier) % len(STYLES)]
-
-
 def figure_ap_curves(arms: list[ArmResult], evidence: Evidence | None = None) -> Figure:
     """Box and mask AP against iterations, one column per norm; dotted lines mark schedule ends (Figures 1, 4).
 

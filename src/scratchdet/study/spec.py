@@ -32,6 +32,7 @@ set. Its schedule follows the Nx rules at that length.
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -370,6 +371,12 @@ def _grid(spec: StudySpec) -> list[tuple[dict[str, Any], str | None, str | None]
     return grid
 
 
+def matched_iterations(pretrain_pixels: float, finetune_iterations: int, pixels_per_iteration: float) -> int:
+    """Iterations a from-scratch arm needs to see as many pixels as pre-training plus `finetune_iterations` of
+    fine-tuning (both detection arms see the same pixels per iteration): rounded up, so it never sees fewer."""
+    return math.ceil(finetune_iterations + pretrain_pixels / pixels_per_iteration - 1e-9)
+
+
 def _matched_schedule(
     base: dict[str, Any],
     values: dict[str, Any],
@@ -381,8 +388,6 @@ def _matched_schedule(
 ) -> tuple[dict[str, Any], str]:
     """The arm's values with the schedule that matches pre-training + fine-tuning at `reference_schedule` in pixels
     seen, and a line saying how (for the dry run)."""
-    from scratchdet.study.statistics import matched_iterations  # statistics reads results, which reads this module
-
     reference = _arm_config(base, {**values, "schedule": reference_schedule}, "scratch", name)
     solver = reference.solver
     finetune = schedule_for(reference, size).total_iterations

@@ -362,12 +362,3 @@ def _common_seeds(inputs: Inputs) -> list[int]:
 
 def _of_seed(arms: list[ArmResult], seed: int) -> ArmResult:
     return next(a for a in arms if a.seed == seed)
-
-
-# ----------------------------------------------------------------------------------------------- cost
-
-
-def matched_iterations(pretrain_pixels: float, finetune_iterations: int, pixels_per_iteration: float) -> int:
-    """Iterations a from-scratch arm needs to see as many pixels as pre-training plus `finetune_iterations` of
-    fine-tuning (both detection arms see the same pixels per iteration): rounded up, so it never sees fewer."""
-    return math.ceil(finetune_iterations + pretrain_pixels / pixels_per_iteration - 1e-9)

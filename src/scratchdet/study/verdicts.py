@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from scratchdet.study.results import ArmResult, full_data_subset
-from scratchdet.study.statistics import LEVEL, Estimate, Evidence, matched_iterations
+from scratchdet.study.spec import matched_iterations
+from scratchdet.study.statistics import LEVEL, Estimate, Evidence
 
 HOLDS, FAILS, INCONCLUSIVE, UNTESTED = "holds", "does not hold", "inconclusive", "not tested"
 MATCH_TOLERANCE = 1.0  # box AP: "scratch matches pre-training" means not more than this behind
