@@ -18,7 +18,7 @@ import torch
 
 import common
 from scratchdet.config import load_config
-from scratchdet.engine.run import build_detection, train_batches
+from scratchdet.engine.detection import build_detection, train_batches
 from scratchdet.engine.trainer import Trainer
 from scratchdet.engine.training import seed_everything
 from train_step import DATA, ensure_data

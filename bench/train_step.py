@@ -30,7 +30,7 @@ import common
 from scratchdet.config import load_config
 from scratchdet.data.batching import TrainingBatches, collate
 from scratchdet.data.synthetic import SynthSpec, generate
-from scratchdet.engine.run import build_detection, train_batches
+from scratchdet.engine.detection import build_detection, train_batches
 from scratchdet.engine.trainer import Trainer
 from scratchdet.engine.training import seed_everything
 

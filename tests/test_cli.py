@@ -57,7 +57,7 @@ def test_synth_command(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyp
 def test_atomic_writes_follow_the_umask(tmp_path: Path) -> None:
     import os
 
-    from scratchdet.io import atomic_write_text
+    from scratchdet.storage import atomic_write_text
 
     previous = os.umask(0o022)
     try:

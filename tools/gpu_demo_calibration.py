@@ -81,8 +81,8 @@ def worker(
     pre-training step when asked), timed while `count` such processes run."""
     import torch
 
+    from scratchdet.engine.detection import Evaluation, build_detection, train_batches
     from scratchdet.engine.pretrain import _batches, build_pretraining, classification_counts
-    from scratchdet.engine.run import Evaluation, build_detection, train_batches
     from scratchdet.engine.trainer import Trainer
 
     device = torch.device(device_name)

@@ -1,9 +1,9 @@
-"""How often the report's 95% intervals cover the truth, simulated from the variance model of study/statistics.py.
+"""How often the report's 95% intervals cover the truth, simulated from the variance model of study/intervals.py.
 
 Each seed s scores each validation image i: x[s, i] = truth + a[s] + c[i] + e[s, i] (seed effect a, image effect c
 shared by every seed, seed x image interaction e); a seed's number is the mean over the images, as an AP is a score
 pooled over them. The bootstrap draws the same resamples of the images for every seed, as the report does, and the
-interval comes from the report's own code (`statistics.estimate_from`). The relative gain of finding 4 is simulated
+interval comes from the report's own code (`intervals.estimate_from`). The relative gain of finding 4 is simulated
 the same way for two inits (scratch 10, pre-trained 15: +50%) and judged on its log ratio.
 
     python tools/interval_coverage.py              # the table in docs/statistics.md (about a minute on 2 cores)
@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from scratchdet.study.statistics import RESAMPLES, Estimate, estimate_from, t_quantile
+from scratchdet.study.intervals import RESAMPLES, Estimate, estimate_from, t_quantile
 from scratchdet.study.verdicts import _log_ratio
 
 IMAGES = 200

@@ -1,6 +1,7 @@
-"""The edge where a config becomes a detector and a schedule: the one place that reads `model.*` settings into the
-plain arguments of `modeling.detector.build_detector` (and initializes the result as `model.init` says), and
-`solver.*` into `engine.schedule.build_schedule`'s.
+"""The edge where a config becomes a detector and a schedule: `model.*` settings become the plain arguments of
+`modeling.detector.build_detector` (and the result is initialized as `model.init` says), `solver.*` those of
+`engine.schedule.build_schedule`. Others read single `model.*` settings for their own purpose (the evaluation's
+tasks from `model.arch`, pre-training's norm from `model.norm`, a study's arm names), never to build a model.
 
 Training, evaluation, prediction, `scratchdet model summary`, `scratchdet weights inspect` and a study's check of
 its weight files all build their detector here, so a setting added to `ModelConfig` is wired in once.

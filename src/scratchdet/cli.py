@@ -13,6 +13,7 @@ from typing import Any
 
 from scratchdet import portable
 from scratchdet.errors import ScratchdetError, TrainingPaused
+from scratchdet.study.executor import EXECUTORS, Executor
 
 EPILOG = """examples:
   scratchdet data synth --out data/demo                  generate the demo dataset
@@ -131,7 +132,7 @@ def _start_or_resume(args: argparse.Namespace, run: Callable[..., dict[str, Any]
 
 
 def _train(args: argparse.Namespace) -> int:
-    from scratchdet.engine.run import train
+    from scratchdet.engine.detection import train
 
     summary = _start_or_resume(args, train, "train")
     if not _is_main_process():
@@ -154,7 +155,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from scratchdet.engine.run import evaluate_saved
+    from scratchdet.engine.detection import evaluate_saved
     from scratchdet.engine.rundir import setup_logging
 
     setup_logging(None)
@@ -179,7 +180,7 @@ def _predict(args: argparse.Namespace) -> int:
 def _schedule_show(args: argparse.Namespace) -> int:
     from scratchdet.assemble import schedule_for
     from scratchdet.config import load_config
-    from scratchdet.engine.run import training_set_size
+    from scratchdet.engine.detection import training_set_size
 
     config = load_config(args.config, args.overrides)
     size: int | None = None
@@ -239,29 +240,17 @@ def _weights_inspect(args: argparse.Namespace) -> int:
 
 def _study(args: argparse.Namespace) -> int:
     from scratchdet.study.resources import Resources
-    from scratchdet.study.runner import SlurmOptions, run_study
+    from scratchdet.study.runner import run_study
 
     resources = Resources(
         gpus=args.gpus_per_arm, nodes=args.nodes_per_arm, processes=args.procs_per_arm, cpus=args.cpus_per_proc
     )
-    slurm = None
-    if args.executor == "slurm":
-        given = ("partition", "account", "time", "signal_delay", "max_requeues")
-        settings: dict[str, Any] = {key: getattr(args, key) for key in given if getattr(args, key) is not None}
-        if args.sbatch:
-            settings["sbatch"] = dict(_key_value(item, "--sbatch") for item in args.sbatch)
-        slurm = SlurmOptions(settings, wait=args.wait, retry_failed=args.retry_failed, poll_seconds=args.poll)
-    elif args.wait or args.retry_failed or args.partition or args.account or args.time or args.sbatch:
-        raise ScratchdetError(
-            "--wait, --retry-failed, --partition, --account, --time and --sbatch need --executor slurm"
-        )
     report = run_study(
         args.spec,
         args.out,
-        parallel=args.jobs,
+        executor=_executor(args),
         dry_run=args.dry_run,
         resources=resources,
-        slurm=slurm,
         seconds_per_iteration=args.seconds_per_iteration,
     )
     if report is not None:
@@ -269,11 +258,15 @@ def _study(args: argparse.Namespace) -> int:
     return 0
 
 
-def _key_value(item: str, option: str) -> tuple[str, str]:
-    key, equals, value = item.partition("=")
-    if not equals or not key:
-        raise ScratchdetError(f"{option} {item!r}: give KEY=VALUE, e.g. {option} qos=high")
-    return key.lstrip("-"), value
+def _executor(args: argparse.Namespace) -> Executor:
+    """The chosen executor, from its own options; another executor's options are refused, not ignored."""
+    chosen = EXECUTORS[args.executor]
+    for name, entry in EXECUTORS.items():
+        given = [option.flag for option in entry.options if getattr(args, option.dest) not in (None, False)]
+        if name != chosen.name and given:
+            raise ScratchdetError(f"{', '.join(given)} need{'s' if len(given) == 1 else ''} --executor {name}")
+    options = {option.dest: getattr(args, option.dest) for option in chosen.options}
+    return chosen.load().from_options(**{key: value for key, value in options.items() if value not in (None, False)})
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -347,52 +340,18 @@ def _add_study_resource_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--cpus-per-proc", type=int, metavar="C", help="CPUs per process (Slurm: --cpus-per-task)")
 
 
-def _add_slurm_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group(
-        "Slurm (each job an sbatch job submitted with submitit; over the spec's `slurm:`)",
-        "Submits what is neither finished, queued nor running, with dependencies, and returns; run the same "
-        "command again to see every job's state and submit what is missing; `scratchdet report DIR` any time.",
-    )
-    group.add_argument(
+def _add_executor_arguments(parser: argparse.ArgumentParser) -> None:
+    """--executor, and each registered executor's options under a heading of its own (study/executor.py)."""
+    parser.add_argument(
         "--executor",
-        choices=("local", "slurm"),
+        choices=tuple(EXECUTORS),
         default="local",
-        help="local (default): jobs as processes on this machine; slurm: jobs on the cluster",
+        help="; ".join(f"{name}: {entry.help}" for name, entry in EXECUTORS.items()) + " (default: local)",
     )
-    group.add_argument("--partition", help="Slurm partition")
-    group.add_argument("--account", help="Slurm account")
-    group.add_argument(
-        "--time", type=int, metavar="MINUTES", help="time limit of a job; one that reaches it checkpoints and requeues"
-    )
-    group.add_argument(
-        "--sbatch",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="another sbatch option, e.g. --sbatch qos=high --sbatch constraint=volta32gb",
-    )
-    group.add_argument(
-        "--signal-delay",
-        type=int,
-        metavar="SECONDS",
-        help="how long before the time limit a job is told to checkpoint (default: 90)",
-    )
-    group.add_argument(
-        "--max-requeues", type=int, metavar="N", help="requeues after reaching the time limit (default: 3)"
-    )
-    group.add_argument("--wait", action="store_true", help="stay until every job has ended, then write the report")
-    group.add_argument(
-        "--poll", type=float, default=30.0, metavar="SECONDS", help="how often --wait asks Slurm (default: 30)"
-    )
-    group.add_argument(
-        "--retry-failed", action="store_true", help="submit again the jobs that failed for a reason of their own"
-    )
-    group.add_argument(
-        "--seconds-per-iteration",
-        type=float,
-        metavar="S",
-        help="for --dry-run: a job's seconds per iteration on the cluster (default: measured on this machine)",
-    )
+    for name, entry in EXECUTORS.items():
+        group = parser.add_argument_group(f"--executor {name}", entry.heading or None)
+        for option in entry.options:
+            group.add_argument(option.flag, **option.kwargs)
 
 
 def _add_nproc_argument(parser: argparse.ArgumentParser) -> None:
@@ -570,15 +529,20 @@ def build_parser() -> argparse.ArgumentParser:
     study = _command(commands, "study", _study, study_help)
     study.add_argument("spec", type=Path, help="study spec YAML (a base config and axes; see configs/demo/study.yaml)")
     study.add_argument("--out", type=Path, required=True, help="study directory (re-run to resume)")
-    study.add_argument("--jobs", type=int, default=1, help="local executor: jobs trained at once on this machine")
     study.add_argument(
         "--dry-run",
         action="store_true",
         help="print the plan with a time estimate (measured here, or from --seconds-per-iteration); with "
         "--executor slurm also each job's sbatch script and the plan's GPU-hours",
     )
+    study.add_argument(
+        "--seconds-per-iteration",
+        type=float,
+        metavar="S",
+        help="for --dry-run: a job's seconds per iteration where it will run (default: measured on this machine)",
+    )
     _add_study_resource_arguments(study)
-    _add_slurm_arguments(study)
+    _add_executor_arguments(study)
     report = _command(commands, "report", _report, "rebuild a study's report from its run directories")
     report.add_argument("study_dir", type=Path)
 

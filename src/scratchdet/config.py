@@ -2,8 +2,9 @@
 
 A config is read from a YAML file or a packaged preset (``demo/mask_rcnn``), merged over its ``_base_`` files,
 patched with ``key.sub=value`` overrides, and validated. Every mistake becomes a `ScratchdetError` that names the
-key, the value given and what is allowed. Only `cli` and `study` see a whole `Config`; builders and the training
-loop receive plain arguments taken from it.
+key, the value given and what is allowed. A whole `Config` is taken apart at a few edges (`assemble.py` for the
+model and schedule, `engine/detection.py` and `engine/pretrain.py` for a run, the CLI and the study planner);
+the builders and the training loop below them receive plain arguments.
 """
 
 from __future__ import annotations

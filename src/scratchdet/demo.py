@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from scratchdet.errors import ScratchdetError
-from scratchdet.io import atomic_write_text
+from scratchdet.storage import atomic_write_text
 
 # `scratchdet --help` reads DEMO_GPU_JOBS from here: torch and the study machinery are imported where used.
 
@@ -91,6 +91,7 @@ def run_demo(
     from scratchdet.data.check import check_dataset
     from scratchdet.data.synthetic import DEMO_GPU_SPEC, DEMO_SPEC, existing_spec, generate
     from scratchdet.engine import mps
+    from scratchdet.study.local import LocalExecutor
     from scratchdet.study.runner import run_study
 
     started = time.perf_counter()
@@ -119,6 +120,6 @@ def run_demo(
     if check_only:
         return None
     packaged = Path(str(resources.files("scratchdet") / "configs" / "demo" / variant.study))
-    path = run_study(demo_study(packaged, data, out, moved=data != variant.data), out, parallel=jobs)
+    path = run_study(demo_study(packaged, data, out, moved=data != variant.data), out, executor=LocalExecutor(jobs))
     print(f"demo finished in {time.perf_counter() - started:.0f} s")
     return path

@@ -4,6 +4,8 @@ The CLI prints its message without a traceback and exits non-zero. Internal bugs
 their traceback. A message should name the file or field, the value given, and the fix.
 """
 
+PAUSED_EXIT_CODE = 143  # a training stopped by a signal (as a shell reports SIGTERM), its checkpoint saved
+
 
 class ScratchdetError(Exception):
     """A user-facing error: the message alone must tell the user what is wrong and how to fix it."""
@@ -12,8 +14,8 @@ class ScratchdetError(Exception):
 class TrainingPaused(ScratchdetError):
     """Training stopped before the end of its schedule, after saving a checkpoint; `--resume` continues it.
 
-    `exit_code` is what the command exits with: 0 when it stopped where it was asked to (`--stop-at`), 143 (as a
-    shell reports SIGTERM) when a signal asked it to stop.
+    `exit_code` is what the command exits with: 0 when it stopped where it was asked to (`--stop-at`),
+    `PAUSED_EXIT_CODE` when a signal asked it to stop.
     """
 
     def __init__(self, message: str, iteration: int, exit_code: int) -> None:

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from scratchdet.engine.rundir import read_metrics
-from scratchdet.io import try_lock
+from scratchdet.storage import try_lock
 from tests.conftest import final_weights, tiny_training_overrides
 
 pytestmark = pytest.mark.slow

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from scratchdet.config import load_config
+from scratchdet.engine.detection import train
 from scratchdet.engine.precise_bn import recompute_bn_statistics
-from scratchdet.engine.run import train
 from scratchdet.modeling.norm import SyncBatchNorm
 from tests.conftest import tiny_training_overrides
 

@@ -10,7 +10,7 @@ import yaml
 
 from scratchdet.config import load_config
 from scratchdet.data.synthetic import SynthSpec, classification_classes, generate
-from scratchdet.engine.run import train
+from scratchdet.engine.detection import train
 from scratchdet.engine.rundir import read_metrics
 from scratchdet.errors import ScratchdetError
 from tests.conftest import run_pinned, tiny_training_overrides

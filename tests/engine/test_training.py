@@ -16,7 +16,7 @@ from scratchdet import portable
 from scratchdet.config import load_config
 from scratchdet.data.batching import TrainingBatches
 from scratchdet.data.coco import CocoDetection, CocoIndex
-from scratchdet.engine.run import _train_transforms, train
+from scratchdet.engine.detection import _train_transforms, train
 from scratchdet.engine.rundir import read_metrics
 from tests.conftest import final_weights, run_pinned, tiny_training_overrides
 from tests.engine.test_faults import KILL_AT

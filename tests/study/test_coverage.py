@@ -1,4 +1,4 @@
-"""The 95% intervals cover the truth 95% of the time: simulated from the variance model of `statistics.py` with a
+"""The 95% intervals cover the truth 95% of the time: simulated from the variance model of `intervals.py` with a
 known truth and run through the report's own code (`tools/interval_coverage.py`, which prints the whole table).
 
 4,000 replications a case: a coverage of 95% is counted within +-0.7 points (one standard error 0.34), so the band

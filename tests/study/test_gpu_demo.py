@@ -18,7 +18,9 @@ import yaml
 from scratchdet import demo, portable
 from scratchdet.config import load_config
 from scratchdet.errors import ScratchdetError
-from scratchdet.study import runner
+from scratchdet.study import local
+from scratchdet.study.jobs import StudyJob
+from scratchdet.study.resources import JobResources
 from scratchdet.study.results import read_study
 from scratchdet.study.verdicts import all_verdicts
 from tests.conftest import run_pinned, tiny_training_overrides
@@ -83,10 +85,11 @@ def test_every_job_of_a_study_gets_the_gpu_sharing_environment(tmp_path: Path, m
         def __init__(self, command: list[str], **kwargs: Any) -> None:
             seen.append(kwargs["env"])
 
-    monkeypatch.setattr(runner.subprocess, "Popen", Recorder)
-    (tmp_path / "configs").mkdir()
-    job = runner.Job("arms/a", "train", tmp_path / "arms" / "a", load_config("demo/mask_rcnn_gpu"), iterations=10)
-    runner._start(job, tmp_path, 2, {"CUDA_MPS_PIPE_DIRECTORY": "/tmp/x/pipe"})
+    monkeypatch.setattr(local.subprocess, "Popen", Recorder)
+    config = load_config("demo/mask_rcnn_gpu")
+    one_process = JobResources(processes=1, nodes=1, gpus=0, cpus=None)
+    job = StudyJob("arms/a", "arms/a", "train", tmp_path / "arms" / "a", config, tmp_path / "a.yaml", 10, one_process)
+    local._start(job, 2, {"CUDA_MPS_PIPE_DIRECTORY": "/tmp/x/pipe"})
     assert seen[0]["CUDA_MPS_PIPE_DIRECTORY"] == "/tmp/x/pipe" and seen[0]["OMP_NUM_THREADS"] == "2"
 
 
@@ -120,5 +123,5 @@ def test_the_gpu_study_shrunk_to_a_cpu_runs_every_arm_and_judges(synth_dir: Path
     results = read_study(tmp_path / "out")
     for arm in results:
         assert_pinned(f"shrunk GPU study: {arm.name} box AP", arm.metric("bbox", "AP"))
-    statuses = {verdict.finding.split(".")[0]: verdict.label for verdict in all_verdicts(results)}
+    statuses = {verdict.title.split(".")[0]: verdict.label for verdict in all_verdicts(results)}
     assert statuses == PINNED_VERDICTS, statuses

@@ -2,7 +2,7 @@ from pathlib import Path
 
 from scratchdet.study.report import build_report
 from scratchdet.study.results import read_study
-from scratchdet.study.verdicts import INCONCLUSIVE, UNTESTED, all_verdicts
+from scratchdet.study.verdicts import Status, all_verdicts
 from tests.study.fixtures import paper_like_study, write_arm, write_pretraining
 
 FIGURES = ("ap_curves", "accounting", "pretraining_gain", "overfitting")
@@ -11,7 +11,12 @@ FIGURES = ("ap_curves", "accounting", "pretraining_gain", "overfitting")
 def test_verdicts_without_saved_evaluations_are_inconclusive_and_say_why(tmp_path: Path) -> None:
     paper_like_study(tmp_path)  # hand-written metrics, no saved detections: the noise is unknown
     verdicts = all_verdicts(read_study(tmp_path))
-    assert [v.status for v in verdicts] == [INCONCLUSIVE, INCONCLUSIVE, UNTESTED, INCONCLUSIVE]
+    assert [v.status for v in verdicts] == [
+        Status.INCONCLUSIVE,
+        Status.INCONCLUSIVE,
+        Status.UNTESTED,
+        Status.INCONCLUSIVE,
+    ]
     assert (
         "scratch 29.5 (3x) vs pre-trained 30.0 (3x) box AP, "
         "difference -0.5 (interval unknown: saved evaluations missing)" in verdicts[0].evidence
@@ -86,7 +91,7 @@ def test_a_full_disk_while_writing_the_report_names_the_file_and_says_what_to_do
     import errno
     import os
 
-    from scratchdet import io
+    from scratchdet import storage
     from scratchdet.cli import main
 
     paper_like_study(tmp_path)
@@ -94,7 +99,7 @@ def test_a_full_disk_while_writing_the_report_names_the_file_and_says_what_to_do
     def no_space(descriptor: int) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(io.os, "fsync", no_space)
+    monkeypatch.setattr(storage.os, "fsync", no_space)
     assert main(["report", str(tmp_path)]) == 2
     message = capsys.readouterr().err.strip()
     assert message.startswith(f"error: no space left on device writing {tmp_path / 'report' / 'figures'}")
@@ -120,7 +125,7 @@ def test_a_damaged_summary_or_record_of_a_study_is_named_not_a_traceback(tmp_pat
 def test_a_final_evaluation_on_more_images_is_drawn_apart_from_the_periodic_curve(tmp_path: Path) -> None:
     import yaml
 
-    from scratchdet.study.report import _split_final
+    from scratchdet.study.figures import _split_final
 
     run = write_arm(tmp_path, "scratch_gn_1x_seed0", init="scratch", schedule="1x",
                     curve=[(100, 5.0), (200, 8.0), (300, 6.0)])  # fmt: skip

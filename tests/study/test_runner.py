@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from scratchdet.config import load_config
-from scratchdet.engine.run import train
+from scratchdet.engine.detection import train
 from scratchdet.study.runner import run_study
 from tests.conftest import final_weights, tiny_training_overrides
 

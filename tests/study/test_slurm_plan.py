@@ -11,8 +11,11 @@ import pytest
 
 from scratchdet.errors import ScratchdetError
 from scratchdet.study import slurm
-from scratchdet.study.resources import Resources, ResourceSpec, SlurmSettings, resources_for
-from scratchdet.study.runner import SlurmOptions, jobs_of, plan_study, run_study
+from scratchdet.study.jobs import JobGraph, job_graph
+from scratchdet.study.resources import Resources, ResourceSpec, resources_for
+from scratchdet.study.runner import plan_study, run_study
+from scratchdet.study.slurm import SlurmExecutor, SlurmSettings
+from scratchdet.study.slurm_node import task_of, training_command
 
 SPEC = """
 base: demo/mask_rcnn
@@ -35,9 +38,9 @@ def write_spec(folder: Path, synth_dir: Path, spec: str = SPEC) -> Path:
     return folder / "spec.yaml"
 
 
-def graph(tmp_path: Path, synth_dir: Path) -> dict[str, slurm.SlurmJob]:
+def graph(tmp_path: Path, synth_dir: Path) -> JobGraph:
     study = tmp_path / "study"
-    return slurm.slurm_jobs(jobs_of(plan_study(write_spec(tmp_path, synth_dir), study), study), study)
+    return job_graph(plan_study(write_spec(tmp_path, synth_dir), study), study)
 
 
 def test_resources_come_from_defaults_spec_flags_then_the_first_matching_pattern() -> None:
@@ -80,11 +83,11 @@ def test_a_fork_parent_is_split_at_its_fork_iterations_and_jobs_come_in_dependen
 
 def test_the_command_a_node_runs_on_one_node_and_on_several(tmp_path: Path, synth_dir: Path) -> None:
     jobs = graph(tmp_path, synth_dir)
-    one = slurm.task_of(jobs["arms/scratch_gn_1x_seed0"], tmp_path)
-    command = slurm.training_command(one, 0, ["n1"], "77")
+    one = task_of(jobs["arms/scratch_gn_1x_seed0"], tmp_path / "outcome.json")
+    command = training_command(one, 0, ["n1"], "77")
     assert command[1:] == ["-m", "scratchdet", "train", "--resume", one.run_dir, "--nproc", "8"]
-    part = slurm.task_of(jobs["arms/scratch_gn_6x_seed0@60000"], tmp_path)
-    command = slurm.training_command(part, 1, ["n1", "n2"], "77")
+    part = task_of(jobs["arms/scratch_gn_6x_seed0@60000"], tmp_path / "outcome.json")
+    command = training_command(part, 1, ["n1", "n2"], "77")
     assert command[1:9] == ["-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=8", "--node-rank=1",
                             "--master-addr=n1", "--master-port=20077", "--module"]  # fmt: skip
     assert command[9:] == ["scratchdet", "train", "--resume", part.run_dir, "--stop-at", "60000"]
@@ -98,7 +101,7 @@ def test_a_rerun_submits_what_ended_unfinished_but_not_what_failed_for_its_own_r
     names = list(jobs)
     record = {name: {"job_id": str(100 + i)} for i, name in enumerate(names)}
     failed, cancelled, queued = "pretrain/resnet_narroww32d18_gn", "arms/scratch_gn_1x_seed0", names[-1]
-    outcome = slurm._outcome_path(study, failed)
+    outcome = slurm.outcome_path(study, failed)
     outcome.parent.mkdir(parents=True)
     outcome.write_text(json.dumps({"job_id": record[failed]["job_id"], "state": "failed", "exit": 1,
                                    "console": "C/console.txt"}))  # fmt: skip
@@ -124,13 +127,13 @@ def test_dry_run_prints_each_job_script_and_the_gpu_hours(
     tmp_path: Path, synth_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     write_spec(tmp_path, synth_dir, SPEC.replace("[1x, 3x, 6x]", "[1x, 2x]"))
-    options = SlurmOptions({"time": 4320, "partition": "learnfair", "sbatch": {"qos": "high"}})
-    run_study(tmp_path / "spec.yaml", tmp_path / "study", dry_run=True, slurm=options, seconds_per_iteration=0.5)
+    options = SlurmExecutor({"time": 4320, "partition": "learnfair", "sbatch": {"qos": "high"}})
+    run_study(tmp_path / "spec.yaml", tmp_path / "study", dry_run=True, executor=options, seconds_per_iteration=0.5)
     text = capsys.readouterr().out
     assert not (tmp_path / "study").exists()  # a dry run writes nothing
     # Per init, at 16 images: 2x is 180,000 iterations, 1x forks from it at 60,000 and trains to 90,000; and the
     # pre-training; every job on 8 GPUs at the given 0.5 s per iteration.
-    pretraining = plan_study(tmp_path / "spec.yaml", tmp_path / "study").pretrain_jobs[0].iterations
+    pretraining = plan_study(tmp_path / "spec.yaml", tmp_path / "study").pretrainings[0].iterations
     gpu_hours = (2 * (180_000 + 30_000) + pretraining) * 0.5 * 8 / 3600
     assert f"cost of the plan: {gpu_hours:,.2f} GPU-hours, {gpu_hours / 8:,.2f} node-hours (given: 0.5 s/it" in text
     assert "arms/scratch_gn_2x_seed0@60000: iterations 0-60,000, est. 8h20m; 8 processes on 1 node, 8 GPUs" in text
@@ -142,8 +145,8 @@ def test_dry_run_prints_each_job_script_and_the_gpu_hours(
                  "#SBATCH --dependency='afterok:<arms/scratch_gn_2x_seed0@60000>'"):  # fmt: skip
         assert line in script, line
     assert "--resume " + str(tmp_path / "study" / "arms" / "scratch_gn_1x_seed0") + " --nproc 8" in script
-    short = SlurmOptions({"time": 400, "max_requeues": 1})
-    run_study(tmp_path / "spec.yaml", tmp_path / "study", dry_run=True, slurm=short, seconds_per_iteration=0.5)
+    short = SlurmExecutor({"time": 400, "max_requeues": 1})
+    run_study(tmp_path / "spec.yaml", tmp_path / "study", dry_run=True, executor=short, seconds_per_iteration=0.5)
     text = capsys.readouterr().out
     assert "arms/scratch_gn_2x_seed0@60000 outlasts the time limit (400 min): requeued about 1 time(s)\n" in text
     more = "requeued about 2 time(s) (more than --max-requeues 1: raise it)"
@@ -153,10 +156,19 @@ def test_dry_run_prints_each_job_script_and_the_gpu_hours(
 def test_submitting_needs_a_time_limit(tmp_path: Path, synth_dir: Path) -> None:
     write_spec(tmp_path, synth_dir)
     with pytest.raises(ScratchdetError, match="give the jobs' time limit: --time MINUTES"):
-        run_study(tmp_path / "spec.yaml", tmp_path / "study", slurm=SlurmOptions())
+        run_study(tmp_path / "spec.yaml", tmp_path / "study", executor=SlurmExecutor())
     with pytest.raises(ScratchdetError, match="more than one node needs --executor slurm"):
         run_study(tmp_path / "spec.yaml", tmp_path / "other")
     assert SlurmSettings().signal_delay == 90
+
+
+def test_a_wrong_slurm_setting_names_where_it_was_given(tmp_path: Path, synth_dir: Path) -> None:
+    write_spec(tmp_path, synth_dir, SPEC + "slurm: {partitio: learnfair}\n")
+    with pytest.raises(ScratchdetError, match=r"Slurm settings: the spec's slurm\.partitio: Extra inputs"):
+        run_study(tmp_path / "spec.yaml", tmp_path / "study", dry_run=True, executor=SlurmExecutor())
+    write_spec(tmp_path, synth_dir)
+    with pytest.raises(ScratchdetError, match="Slurm settings: --time: Input should be greater than or equal to 1"):
+        run_study(tmp_path / "spec.yaml", tmp_path / "study", dry_run=True, executor=SlurmExecutor({"time": 0}))
 
 
 def test_a_warning_that_could_come_before_the_job_has_started_is_refused() -> None:

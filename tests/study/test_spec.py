@@ -25,11 +25,11 @@ def test_grid_expansion_with_every_axis(tmp_path: Path) -> None:
     assert len(plan.arms) == 2 * 2 * 3 * 2 * 2
     names = {arm.name for arm in plan.arms}
     assert "scratch_gn_6x_full_seed0" in names and "pretrained_syncbn_1x_n1000_seed1" in names
-    assert sorted(job.name for job in plan.pretrain_jobs) == ["resnet_narroww32d18_gn", "resnet_narroww32d18_syncbn"]
+    assert sorted(job.name for job in plan.pretrainings) == ["resnet_narroww32d18_gn", "resnet_narroww32d18_syncbn"]
     arm = next(a for a in plan.arms if a.name == "pretrained_syncbn_1x_n1000_seed1")
     assert arm.config.model.norm == "syncbn" and arm.config.data.train_subset == 1000 and arm.config.seed == 1
     assert arm.config.model.init == str(tmp_path / "study" / "pretrain" / "resnet_narroww32d18_syncbn" / "backbone.pth")
-    assert plan.pretrain_jobs[0].config.pretrain.epochs == 5
+    assert plan.pretrainings[0].config.pretrain.epochs == 5
     # 1x and 3x fork from 6x at their first lr step: 60,000 and 210,000 (COCO schedules at 16 images).
     forks = {a.name: (a.fork_parent, a.fork_iteration) for a in plan.arms if a.fork_parent}
     assert forks["scratch_gn_1x_full_seed0"] == ("scratch_gn_6x_full_seed0", 60_000)
@@ -111,10 +111,10 @@ pretrain: {{epochs: 2EXTRA}}
 """
     (tmp_path / "spec.yaml").write_text(spec.replace("EXTRA", ""))
     shared = plan_study(tmp_path / "spec.yaml", tmp_path / "study")
-    assert [(j.name, j.config.seed) for j in shared.pretrain_jobs] == [("resnet_narroww32d18_gn", 0)]
+    assert [(j.name, j.config.seed) for j in shared.pretrainings] == [("resnet_narroww32d18_gn", 0)]
     (tmp_path / "spec.yaml").write_text(spec.replace("EXTRA", ", per_seed: true"))
     plan = plan_study(tmp_path / "spec.yaml", tmp_path / "study2")
-    jobs = [(j.name, j.config.seed, j.config.pretrain.epochs) for j in plan.pretrain_jobs]
+    jobs = [(j.name, j.config.seed, j.config.pretrain.epochs) for j in plan.pretrainings]
     assert jobs == [("resnet_narroww32d18_gn_seed0", 0, 2), ("resnet_narroww32d18_gn_seed1", 1, 2)]
     starts = {a.name: a.pretrain for a in plan.arms if a.pretrain}
     assert starts == {"pretrained_gn_1x_seed0": "resnet_narroww32d18_gn_seed0",

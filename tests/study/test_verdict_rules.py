@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from scratchdet.study import verdicts
+from scratchdet.study import convergence, verdicts
+from scratchdet.study.intervals import Estimate, t_quantile
 from scratchdet.study.results import ArmResult, read_study
-from scratchdet.study.statistics import Estimate, t_quantile
-from scratchdet.study.verdicts import FAILS, HOLDS, INCONCLUSIVE, UNTESTED, Part, all_verdicts
+from scratchdet.study.verdicts import Part, Status, all_verdicts
 from tests.study.test_verdicts import _pair
 
 
@@ -23,11 +23,11 @@ def _estimate(low: float, high: float, seeds: int = 2) -> Estimate:
 @pytest.mark.parametrize(
     ("low", "high", "status"),
     [
-        (-0.999, 2.0, HOLDS),  # wholly above -1
-        (-1.000001, 2.0, INCONCLUSIVE),  # reaching past the threshold is not above it
-        (-3.0, -0.999999, INCONCLUSIVE),
-        (-3.0, -1.001, FAILS),  # wholly below
-        (math.nan, math.nan, INCONCLUSIVE),
+        (-0.999, 2.0, Status.HOLDS),  # wholly above -1
+        (-1.000001, 2.0, Status.INCONCLUSIVE),  # reaching past the threshold is not above it
+        (-3.0, -0.999999, Status.INCONCLUSIVE),
+        (-3.0, -1.001, Status.FAILS),  # wholly below
+        (math.nan, math.nan, Status.INCONCLUSIVE),
     ],
 )
 def test_an_interval_decides_only_when_wholly_on_one_side(low: float, high: float, status: str) -> None:
@@ -35,7 +35,7 @@ def test_an_interval_decides_only_when_wholly_on_one_side(low: float, high: floa
     assert judged == status
     if math.isnan(low):
         assert reason == "interval unknown (saved evaluations missing)"
-    elif status == INCONCLUSIVE:
+    elif status == Status.INCONCLUSIVE:
         assert reason == "within noise"
 
 
@@ -43,8 +43,8 @@ def test_an_interval_decides_only_when_wholly_on_one_side(low: float, high: floa
 def test_one_seed_decides_nothing_however_narrow_its_interval(low: float, high: float) -> None:
     """One seed's interval holds the validation set's noise alone (it covers 63% with a seed effect of sd 0.3
     AP against an image SE of 0.15: tests/study/test_coverage.py), so it never says holds or does not hold."""
-    assert verdicts._judge(_estimate(low, high, seeds=2), -1.0)[0] in (HOLDS, FAILS)
-    assert verdicts._judge(_estimate(low, high, seeds=1), -1.0) == (INCONCLUSIVE, verdicts.ONE_SEED)
+    assert verdicts._judge(_estimate(low, high, seeds=2), -1.0)[0] in (Status.HOLDS, Status.FAILS)
+    assert verdicts._judge(_estimate(low, high, seeds=1), -1.0) == (Status.INCONCLUSIVE, verdicts.ONE_SEED)
 
 
 def test_the_signal_floor_is_one_ap_on_every_arm_compared() -> None:
@@ -83,27 +83,33 @@ def test_a_comparable_cost_is_within_ten_percent_of_the_pixels(scratch_pixels: i
 def test_convergence_compares_the_longest_schedule_with_one_at_least_one_and_a_half_times_shorter(
     schedules: list[float], reference: float | None
 ) -> None:
-    assert verdicts._reference_schedule(schedules) == reference
+    assert convergence.reference_schedule(schedules) == reference
 
 
 def test_schedules_are_written_with_three_significant_digits() -> None:
-    assert [verdicts.schedule_text(m) for m in (1.0, 0.5, 12.0, 5.120833)] == ["1x", "0.5x", "12x", "5.12x"]
+    assert [convergence.schedule_text(m) for m in (1.0, 0.5, 12.0, 5.120833)] == ["1x", "0.5x", "12x", "5.12x"]
 
 
 def test_parts_combine_into_one_verdict() -> None:
-    def combine(*statuses: str) -> tuple[str, str]:
-        parts = [Part(f"n{i}", s, "why" if s in (UNTESTED, INCONCLUSIVE) else "", "") for i, s in enumerate(statuses)]
-        verdict = verdicts._combine("t", parts, "rule", [], "needs arms")
+    def combine(*statuses: Status) -> tuple[Status, str]:
+        parts = [
+            Part(f"n{i}", s, "why" if s in (Status.UNTESTED, Status.INCONCLUSIVE) else "", "")
+            for i, s in enumerate(statuses)
+        ]
+        verdict = verdicts._combine(verdicts.Finding.MATCHING, parts, "rule", [], "needs arms")
         return verdict.status, verdict.reason
 
-    assert combine(HOLDS, HOLDS) == (HOLDS, "")
-    assert combine(HOLDS, UNTESTED) == (HOLDS, "")  # an untested part does not count against the others
-    assert combine(FAILS, FAILS) == (FAILS, "")
-    assert combine(HOLDS, FAILS) == (INCONCLUSIVE, "the parts disagree")
-    assert combine(HOLDS, INCONCLUSIVE) == (INCONCLUSIVE, "the parts disagree")
-    assert combine(UNTESTED, UNTESTED) == (UNTESTED, "why")
-    empty = verdicts._combine("t", [], "rule", [], "needs arms")
-    assert (empty.status, empty.reason, empty.evidence) == (UNTESTED, "no such arms", "needs arms")
+    assert combine(Status.HOLDS, Status.HOLDS) == (Status.HOLDS, "")
+    assert combine(Status.HOLDS, Status.UNTESTED) == (
+        Status.HOLDS,
+        "",
+    )  # an untested part does not count against the others
+    assert combine(Status.FAILS, Status.FAILS) == (Status.FAILS, "")
+    assert combine(Status.HOLDS, Status.FAILS) == (Status.INCONCLUSIVE, "the parts disagree")
+    assert combine(Status.HOLDS, Status.INCONCLUSIVE) == (Status.INCONCLUSIVE, "the parts disagree")
+    assert combine(Status.UNTESTED, Status.UNTESTED) == (Status.UNTESTED, "why")
+    empty = verdicts._combine(verdicts.Finding.MATCHING, [], "rule", [], "needs arms")
+    assert (empty.status, empty.reason, empty.evidence) == (Status.UNTESTED, "no such arms", "needs arms")
 
 
 def test_an_unfinished_arm_is_not_judged(tmp_path: Path) -> None:
@@ -120,5 +126,5 @@ def test_a_study_of_subsets_only_judges_its_largest_subset_as_the_full_data(tmp_
         _pair(tmp_path, "scratch", (0.8, 0.8), subset=subset)
         _pair(tmp_path, "pretrained", (0.8, 0.8), early=0.6, subset=subset)
     found = all_verdicts(read_study(tmp_path))
-    assert found[0].status == HOLDS and "n500" not in found[0].evidence
-    assert found[2].status == HOLDS, found[2].evidence  # the reduced set: 100 images
+    assert found[0].status == Status.HOLDS and "n500" not in found[0].evidence
+    assert found[2].status == Status.HOLDS, found[2].evidence  # the reduced set: 100 images

@@ -14,16 +14,16 @@ import pytest
 import yaml
 
 from scratchdet.study import verdicts
-from scratchdet.study.results import read_study
-from scratchdet.study.spec import matched_iterations
-from scratchdet.study.statistics import (
+from scratchdet.study.intervals import (
     Estimate,
     Evidence,
     estimate_from,
     seed_and_image_variance,
     t_quantile,
 )
-from scratchdet.study.verdicts import FAILS, HOLDS, INCONCLUSIVE, Verdict, all_verdicts, localization_judgement
+from scratchdet.study.results import read_study
+from scratchdet.study.spec import matched_iterations
+from scratchdet.study.verdicts import Status, Verdict, all_verdicts, localization_judgement
 from tests.study.fixtures import write_scored_arm
 
 
@@ -66,7 +66,7 @@ def test_finding_1_holds_when_converged_and_level(tmp_path: Path) -> None:
     _pair(tmp_path, "scratch", (0.8, 0.8))
     _pair(tmp_path, "pretrained", (0.8, 0.8), early=0.6)
     verdict = _verdicts(tmp_path)[0]
-    assert verdict.status == HOLDS, verdict.evidence
+    assert verdict.status == Status.HOLDS, verdict.evidence
     assert verdict.evidence.startswith("gn: scratch"), "one part (one norm) carries no label of its own"
     assert "difference +0.0 [+0.0, +0.0]" in verdict.evidence
     assert "scratch: 2x gains +0.0 [+0.0, +0.0] box AP over 1x (converged)" in verdict.evidence
@@ -91,7 +91,7 @@ def test_finding_1_with_one_seed_shows_its_numbers_but_decides_nothing(tmp_path:
 def test_finding_1_does_not_hold_when_scratch_ends_clearly_behind(tmp_path: Path) -> None:
     _pair(tmp_path, "scratch", (0.5, 0.5))
     _pair(tmp_path, "pretrained", (0.8, 0.8))
-    assert _verdicts(tmp_path)[0].status == FAILS
+    assert _verdicts(tmp_path)[0].status == Status.FAILS
 
 
 def test_finding_1_is_inconclusive_when_scratch_is_still_improving(tmp_path: Path) -> None:
@@ -202,7 +202,7 @@ def test_finding_2_holds_with_an_early_lead_and_a_cost_matched_catch_up(tmp_path
     _pair(tmp_path, "pretrained", (0.8, 0.8), early=0.6)
     _matched_scratch(tmp_path, 0.8)
     verdict = _verdicts(tmp_path)[1]
-    assert verdict.status == HOLDS, verdict.evidence
+    assert verdict.status == Status.HOLDS, verdict.evidence
     # warm-up 10, shortest run 300: the early point is a third of the way, iteration 107 -> first evaluation 200
     assert "at iteration 200 (early point) pre-training leads by +" in verdict.evidence
     assert "scratch at 1.41x (" in verdict.evidence
@@ -247,7 +247,7 @@ def test_finding_2_is_not_tested_at_a_comparable_cost_without_a_matched_arm(tmp_
 def test_finding_2_does_not_hold_when_scratch_leads_early(tmp_path: Path) -> None:
     _pair(tmp_path, "scratch", (0.8, 0.8), early=0.6)
     _pair(tmp_path, "pretrained", (0.8, 0.8), early=0.3)
-    assert _verdicts(tmp_path)[1].status == FAILS
+    assert _verdicts(tmp_path)[1].status == Status.FAILS
 
 
 def test_finding_2_checks_its_signal_floor_before_deciding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -267,7 +267,7 @@ def test_finding_2_does_not_hold_when_scratch_leads_early_even_if_the_matched_ar
     _pair(tmp_path, "pretrained", (0.8, 0.8), early=0.3)
     _matched_scratch(tmp_path, 0.8)
     verdict = _verdicts(tmp_path)[1]
-    assert verdict.status == FAILS, verdict.evidence
+    assert verdict.status == Status.FAILS, verdict.evidence
     assert "pre-training leads by -" in verdict.evidence and "its best schedule): +0.0" in verdict.evidence
 
 
@@ -275,7 +275,7 @@ def test_finding_2_does_not_hold_when_the_matched_arm_stays_behind(tmp_path: Pat
     _pair(tmp_path, "scratch", (0.6, 0.8), early=0.3)
     _pair(tmp_path, "pretrained", (0.8, 0.8), early=0.6)
     _matched_scratch(tmp_path, 0.5)
-    assert _verdicts(tmp_path)[1].status == FAILS
+    assert _verdicts(tmp_path)[1].status == Status.FAILS
 
 
 def test_finding_2_is_inconclusive_when_the_early_lead_is_within_noise(tmp_path: Path) -> None:
@@ -305,7 +305,7 @@ def test_finding_3_does_not_hold_when_scratch_is_behind_on_every_reduced_set(tmp
     for subset in (1000, 100):
         _pair(tmp_path, "scratch", (0.4, 0.4), subset=subset)
         _pair(tmp_path, "pretrained", (0.7, 0.7), subset=subset)
-    assert _verdicts(tmp_path)[2].status == FAILS
+    assert _verdicts(tmp_path)[2].status == Status.FAILS
 
 
 def test_finding_3_is_inconclusive_when_a_smaller_set_matches_where_a_larger_does_not(tmp_path: Path) -> None:
@@ -343,7 +343,7 @@ def test_finding_4_holds_when_pre_training_finds_more_but_localizes_worse(tmp_pa
     _pair(tmp_path, "scratch", (0.6, 0.6), jitter=0.03, mask_jitter=0.03)
     _pair(tmp_path, "pretrained", (0.8, 0.8), jitter=0.09, mask_jitter=0.09)
     verdict = _verdicts(tmp_path)[3]
-    assert verdict.status == HOLDS, verdict.evidence
+    assert verdict.status == Status.HOLDS, verdict.evidence
     assert "AP50 gain minus AP75 gain" in verdict.evidence and "AP50 gain minus mask AP gain" in verdict.evidence
 
 
@@ -362,20 +362,20 @@ def test_finding_4_is_decided_by_gains_in_ap_points_and_shows_relative_ones(tmp_
     _pair(tmp_path, "scratch", (0.4, 0.4))
     _pair(tmp_path, "pretrained", (0.8, 0.8))
     verdict = _verdicts(tmp_path)[3]
-    assert verdict.status == HOLDS, verdict.evidence
+    assert verdict.status == Status.HOLDS, verdict.evidence
     assert "AP50 +" in verdict.evidence and " points [" in verdict.evidence and "% [" in verdict.evidence
 
 
 def test_finding_4_does_not_hold_when_pre_training_localizes_better(tmp_path: Path) -> None:
     _pair(tmp_path, "scratch", (0.8, 0.8), jitter=0.09, mask_jitter=0.09)
     _pair(tmp_path, "pretrained", (0.8, 0.8), jitter=0.03, mask_jitter=0.03)
-    assert _verdicts(tmp_path)[3].status == FAILS
+    assert _verdicts(tmp_path)[3].status == Status.FAILS
 
 
 def test_finding_4_is_inconclusive_when_the_gains_are_alike(tmp_path: Path) -> None:
     _pair(tmp_path, "scratch", (0.78, 0.78))
     _pair(tmp_path, "pretrained", (0.8, 0.8))
-    assert _verdicts(tmp_path)[3].status == INCONCLUSIVE
+    assert _verdicts(tmp_path)[3].status == Status.INCONCLUSIVE
 
 
 def _difference(value: float) -> Estimate:
@@ -385,9 +385,9 @@ def _difference(value: float) -> Estimate:
 def test_finding_4_fails_only_below_zero_at_the_bonferroni_level() -> None:
     """Two comparisons: one below 0 at 95% ([-4.06, -0.14]) but not at 97.5% ([-4.34, +0.14]) is not enough to
     say "does not hold"; one below 0 at 97.5% is."""
-    assert localization_judgement([_difference(-2.1), _difference(3.0)]) == (INCONCLUSIVE, "within noise")
-    assert localization_judgement([_difference(-2.5), _difference(3.0)])[0] == FAILS
-    assert localization_judgement([_difference(2.1), _difference(3.0)])[0] == HOLDS  # each must hold: 95% each
+    assert localization_judgement([_difference(-2.1), _difference(3.0)]) == (Status.INCONCLUSIVE, "within noise")
+    assert localization_judgement([_difference(-2.5), _difference(3.0)])[0] == Status.FAILS
+    assert localization_judgement([_difference(2.1), _difference(3.0)])[0] == Status.HOLDS  # each must hold: 95% each
 
 
 def test_a_relative_gain_is_shown_with_an_interval_from_its_log_ratio() -> None:
@@ -416,7 +416,7 @@ def test_an_arm_without_saved_evaluations_has_an_unknown_interval_not_a_verdict(
     for path in (tmp_path / "arms").glob("*/evaluations/*"):
         path.unlink()
     verdict = _verdicts(tmp_path)[0]
-    assert verdict.status == INCONCLUSIVE and "interval unknown" in verdict.evidence
+    assert verdict.status == Status.INCONCLUSIVE and "interval unknown" in verdict.evidence
     assert any("not saved" in c for c in verdict.conditions)
 
 

@@ -72,8 +72,8 @@ def test_a_study_of_scratch_against_two_weight_files(
     # Both files hold the same network: converted correctly, the two arms train identically.
     assert arms["tv"].final == arms["gn-pkl"].final
     verdicts = all_verdicts(list(arms.values()))
-    assert [v.finding.endswith("(pre-trained: gn-pkl)") for v in verdicts] == [True] * 4 + [False] * 4
-    tv_speed = next(v for v in verdicts if v.finding.startswith("2.") and v.finding.endswith("(pre-trained: tv)"))
+    assert [v.title.endswith("(pre-trained: gn-pkl)") for v in verdicts] == [True] * 4 + [False] * 4
+    tv_speed = next(v for v in verdicts if v.title.startswith("2.") and v.title.endswith("(pre-trained: tv)"))
     assert tv_speed.label == "not tested: pre-training cost unknown"
 
 

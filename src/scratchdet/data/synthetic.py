@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from scratchdet.errors import ScratchdetError
-from scratchdet.io import atomic_write_text
+from scratchdet.storage import atomic_write_text
 
 DETECTION_SHAPES = ("circle", "square", "triangle", "star", "hexagon", "cross")
 CLASSIFICATION_SHAPES = (*DETECTION_SHAPES, "pentagon", "rhombus")

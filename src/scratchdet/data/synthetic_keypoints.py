@@ -19,7 +19,7 @@ from faster_coco_eval.core import mask as mask_utils
 from PIL import Image, ImageDraw
 
 from scratchdet.data.synthetic import SPLIT_CODES, _background, _random_colour, _run_parallel, _save_png, _to_uint8
-from scratchdet.io import atomic_write_text
+from scratchdet.storage import atomic_write_text
 
 KEYPOINT_NAMES = [
     "nose",

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from scratchdet.errors import ScratchdetError
-from scratchdet.io import atomic_write, atomic_write_text
+from scratchdet.storage import atomic_write, atomic_write_text
 
 POINTER = "last_checkpoint"
 NAME = re.compile(r"^model_(\d{7})\.pth$")

@@ -18,7 +18,7 @@ from typing import Any
 from scratchdet.engine import distributed, rundir
 from scratchdet.engine.checkpoint import Checkpointer
 from scratchdet.engine.trainer import HookBase
-from scratchdet.io import with_file_name
+from scratchdet.storage import with_file_name
 
 log = logging.getLogger(__name__)
 EvaluateFn = Callable[[int, bool], dict[str, dict[str, float]]]  # (iteration, final) → metrics

@@ -1,11 +1,9 @@
 """Several training processes on one GPU: a private CUDA MPS server for them.
 
 Processes that share a GPU without MPS get it in turns (time-slicing): the kernels of two processes never run at
-the same time, however little of the GPU each kernel fills. Measured on one H200 with the GPU demo's model
-(tools/gpu_demo_calibration.py; 16 images per step): one process alone stepped in 0.105 s; 8 at once each stepped
-in 0.68 s (no more training in total than one alone) and evaluated 100 images in 14-24 s instead of 1.2 s. Under
-MPS the kernels of all client processes run side by side: 8 at once each stepped in 0.12-0.13 s and evaluated in
-2.3-2.9 s, 12 at once in 0.13-0.19 s.
+the same time, however little of the GPU each kernel fills, so several small runs train no faster together than one
+alone. Under MPS the kernels of all client processes run side by side (`tools/gpu_demo_calibration.py` measures
+both on a device; the README's GPU demo section gives the numbers).
 
 `mps_server` starts an MPS control daemon whose pipe and log directories are private to this run (a fresh folder
 under the system's temporary directory: the pipe's socket path must stay short), so that it serves only the

@@ -21,10 +21,10 @@ from scratchdet.data.coco import load_rgb
 from scratchdet.data.transforms import build_test_transforms
 from scratchdet.drawing import draw_items, png
 from scratchdet.engine import rundir
-from scratchdet.engine.run import load_trained
+from scratchdet.engine.detection import load_trained
 from scratchdet.errors import ScratchdetError
 from scratchdet.evaluation.coco import detections_of_image
-from scratchdet.io import atomic_write_bytes, atomic_write_text
+from scratchdet.storage import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")

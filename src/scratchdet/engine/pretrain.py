@@ -28,11 +28,17 @@ from scratchdet.engine import distributed, rundir
 from scratchdet.engine.accounting import SeenCounts
 from scratchdet.engine.schedule import Schedule, build_classification_schedule, build_optimizer, parameter_groups
 from scratchdet.engine.trainer import Trainer
-from scratchdet.engine.training import Job, batch_stream, default_device, measure_seconds_per_iteration, run_training
-from scratchdet.io import atomic_write
+from scratchdet.engine.training import (
+    TrainingSetup,
+    batch_stream,
+    default_device,
+    measure_seconds_per_iteration,
+    run_training,
+)
 from scratchdet.modeling.backbone import build_resnet, res5_features, stage_channels
 from scratchdet.modeling.init import init_backbone
 from scratchdet.modeling.norm import get_norm
+from scratchdet.storage import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -190,11 +196,11 @@ def pretrain(
         resume=resume,
         command="pretrain",
         stop_at=stop_at,
-        prepare=lambda device: pretraining_job(config, Path(run_dir), device),
+        prepare=lambda device: pretraining_setup(config, Path(run_dir), device),
     )
 
 
-def pretraining_job(config: Config, run_dir: Path, device: torch.device) -> Job:
+def pretraining_setup(config: Config, run_dir: Path, device: torch.device) -> TrainingSetup:
     """The classifier, data and evaluation of `config.pretrain`, as the training skeleton runs them; finishing
     writes the backbone file."""
     settings, model_config = config.pretrain, config.model
@@ -234,7 +240,7 @@ def pretraining_job(config: Config, run_dir: Path, device: torch.device) -> Job:
         log.info(f"backbone written to {backbone} (val top-1 {accuracy.get('top1', float('nan')):.1f}%)")
         return {"final": final, "backbone": str(backbone)}
 
-    return Job(
+    return TrainingSetup(
         model=model,
         optimizer=setup.optimizer,
         schedule=setup.schedule,

@@ -36,7 +36,7 @@ from scratchdet.config import Config, load_config, read_yaml_mapping
 from scratchdet.engine import distributed
 from scratchdet.engine.checkpoint import Checkpointer
 from scratchdet.errors import ScratchdetError
-from scratchdet.io import (
+from scratchdet.storage import (
     LOCK_FILE,
     atomic_write_bytes,
     atomic_write_text,

@@ -30,7 +30,7 @@ from torch import nn
 from scratchdet.engine import distributed
 from scratchdet.engine.accounting import SeenCounts, batch_counts
 from scratchdet.engine.schedule import Schedule, set_learning_rate
-from scratchdet.errors import ScratchdetError, TrainingPaused
+from scratchdet.errors import PAUSED_EXIT_CODE, ScratchdetError, TrainingPaused
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ class Trainer:
                 for hook in self.hooks:
                     hook.after_step()
                 if self.stopping and not self.finished:
-                    self._pause(f"stopped at iteration {self.iteration} on request (SIGTERM)", 143)
+                    self._pause(f"stopped at iteration {self.iteration} on request (SIGTERM)", PAUSED_EXIT_CODE)
             for hook in self.hooks:
                 hook.after_train()
         except RuntimeError as exc:

@@ -1,9 +1,9 @@
-"""The skeleton every training run follows — detection training (`run.py`) and pre-training (`pretrain.py`) alike.
+"""The skeleton every training run follows — detection training (`detection.py`) and pre-training (`pretrain.py`) alike.
 
 Open the run directory (or return the summary of a finished one), seed, build what the kind of run trains
-(`Job`), resume from the newest loadable checkpoint, train with the evaluation, metrics and checkpoint hooks, and
-write the summary last. What differs between kinds of run is only what `Job` holds; the order of these steps, the
-hooks and what a resumed run repeats are the same for both, so a fix to one reaches the other.
+(`TrainingSetup`), resume from the newest loadable checkpoint, train with the evaluation, metrics and checkpoint
+hooks, and write the summary last. What differs between kinds of run is only what `TrainingSetup` holds; the order
+of these steps, the hooks and what a resumed run repeats are the same for both, so a fix to one reaches the other.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Job:
+class TrainingSetup:
     """What one kind of training run supplies to `run_training`."""
 
     model: nn.Module
@@ -60,7 +60,7 @@ def run_training(
     *,
     resume: bool,
     command: str,
-    prepare: Callable[[torch.device], Job],
+    prepare: Callable[[torch.device], TrainingSetup],
     stop_at: int | None = None,
 ) -> dict[str, Any]:
     """Train (or continue) the run in `run_dir` with what `prepare(device)` builds; returns the summary.

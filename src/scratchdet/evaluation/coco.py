@@ -22,7 +22,7 @@ from faster_coco_eval import COCO, COCOeval_faster
 from faster_coco_eval.core import mask as mask_utils
 
 from scratchdet.errors import ScratchdetError
-from scratchdet.io import atomic_write_bytes, atomic_write_text
+from scratchdet.storage import atomic_write_bytes, atomic_write_text
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 KEYPOINT_METRICS = ("AP", "AP50", "AP75", "APm", "APl")  # COCO has no small people for keypoints

@@ -88,16 +88,3 @@ def resources_for(job: str, spec: ResourceSpec, flags: Resources, images_per_bat
             f"divisor of {images_per_batch}"
         )
     return JobResources(processes, nodes, gpus, settings.cpus)
-
-
-class SlurmSettings(BaseModel):
-    """The spec's `slurm:` section (the flags of `scratchdet study --executor slurm` override it)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    partition: str | None = None
-    account: str | None = None
-    time: int | None = Field(None, ge=1, description="minutes per job; one that reaches it checkpoints and requeues")
-    sbatch: dict[str, str] = {}  # more sbatch options, e.g. {qos: high, constraint: volta32gb}
-    signal_delay: int = Field(90, ge=1, description="seconds before the time limit when a job is told to stop")
-    max_requeues: int = Field(3, ge=0, description="requeues after reaching the time limit (pre-emptions are free)")

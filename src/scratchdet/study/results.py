@@ -12,7 +12,7 @@ from statistics import mean, stdev
 from typing import Any
 
 from scratchdet.engine import rundir
-from scratchdet.io import read_json_file
+from scratchdet.storage import read_json_file
 from scratchdet.study.spec import INITS_FILE
 
 

@@ -1,56 +1,39 @@
-"""Running a study on a Slurm cluster: every pre-training job and arm an sbatch job, submitted with submitit.
+"""The Slurm executor: every job of a study an sbatch job, submitted with submitit from the login node.
 
     STUDY_DIR/slurm/jobs.json        the Slurm job id of every job submitted (the study's record of its jobs)
     STUDY_DIR/slurm/logs/            submitit's files: sbatch scripts, pickled tasks, each job's log (%j_0_log.*)
     STUDY_DIR/slurm/outcomes/*.json  how each job's last attempt ended, written by the job itself
 
-The study directory (on a file system the nodes share) stays the one source of truth: a job is finished when its
-run directory says so, whoever ran it. Submitting is idempotent: a re-run of `scratchdet study ... --executor
-slurm` shows every job's state and submits only jobs that are neither finished, queued nor running, with Slurm
-dependencies on the jobs they need (`afterok`), so nothing polls on the login node:
-
-- an arm starts after the pre-training it starts from;
-- a fork parent is split at each fork iteration into jobs that pause there (`train --stop-at`); a forked arm starts
-  after the job that writes its fork checkpoint, so it trains beside the rest of its parent.
-
-On the node, a job runs `scratchdet train|pretrain --resume RUN_DIR` (the run directory is prepared there: its
-config, or the fork) as its own process(es): `--nproc` on one node, torchrun with a rendezvous at the first node of
-the allocation on several. `signal_delay` seconds before the time limit (90 by default), Slurm signals the job;
-submitit calls `NodeTask.checkpoint`, which sends SIGTERM to the training, which saves a checkpoint at the end of
-its step and exits, and submitit requeues the job, which continues from that checkpoint exactly as `--resume`
-does (pre-emption is the same path). `scancel` sends SIGTERM too: the training checkpoints, the job ends, and the
-next `scratchdet study` submits it again. A job that fails for a reason of its own (exit status other than a
-pause) is reported with its log and is not submitted again unless asked (`--retry-failed`).
+Submitting is idempotent: a re-run of `scratchdet study ... --executor slurm` shows every job's state and submits
+only jobs that are neither finished, queued nor running, with Slurm dependencies (`afterok`) on the jobs they need
+(study/jobs.py), so nothing polls on the login node. What a job runs on its nodes, and how it checkpoints before
+its time limit and is requeued, is in study/slurm_node.py. `scancel` stops a job with a checkpoint too; the next
+`scratchdet study` submits it again. A job that fails for a reason of its own (exit status other than a pause) is
+reported with its log and is not submitted again unless asked (`--retry-failed`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import shlex
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import submitit
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from submitit.slurm import slurm as submitit_slurm
 
-from scratchdet.config import load_config
-from scratchdet.engine import rundir
 from scratchdet.engine.hooks import format_duration
 from scratchdet.errors import ScratchdetError
-from scratchdet.io import atomic_write_text
-from scratchdet.study.resources import JobResources, SlurmSettings
-from scratchdet.study.spec import config_file
-
-if TYPE_CHECKING:
-    from scratchdet.study.runner import Job
+from scratchdet.storage import atomic_write_text
+from scratchdet.study.jobs import JobGraph, JobState, JobStatus, StudyJob, format_states
+from scratchdet.study.slurm_node import NodeTask, task_of, training_command
+from scratchdet.study.spec import StudyPlan
 
 log = logging.getLogger(__name__)
 
@@ -58,251 +41,95 @@ SLURM_DIR = "slurm"
 JOBS_FILE = "jobs.json"
 LOGS = "logs"
 OUTCOMES = "outcomes"
-STOP_GRACE_SECONDS = 60  # how long the training may take to reach the end of its step and save, once told to stop
-PAUSED = 143  # the exit status of a training stopped by SIGTERM (engine/trainer.py)
 
 
-# ------------------------------------------------------------------------------------------ the job graph
+class SlurmSettings(BaseModel):
+    """The spec's `slurm:` section (the flags of `scratchdet study --executor slurm` override it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    partition: str | None = None
+    account: str | None = None
+    time: int | None = Field(None, ge=1, description="minutes per job; one that reaches it checkpoints and requeues")
+    sbatch: dict[str, str] = {}  # more sbatch options, e.g. {qos: high, constraint: volta32gb}
+    signal_delay: int = Field(90, ge=1, description="seconds before the time limit when a job is told to stop")
+    max_requeues: int = Field(3, ge=0, description="requeues after reaching the time limit (pre-emptions are free)")
 
 
-@dataclass
-class SlurmJob:
-    """One sbatch job: a whole run, or a fork parent's part up to `stop_at`."""
+class SlurmExecutor:
+    retry_hint = "run the study again to submit them again (a failed one needs --retry-failed once its cause is fixed)"
 
-    name: str  # arms/NAME, arms/NAME@ITER (the part up to ITER), pretrain/NAME
-    command: str  # train | pretrain
-    run_dir: Path
-    config_file: Path
-    iterations: int
-    resources: JobResources
-    stop_at: int | None = None
-    needs: list[str] = field(default_factory=list)
-    fork_from: Path | None = None
-    fork_iteration: int = 0
-    start: int = 0  # the iteration it starts from: a fork's, or where the previous part of its run paused
+    def __init__(
+        self,
+        settings: dict[str, Any] | None = None,
+        *,
+        wait: bool = False,
+        retry_failed: bool = False,
+        poll_seconds: float = 30.0,
+    ) -> None:
+        """`settings` over the spec's `slurm:` section (partition, account, time, sbatch, signal_delay, ...);
+        `wait`: follow the jobs until none is queued or running, asking Slurm every `poll_seconds`."""
+        self.overrides = settings or {}
+        self.follow, self.retry_failed, self.poll_seconds = wait, retry_failed, poll_seconds
+        self.settings = SlurmSettings()
+        self.submitted: dict[str, JobState] = {}
 
-    @property
-    def end(self) -> int:
-        return self.stop_at if self.stop_at is not None else self.iterations
+    @classmethod
+    def from_options(
+        cls,
+        wait: bool = False,
+        retry_failed: bool = False,
+        poll: float | None = None,
+        sbatch: list[str] | None = None,
+        **settings: Any,
+    ) -> SlurmExecutor:
+        """From `scratchdet study`'s options: --partition, --account, --time, --signal-delay, --max-requeues
+        (`settings`), --sbatch KEY=VALUE, --wait, --poll, --retry-failed."""
+        if sbatch:
+            settings["sbatch"] = dict(_key_value(item) for item in sbatch)
+        return cls(settings, wait=wait, retry_failed=retry_failed, poll_seconds=30.0 if poll is None else poll)
 
-    def done(self) -> bool:
-        if rundir.is_finished(self.run_dir):
-            return True
-        return self.stop_at is not None and rundir.checkpoint_file(self.run_dir, self.stop_at).is_file()
+    @staticmethod
+    def live_jobs(study_dir: Path) -> list[str]:
+        return slurm_jobs_alive(study_dir)
 
-    def progress(self) -> int:
-        return rundir.last_logged_iteration(self.run_dir, default=self.fork_iteration)
+    def check(self, plan: StudyPlan, graph: JobGraph, study_dir: Path) -> None:
+        try:
+            self.settings = SlurmSettings.model_validate({**plan.spec.slurm, **self.overrides})
+        except ValidationError as exc:
+            key = str(exc.errors()[0]["loc"][0])
+            given = f"--{key.replace('_', '-')}" if key in self.overrides else f"the spec's slurm.{key}"
+            raise ScratchdetError(f"Slurm settings: {given}: {exc.errors()[0]['msg']}") from None
 
+    def describe(self, graph: JobGraph, study_dir: Path, estimates: dict[str, float], source: str) -> str:
+        return slurm_plan(graph, study_dir, self.settings, estimates, source)
 
-def slurm_jobs(jobs: dict[str, Job], study_dir: Path) -> dict[str, SlurmJob]:
-    """The runner's jobs (study/runner.py `Job`s) as Slurm jobs, fork parents split at their fork iterations."""
-    forks: dict[str, set[int]] = {}
-    for job in jobs.values():
-        if job.fork_from is not None:
-            forks.setdefault(_arm(job.fork_from), set()).add(job.fork_iteration)
-    result: dict[str, SlurmJob] = {}
-    for job in jobs.values():
-        config = config_file(study_dir, job.name)
-        previous: list[str] = list(job.needs)
-        start = job.fork_iteration
-        for iteration in sorted(forks.get(job.name, ())):
-            part = f"{job.name}@{iteration}"
-            result[part] = SlurmJob(
-                part, job.command, job.run_dir, config, iteration, job.resources, iteration, previous, start=start
+    def submit(self, graph: JobGraph, study_dir: Path) -> None:
+        self.submitted = submit_missing(graph, study_dir, self.settings, self.retry_failed)
+
+    def wait(self, graph: JobGraph, study_dir: Path) -> dict[str, JobState] | None:
+        print(format_states(self.submitted, "slurm id"), flush=True)
+        if not self.follow:
+            print(
+                f"run the same command again to see the jobs' states (and submit what is missing); "
+                f"`scratchdet report {study_dir}` writes the report of what has finished, any time"
             )
-            previous, start = [part], iteration
-        whole = SlurmJob(job.name, job.command, job.run_dir, config, job.iterations, job.resources, start=start)
-        whole.needs = previous
-        if job.fork_from is not None:
-            whole.needs = [*job.needs, f"{_arm(job.fork_from)}@{job.fork_iteration}"]
-            whole.fork_from, whole.fork_iteration = job.fork_from, job.fork_iteration
-        result[job.name] = whole
-    return _in_dependency_order(result)
-
-
-def _in_dependency_order(jobs: dict[str, SlurmJob]) -> dict[str, SlurmJob]:
-    ordered: dict[str, SlurmJob] = {}
-
-    def visit(name: str) -> None:
-        if name not in ordered:
-            for need in jobs[name].needs:
-                visit(need)
-            ordered[name] = jobs[name]
-
-    for name in jobs:
-        visit(name)
-    return ordered
-
-
-def _arm(run_dir: Path) -> str:
-    return f"arms/{run_dir.name}"
-
-
-# ------------------------------------------------------------------------------------------ on the node
-
-
-@dataclass(frozen=True)
-class Task:
-    """What a job runs on its nodes (plain data: submitit pickles it with the job)."""
-
-    name: str
-    command: str
-    run_dir: str
-    config_file: str
-    processes_per_node: int
-    nodes: int
-    outcome_file: str
-    stop_at: int | None = None
-    fork_from: str | None = None
-    fork_iteration: int = 0
-
-
-class NodeTask(submitit.helpers.Checkpointable):
-    """Runs one job's training on a node (once per node), and stops it with a checkpoint when Slurm asks."""
-
-    def __init__(self, task: Task) -> None:
-        self.task = task
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def __call__(self) -> str:
-        task, environment = self.task, submitit.JobEnvironment()
-        if environment.node == 0:
-            _prepare(task)
-        else:  # the processes read the run's config as they start
-            _wait_for_run_directory(Path(task.run_dir))
-        command = training_command(task, environment.node, environment.hostnames, str(environment.job_id))
-        console = Path(task.run_dir) / "console.txt"
-        log.info(f"{task.name}: {shlex.join(command)} (output in {console})")
-        with open(console, "ab") as output:
-            self.process = subprocess.Popen(
-                command,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=_training_environment(task),
-                preexec_fn=_ignore_slurm_warning,
-            )
-        code = _wait(self.process, None)
-        assert code is not None  # no timeout
-        if environment.node != 0:
-            return f"node {environment.node}: exit {code}"
-        state = "done" if code == 0 else "stopped" if code == PAUSED else "failed"
-        _write_outcome(task, str(environment.job_id), state, code)
-        if state != "done":
-            raise ScratchdetError(f"{task.name} {state} (exit status {code}); its output: {console}")
-        return state
-
-    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
-        """Slurm's warning before the time limit (or pre-emption): the training saves and stops; resubmit."""
-        process = self.process
-        if process is not None and process.poll() is None:
-            log.info(f"{self.task.name}: asking the training to checkpoint and stop")
-            process.send_signal(signal.SIGTERM)
-            if _wait(process, STOP_GRACE_SECONDS) is None:
-                log.warning(f"no checkpoint after {STOP_GRACE_SECONDS} s: stopping it; it resumes from its last one")
-                process.kill()
-        return submitit.helpers.DelayedSubmission(NodeTask(self.task))
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"task": self.task, "process": None}  # a process does not travel
-
-
-def _wait(process: subprocess.Popen[bytes], timeout: float | None) -> int | None:
-    """The exit status of `process`, or None after `timeout` seconds. Polls: `checkpoint` runs in a signal handler
-    that interrupts this very wait, and a blocking `Popen.wait` holds a lock the handler's wait would need."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while (code := process.poll()) is None:
-        if deadline is not None and time.monotonic() > deadline:
             return None
-        time.sleep(0.2)
-    return code
+        return wait_for(graph, study_dir, self.poll_seconds, _show)
 
 
-def _prepare(task: Task) -> None:
-    """The run directory, before the first start: its config, or the fork from the parent's checkpoint."""
-    run_dir = Path(task.run_dir)
-    if rundir.is_run(run_dir):
-        return
-    config = load_config(task.config_file)
-    if task.fork_from is not None:
-        rundir.fork(Path(task.fork_from), run_dir, task.fork_iteration, config)
-    else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        rundir.write_config(run_dir, config)
+def _show(states: dict[str, JobState]) -> None:
+    print(format_states(states, "slurm id"), flush=True)
 
 
-def _wait_for_run_directory(run_dir: Path, seconds: float = 600) -> None:
-    deadline = time.monotonic() + seconds
-    while not rundir.is_run(run_dir):
-        if time.monotonic() > deadline:
-            raise ScratchdetError(f"{run_dir} was not prepared by the job's first node within {seconds:.0f} s")
-        time.sleep(1)
+def _key_value(item: str) -> tuple[str, str]:
+    key, equals, value = item.partition("=")
+    if not equals or not key:
+        raise ScratchdetError(f"--sbatch {item!r}: give KEY=VALUE, e.g. --sbatch qos=high")
+    return key.lstrip("-"), value
 
 
-def training_command(task: Task, node: int, hostnames: Sequence[str], job_id: str) -> list[str]:
-    """`scratchdet train|pretrain --resume RUN_DIR` as this node runs it: alone, under `--nproc`, or under torchrun
-    with a static rendezvous at the allocation's first node (a port chosen from the job id)."""
-    arguments = [task.command, "--resume", task.run_dir]
-    if task.stop_at is not None:
-        arguments += ["--stop-at", str(task.stop_at)]
-    if task.nodes > 1:
-        port = 20000 + int(job_id) % 20000
-        return [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            f"--nnodes={task.nodes}",
-            f"--nproc-per-node={task.processes_per_node}",
-            f"--node-rank={node}",
-            f"--master-addr={hostnames[0]}",
-            f"--master-port={port}",
-            "--module",
-            "scratchdet",
-            *arguments,
-        ]
-    if task.processes_per_node > 1:
-        arguments += ["--nproc", str(task.processes_per_node)]
-    return [sys.executable, "-m", "scratchdet", *arguments]
-
-
-def _training_environment(task: Task) -> dict[str, str]:
-    """Threads per process from the CPUs Slurm gave the task (the machine's count is not ours to use)."""
-    environment = dict(os.environ)
-    cpus = os.environ.get("SLURM_CPUS_PER_TASK")
-    if cpus and cpus.isdigit() and "OMP_NUM_THREADS" not in os.environ:
-        environment["OMP_NUM_THREADS"] = str(max(1, int(cpus) // task.processes_per_node))
-    return environment
-
-
-def _ignore_slurm_warning() -> None:
-    """In the training process, before it runs: Slurm's time-limit signal is for submitit (this node's task),
-    which then stops the training with SIGTERM; left as is, it would kill the training without a checkpoint."""
-    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
-
-
-def _write_outcome(task: Task, job_id: str, state: str, code: int) -> None:
-    path = Path(task.outcome_file)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"job_id": job_id, "state": state, "exit": code, "console": str(Path(task.run_dir) / "console.txt")}
-    atomic_write_text(path, json.dumps(record) + "\n")
-
-
-# ------------------------------------------------------------------------------------------ on the login node
-
-
-@dataclass
-class JobState:
-    """Where one job stands: `label` as shown; `live` while Slurm holds it; `submit` when it should be submitted
-    (again) by the next `submit_missing`."""
-
-    job_id: str
-    label: str
-    live: bool = False
-    submit: bool = False
-    failed: bool = False
-
-
-def _outcome_path(study_dir: Path, name: str) -> Path:
+def outcome_path(study_dir: Path, name: str) -> Path:
     return study_dir / SLURM_DIR / OUTCOMES / f"{name.replace('/', '__')}.json"
 
 
@@ -360,57 +187,51 @@ LIVE_STATES |= {"RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING"}
 
 
 def job_states(
-    jobs: dict[str, SlurmJob], study_dir: Path, record: dict[str, dict[str, Any]], retry_failed: bool
+    jobs: JobGraph, study_dir: Path, record: dict[str, dict[str, Any]], retry_failed: bool
 ) -> dict[str, JobState]:
     live = queue([entry["job_id"] for entry in record.values()])
     states: dict[str, JobState] = {}
     for name, job in jobs.items():
         job_id = str(record.get(name, {}).get("job_id", ""))
         if job.done():
-            states[name] = JobState(job_id, "finished")
+            states[name] = JobState(JobStatus.FINISHED, job_id=job_id)
             continue
         if job_id in live and live[job_id][0] in LIVE_STATES:
             state, reason = live[job_id]
             if state == "RUNNING":
-                label = f"running (iteration {job.progress()} of {job.stop_at or job.iterations})"
-            elif state == "PENDING":
-                label = f"queued ({reason})" if reason and reason != "None" else "queued"
+                label = f"running (iteration {job.progress()} of {job.end})"
+                states[name] = JobState(JobStatus.RUNNING, label, job_id)
             else:
-                label = state.lower()
-            states[name] = JobState(job_id, label, live=True)
+                label = f"queued ({reason})" if state == "PENDING" and reason and reason != "None" else "queued"
+                states[name] = JobState(JobStatus.QUEUED, label if state == "PENDING" else state.lower(), job_id)
             continue
         outcome = _read_outcome(study_dir, name)
         if job_id and outcome.get("job_id") == job_id and outcome.get("state") == "failed":
             logs = f"{outcome.get('console')} and {study_dir / SLURM_DIR / LOGS / (job_id + '_0_log.err')}"
             label = f"failed (exit status {outcome.get('exit')}); see {logs}"
-            states[name] = JobState(job_id, label, submit=retry_failed, failed=not retry_failed)
+            status = JobStatus.NEW if retry_failed else JobStatus.FAILED
+            states[name] = JobState(status, label, job_id, submit=retry_failed)
         elif job_id:
             ended = _ended_state(job_id) or "ended"
-            states[name] = JobState(job_id, f"job {job_id} {ended.lower()} unfinished", submit=True)
+            states[name] = JobState(JobStatus.UNFINISHED, f"job {job_id} {ended.lower()} unfinished", job_id, True)
         else:
-            states[name] = JobState("", "new", submit=True)
+            states[name] = JobState(JobStatus.NEW, submit=True)
     for name, job in jobs.items():  # a job whose prerequisite failed cannot run
-        blocked = [n for n in job.needs if states[n].failed or (states[n].label.startswith("waiting"))]
+        blocked = [n for n in job.needs if states[n].status in (JobStatus.FAILED, JobStatus.WAITING)]
         if states[name].submit and blocked:
-            states[name] = JobState(states[name].job_id, f"waiting: needs {', '.join(blocked)}")
+            states[name] = JobState(JobStatus.WAITING, f"waiting: needs {', '.join(blocked)}", states[name].job_id)
     return states
 
 
 def _read_outcome(study_dir: Path, name: str) -> dict[str, Any]:
-    path = _outcome_path(study_dir, name)
+    path = outcome_path(study_dir, name)
     try:
         return dict(json.loads(path.read_text()))
     except (OSError, json.JSONDecodeError):
         return {}
 
 
-def format_states(states: dict[str, JobState]) -> str:
-    rows = [f"{'job':<48s} {'slurm id':>9s}  state"]
-    rows += [f"{name:<48s} {state.job_id or '-':>9s}  {state.label}" for name, state in states.items()]
-    return "\n".join(rows)
-
-
-def slurm_parameters(job: SlurmJob, settings: SlurmSettings, dependency: str) -> dict[str, Any]:
+def slurm_parameters(job: StudyJob, settings: SlurmSettings, dependency: str) -> dict[str, Any]:
     """submitit's parameters (sbatch options) for `job`."""
     resources = job.resources
     parameters: dict[str, Any] = {
@@ -434,7 +255,9 @@ def slurm_parameters(job: SlurmJob, settings: SlurmSettings, dependency: str) ->
     return parameters
 
 
-def make_executor(study_dir: Path, job: SlurmJob, settings: SlurmSettings, dependency: str) -> submitit.SlurmExecutor:
+def _submitit_executor(
+    study_dir: Path, job: StudyJob, settings: SlurmSettings, dependency: str
+) -> submitit.SlurmExecutor:
     if settings.time is None:
         raise ScratchdetError(
             "give the jobs' time limit: --time MINUTES (or slurm.time in the spec), at most the partition's; a job "
@@ -471,29 +294,12 @@ def signal_problem(settings: SlurmSettings) -> str:
     )
 
 
-def task_of(job: SlurmJob, study_dir: Path) -> Task:
-    return Task(
-        name=job.name,
-        command=job.command,
-        run_dir=str(job.run_dir),
-        config_file=str(job.config_file),
-        processes_per_node=job.resources.processes_per_node,
-        nodes=job.resources.nodes,
-        outcome_file=str(_outcome_path(study_dir, job.name)),
-        stop_at=job.stop_at,
-        fork_from=str(job.fork_from) if job.fork_from is not None else None,
-        fork_iteration=job.fork_iteration,
-    )
-
-
-def _dependency(job: SlurmJob, ids: dict[str, str], jobs: dict[str, SlurmJob]) -> str:
+def _dependency(job: StudyJob, ids: dict[str, str], jobs: JobGraph) -> str:
     waiting = [ids[n] for n in job.needs if not jobs[n].done()]
     return f"afterok:{':'.join(waiting)}" if waiting else ""
 
 
-def submit_missing(
-    jobs: dict[str, SlurmJob], study_dir: Path, settings: SlurmSettings, retry_failed: bool
-) -> dict[str, JobState]:
+def submit_missing(jobs: JobGraph, study_dir: Path, settings: SlurmSettings, retry_failed: bool) -> dict[str, JobState]:
     """Submit every job that should run and is not queued or running; returns every job's state (with the ids of
     those just submitted)."""
     record = read_record(study_dir)
@@ -503,9 +309,9 @@ def submit_missing(
         if not states[name].submit:
             continue
         dependency = _dependency(job, ids, jobs)
-        executor = make_executor(study_dir, job, settings, dependency)
+        executor = _submitit_executor(study_dir, job, settings, dependency)
         try:
-            submitted = executor.submit(NodeTask(task_of(job, study_dir)))
+            submitted = executor.submit(NodeTask(task_of(job, outcome_path(study_dir, name))))
         except submitit.core.utils.FailedJobError as exc:  # sbatch refused it; what was submitted is recorded
             raise ScratchdetError(
                 f"sbatch refused {name}: {str(exc).strip() or 'no reason given'}. Fix the Slurm settings (flags or "
@@ -513,14 +319,14 @@ def submit_missing(
             ) from None
         ids[name] = str(submitted.job_id)
         again = "; submitted again" if states[name].job_id else "; submitted"
-        states[name] = JobState(ids[name], states[name].label + again, live=True)
+        states[name] = JobState(JobStatus.QUEUED, states[name].label + again, ids[name])
         record[name] = {"job_id": ids[name], "submitted": time.strftime("%Y-%m-%dT%H:%M:%S")}
         _write_record(study_dir, record)  # after each: a submission cut short still knows what it submitted
         log.info(f"submitted {name} as Slurm job {ids[name]}" + (f" ({dependency})" if dependency else ""))
     return states
 
 
-def job_script(job: SlurmJob, study_dir: Path, settings: SlurmSettings, jobs: dict[str, SlurmJob]) -> str:
+def job_script(job: StudyJob, study_dir: Path, settings: SlurmSettings, jobs: JobGraph) -> str:
     """The sbatch script `submit_missing` would submit for `job` (job ids of its needs shown as <...>), written
     by submitit's own (private) function, without Slurm: a plan can be looked at anywhere."""
     placeholders = {n: f"<{n}>" for n in jobs}
@@ -531,7 +337,7 @@ def job_script(job: SlurmJob, study_dir: Path, settings: SlurmSettings, jobs: di
 
 
 def wait_for(
-    jobs: dict[str, SlurmJob],
+    jobs: JobGraph,
     study_dir: Path,
     poll_seconds: float,
     on_change: Callable[[dict[str, JobState]], None],
@@ -540,7 +346,10 @@ def wait_for(
     shown = ""
     while True:
         states = job_states(jobs, study_dir, read_record(study_dir), retry_failed=False)
-        text = "\n".join(f"{n}: {s.label.split(' (iteration')[0]}" for n, s in states.items())
+        # shown again when a state changes (not on every iteration a running job logs)
+        text = "\n".join(
+            f"{n}: {s.status.value if s.status is JobStatus.RUNNING else s.label}" for n, s in states.items()
+        )
         if text != shown:
             on_change(states)
             shown = text
@@ -550,7 +359,7 @@ def wait_for(
 
 
 def slurm_plan(
-    jobs: dict[str, SlurmJob], study_dir: Path, settings: SlurmSettings, estimates: dict[str, float], source: str
+    jobs: JobGraph, study_dir: Path, settings: SlurmSettings, estimates: dict[str, float], source: str
 ) -> str:
     """The dry run's Slurm part: each job's resources, iterations and time, its sbatch script, and the GPU-hours
     of the plan. `estimates`: each run's seconds from its start (`runner.estimated_seconds`), shared by its parts."""
@@ -584,12 +393,14 @@ def slurm_plan(
     elif signal_problem(settings):
         rows.append(f"submitting would be refused: {signal_problem(settings)}")
     for job in jobs.values():
-        runs = shlex.join(training_command(task_of(job, study_dir), 0, ["<first node>"], "<job id>"))
+        runs = shlex.join(
+            training_command(task_of(job, outcome_path(study_dir, job.name)), 0, ["<first node>"], "<job id>")
+        )
         rows += ["", f"# ---- {job.name}: runs `{runs}` on its node(s)", job_script(job, study_dir, settings, jobs)]
     return "\n".join(rows)
 
 
-def _job_seconds(job: SlurmJob, jobs: dict[str, SlurmJob], estimates: dict[str, float]) -> float:
+def _job_seconds(job: StudyJob, jobs: JobGraph, estimates: dict[str, float]) -> float:
     """A job's share of its run's estimated seconds (a run's parts take theirs in proportion to iterations)."""
     run = job.name.split("@")[0]
     if run not in estimates:

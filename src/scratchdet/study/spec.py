@@ -1,4 +1,4 @@
-"""Study specs: a base config and axes, expanded into arms, pre-training jobs and forks.
+"""Study specs: a base config and axes, expanded into arms, pre-training runs and forks.
 
     base: demo/mask_rcnn            # a preset or a YAML file (relative to the spec's folder)
     overrides: [eval.period=100]    # applied to the base before the axes
@@ -14,19 +14,8 @@
     resources: {gpus: 8}            # per job (processes, nodes, GPUs, CPUs; per-job patterns): study/resources.py
     slurm: {partition: learnfair, time: 4320}   # for --executor slurm (partition, account, time, sbatch, ...)
 
-Shared prefixes are trained once: two arms that differ only in schedule length see the same data, learning rate
-and initialization until the shorter one's first lr step (the data order depends on the seed and the iteration
-only). The longest arm of each such group is trained in full and keeps a checkpoint at each shorter arm's first
-step; the shorter arm starts from that checkpoint ("fork") instead of training the prefix again.
-
-The schedule `matched` adds, per norm, subset and seed, a from-scratch arm whose length makes it see as many input
-pixels as a pre-trained arm's pre-training plus its fine-tuning at the longest schedule (the paper's "comparable
-total cost" of pre-training + fine-tuning to a good result: finding 2 compares it with pre-training's converged best
-schedule, most often its longest); `matched@3x` matches the fine-tuning at 3x instead. One
-per pre-trained init of known cost (the study's own pre-training: its iterations x batch x crop size²; a weight file:
-images x epochs x input size² from the spec or the table of published files), named `matched-<init>` when there
-are several. Detection pixels per iteration are the batch times the expected resized image area over the training
-set. Its schedule follows the Nx rules at that length.
+Shared prefixes are trained once (a shorter schedule forks from the longest at its first lr step), and the schedule
+`matched` sizes a from-scratch arm to the pixels of pre-training plus fine-tuning: docs/studies.md has the design.
 """
 
 from __future__ import annotations
@@ -50,13 +39,13 @@ from scratchdet.config import (
     without_init,
 )
 from scratchdet.engine import rundir
+from scratchdet.engine.detection import mean_training_pixels
 from scratchdet.engine.pretrain import classification_iterations, pretraining_norm
-from scratchdet.engine.run import mean_training_pixels
 from scratchdet.engine.schedule import one_x_iterations
 from scratchdet.errors import ScratchdetError
 from scratchdet.modeling.weights import PUBLISHED_PRETRAINING
 from scratchdet.names import NormName
-from scratchdet.study.resources import ResourceSpec, SlurmSettings
+from scratchdet.study.resources import ResourceSpec
 
 AXES = ("init", "norm", "schedule", "train_subset", "seed")
 INITS = ("scratch", "pretrained")  # any other init is the name of a weight file under `weights`
@@ -150,7 +139,7 @@ class StudySpec(BaseModel):
     weights: dict[str, WeightsInit] = {}
     fork_shared_prefixes: bool = True
     resources: ResourceSpec = Field(default_factory=ResourceSpec)  # see study/resources.py
-    slurm: SlurmSettings = Field(default_factory=SlurmSettings)  # for --executor slurm
+    slurm: dict[str, Any] = {}  # settings of --executor slurm, checked by it (study/slurm.py: SlurmSettings)
 
     @field_validator("weights", mode="before")
     @classmethod
@@ -185,7 +174,7 @@ class StudySpec(BaseModel):
 
 
 @dataclass
-class PretrainJob:
+class Pretraining:
     """One pre-training run, shared by every pre-trained arm with its backbone and norm."""
 
     name: str
@@ -206,7 +195,7 @@ class Arm:
     config: Config
     iterations: int
     first_step: int
-    pretrain: str | None = None  # name of the PretrainJob it starts from
+    pretrain: str | None = None  # name of the Pretraining it starts from
     fork_parent: str | None = None  # name of the arm whose checkpoint it starts from
     fork_iteration: int = 0
     keep_iterations: list[int] = field(default_factory=list)  # checkpoints forks need from this arm
@@ -216,7 +205,7 @@ class Arm:
 @dataclass
 class StudyPlan:
     spec: StudySpec
-    pretrain_jobs: list[PretrainJob]
+    pretrainings: list[Pretraining]
     arms: list[Arm]
 
     @property
@@ -296,14 +285,14 @@ def expand(spec: StudySpec, study_dir: Path, dataset_size: int | None = None) ->
     axes = spec.axes
     with_subset = len(axes.train_subset) > 1 or axes.train_subset[0] is not None
     arms: list[Arm] = []
-    jobs: dict[str, PretrainJob] = {}
+    jobs: dict[str, Pretraining] = {}
     shortest = min((s for s in axes.schedule if not is_matched(s)), key=lambda s: float(s[:-1]))
     for values, target, reference in _grid(spec):
         name = arm_name(values, with_subset)
         size = values["train_subset"] or dataset_size
         job = None
         if values["init"] == "pretrained" or target == "pretrained":
-            job = _pretrain_job(
+            job = _pretraining(
                 base, _arm_config(base, {**values, "schedule": shortest}, "to-be-pretrained", name), spec.pretrain
             )
         cost = ""
@@ -404,7 +393,7 @@ def _matched_schedule(
     return {**values, "schedule": f"{multiplier!r}x"}, cost
 
 
-def _pretrain_job(base: dict[str, Any], arm_config: Config, settings: dict[str, Any]) -> PretrainJob:
+def _pretraining(base: dict[str, Any], arm_config: Config, settings: dict[str, Any]) -> Pretraining:
     """The pre-training an arm starts from: one per backbone and norm, shared by every seed (seeded by the base
     config), or with `per_seed: true` one per seed too, seeded by the arm's seed (named ..._seed1)."""
     data = without_init(arm_config).model_dump(mode="json")  # the detector settings only describe the backbone
@@ -413,7 +402,7 @@ def _pretrain_job(base: dict[str, Any], arm_config: Config, settings: dict[str, 
     data["seed"] = arm_config.seed if per_seed else base.get("seed", 0)
     config = build_config(data, "study pre-training")
     name = pretrain_name(config)
-    return PretrainJob(f"{name}_seed{config.seed}" if per_seed else name, config)
+    return Pretraining(f"{name}_seed{config.seed}" if per_seed else name, config)
 
 
 def _plan_forks(arms: list[Arm]) -> None:

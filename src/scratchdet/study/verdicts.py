@@ -2,7 +2,7 @@
 
 Each verdict is one of "holds", "does not hold", "inconclusive" (with why: within noise, not converged, one seed)
 or "not tested" (with why: no such arms, no cost-matched arm, too little signal). It says "holds" or "does not
-hold" only when the 95% interval of the difference it rests on (`statistics.py`: seeds and validation images) lies
+hold" only when the 95% interval of the difference it rests on (`intervals.py`: seeds and validation images) lies
 wholly on one side of the rule's threshold, that interval holds training noise (two seeds or more), and, where the
 finding is about trained-to-the-end models, both inits have converged. Each verdict states its rule, its numbers
 with their intervals, and the conditions it checked.
@@ -11,22 +11,63 @@ with their intervals, and the conditions it checked.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from scratchdet.study.convergence import (
+    CONVERGENCE_RATIO,
+    CONVERGENCE_TOLERANCE,
+    Convergence,
+    arm_group,
+    best_schedule,
+    convergence,
+    difference,
+    finished_schedules,
+    paired_norms,
+    schedule_text,
+)
+from scratchdet.study.intervals import LEVEL, Estimate, Evidence
 from scratchdet.study.results import ArmResult, full_data_subset
 from scratchdet.study.spec import matched_iterations
-from scratchdet.study.statistics import LEVEL, Estimate, Evidence
 
-HOLDS, FAILS, INCONCLUSIVE, UNTESTED = "holds", "does not hold", "inconclusive", "not tested"
+
+class Status(enum.StrEnum):
+    HOLDS = "holds"
+    FAILS = "does not hold"
+    INCONCLUSIVE = "inconclusive"
+    UNTESTED = "not tested"
+
+    @property
+    def css_class(self) -> str:
+        return {"does not hold": "fails", "not tested": "untested"}.get(self.value, self.value)
+
+
+class Finding(enum.Enum):
+    """The paper's findings, each a claim a study checks; `number` is their order in the report (and the paper's)."""
+
+    MATCHING = (1, "From scratch matches pre-training, given a proper norm and a long enough schedule")
+    CONVERGENCE = (2, "Pre-training speeds up convergence, but scratch catches up at a comparable total cost")
+    LESS_DATA = (
+        3,
+        "Pre-training does not automatically regularize: with less data scratch still matches, until very little",
+    )
+    LOCALIZATION = (4, "Pre-training helps less for localization-sensitive metrics (AP75, mask AP) than for AP50")
+
+    def __init__(self, number: int, claim: str) -> None:
+        self.number, self.claim = number, claim
+
+    @property
+    def cite(self) -> str:
+        return f"finding {self.number}"
+
+
 MATCH_TOLERANCE = 1.0  # box AP: "scratch matches pre-training" means not more than this behind
 ONE_SEED = "one seed"  # a decided interval from one seed holds no training noise: not a verdict
 NEEDS_A_PAIR = "needs a finished scratch and a finished pre-trained arm of the same norm"
-CONVERGENCE_TOLERANCE = 1.0  # box AP: converged when the longest schedule gains less than this over a shorter one
-CONVERGENCE_RATIO = 1.5  # convergence compares schedules at least this far apart (the paper doubles: 3x to 6x)
 SIGNAL_FLOOR = 1.0  # AP: below this on every arm compared, a comparison says nothing ("too little signal")
 EARLY_FRACTION = 1 / 3  # finding 2's early point: this far from the end of warm-up to the end of the shortest run
 COST_TOLERANCE = 0.10  # "a comparable total cost": pixels seen within ±10%
@@ -34,17 +75,25 @@ COST_TOLERANCE = 0.10  # "a comparable total cost": pixels seen within ±10%
 
 @dataclass(frozen=True)
 class Verdict:
-    finding: str
-    status: str
+    finding: Finding
+    status: Status
     evidence: str
     reason: str = ""  # why inconclusive / not tested
     rule: str = ""
     conditions: list[str] = field(default_factory=list)
 
+    init: str = ""  # the pre-trained init it is about, where a study has several
+
+    @property
+    def title(self) -> str:
+        return f"{self.finding.number}. {self.finding.claim}" + (f" (pre-trained: {self.init})" if self.init else "")
+
     @property
     def label(self) -> str:
         return (
-            f"{self.status}: {self.reason}" if self.reason and self.status in (INCONCLUSIVE, UNTESTED) else self.status
+            f"{self.status}: {self.reason}"
+            if self.reason and self.status in (Status.INCONCLUSIVE, Status.UNTESTED)
+            else self.status
         )
 
 
@@ -53,142 +102,31 @@ class Part:
     """The verdict of one norm (or one training-set size): combined into the finding's verdict."""
 
     name: str
-    status: str
+    status: Status
     reason: str
     evidence: str
 
 
-def _group(arms: list[ArmResult], init: str, norm: str, multiplier: float, subset: int | None) -> list[ArmResult]:
-    """The finished arms of one configuration (one per seed)."""
-    return [
-        a
-        for a in arms
-        if (a.init, a.norm, a.multiplier, a.train_subset) == (init, norm, multiplier, subset) and a.finished
-    ]
-
-
-def _schedules(arms: list[ArmResult], init: str, norm: str, subset: int | None) -> list[float]:
-    return sorted(
-        {a.multiplier for a in arms if (a.init, a.norm, a.train_subset) == (init, norm, subset) and a.finished}
-    )
-
-
-def _norms(arms: list[ArmResult], subset: int | None) -> list[str]:
-    """Norms with a finished scratch and a finished pre-trained arm on `subset`."""
-    return [
-        n
-        for n in sorted({a.norm for a in arms})
-        if _schedules(arms, "scratch", n, subset) and _schedules(arms, "pretrained", n, subset)
-    ]
-
-
-def _difference(name_a: str, name_b: str) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
-    return lambda v: v[name_a] - v[name_b]
-
-
-def _mean_ap(evidence: Evidence, group: list[ArmResult]) -> float:
-    return float(np.mean([evidence.value(a, "bbox", "AP") for a in group]))
-
-
-def _best_schedule(evidence: Evidence, arms: list[ArmResult], init: str, norm: str, subset: int | None) -> float:
-    """The schedule with the highest mean final box AP (the paper compares each init at its own best)."""
-    return max(
-        _schedules(arms, init, norm, subset), key=lambda m: _mean_ap(evidence, _group(arms, init, norm, m, subset))
-    )
-
-
-def _duration(seconds: float) -> str:
-    if math.isnan(seconds):
-        return "unknown time"
-    minutes = seconds / 60
-    return f"about {minutes:.0f} min" if minutes < 120 else f"about {minutes / 60:.1f} h"
-
-
-@dataclass(frozen=True)
-class Convergence:
-    converged: bool
-    text: str
-    next_step: str = ""
-
-
-def schedule_text(multiplier: float) -> str:
-    """A schedule as the report writes it: 1x, 0.5x, 12x; a cost-matched arm's 5.120833 as 5.12x."""
-    return f"{multiplier:.3g}x"
-
-
-def _reference_schedule(schedules: list[float]) -> float | None:
-    """What the longest schedule is compared with to call a curve flat: the longest one at least CONVERGENCE_RATIO
-    times shorter, or None. A schedule close to the longest (1.3x beside 1x, a cost-matched 5.12x beside 6x) would
-    call a still-rising curve flat: both end where the learning rate is low, and little separates them."""
-    longest = schedules[-1]
-    shorter = [m for m in schedules if m * CONVERGENCE_RATIO <= longest + 1e-9]
-    return shorter[-1] if shorter else None
-
-
-def convergence(evidence: Evidence, arms: list[ArmResult], init: str, norm: str, subset: int | None) -> Convergence:
-    """Whether a longer schedule no longer pays: the gain of the longest schedule over the one it is compared with
-    (`_reference_schedule`; box AP, with its interval) is below CONVERGENCE_TOLERANCE as a whole."""
-    schedules = _schedules(arms, init, norm, subset)
-    longest = schedules[-1]
-    group = _group(arms, init, norm, longest, subset)
-    iterations = 2 * max(a.total_iterations for a in group)
-    speeds = [a.seconds_per_iteration for a in group if not math.isnan(a.seconds_per_iteration)]
-    seconds = iterations * float(np.median(speeds)) if speeds else math.nan
-    longer = (
-        f"add a {schedule_text(2 * longest)} schedule ({iterations:,} iterations, {_duration(seconds)} per seed "
-        f"at the measured speed)"
-    )
-    shorter = _reference_schedule(schedules)
-    if shorter is None:
-        return Convergence(
-            False,
-            f"{init}: no schedule at most 1/{CONVERGENCE_RATIO:g} of {schedule_text(longest)} to compare it with "
-            "(convergence not measurable)",
-            f"add a {schedule_text(longest / 2)} schedule (it forks from the {schedule_text(longest)} arm), or "
-            + longer,
-        )
-    gain = evidence.estimate(
-        _difference("long", "short"),
-        {
-            "long": (group, "bbox", "AP", None),
-            "short": (_group(arms, init, norm, shorter, subset), "bbox", "AP", None),
-        },
-    )
-    text = f"{init}: {schedule_text(longest)} gains {gain.text()} box AP over {schedule_text(shorter)}"
-    if not gain.known:
-        return Convergence(False, text + " (convergence unknown)", longer)
-    if gain.below(CONVERGENCE_TOLERANCE):
-        return Convergence(True, text + " (converged)")
-    if gain.above(CONVERGENCE_TOLERANCE):
-        return Convergence(False, text + " (still improving)", longer)
-    if gain.value < CONVERGENCE_TOLERANCE:  # flat, probably: the interval, not the schedule, is short
-        return Convergence(
-            False,
-            text + " (convergence within noise)",
-            f"narrow the interval rather than train longer: more seeds (now {gain.seeds}) or validation images "
-            f"(now {gain.images})",
-        )
-    return Convergence(False, text + " (convergence within noise)", longer)
-
-
-def _judge(estimate: Estimate, threshold: float, level: float = LEVEL) -> tuple[str, str]:
+def _judge(estimate: Estimate, threshold: float, level: float = LEVEL) -> tuple[Status, str]:
     """Holds (fails) when the interval lies wholly above (below) `threshold` and holds training noise."""
     if not estimate.known:
-        return INCONCLUSIVE, f"interval unknown ({estimate.note or 'saved evaluations missing'})"
-    decided = HOLDS if estimate.above(threshold, level) else FAILS if estimate.below(threshold, level) else None
+        return Status.INCONCLUSIVE, f"interval unknown ({estimate.note or 'saved evaluations missing'})"
+    decided = (
+        Status.HOLDS if estimate.above(threshold, level) else Status.FAILS if estimate.below(threshold, level) else None
+    )
     if decided is None:
-        return INCONCLUSIVE, "within noise"
-    return (decided, "") if estimate.training_noise else (INCONCLUSIVE, ONE_SEED)
+        return Status.INCONCLUSIVE, "within noise"
+    return (decided, "") if estimate.training_noise else (Status.INCONCLUSIVE, ONE_SEED)
 
 
-def _judge_all(judged: list[tuple[str, str]]) -> tuple[str, str]:
+def _judge_all(judged: list[tuple[Status, str]]) -> tuple[Status, str]:
     """Conditions that must all hold: fails when one fails, holds when every one holds, else inconclusive."""
     statuses = [s for s, _ in judged]
-    if FAILS in statuses:
-        return FAILS, ""
-    if all(s == HOLDS for s in statuses):
-        return HOLDS, ""
-    return INCONCLUSIVE, "; ".join(dict.fromkeys(r for s, r in judged if s == INCONCLUSIVE))
+    if Status.FAILS in statuses:
+        return Status.FAILS, ""
+    if all(s == Status.HOLDS for s in statuses):
+        return Status.HOLDS, ""
+    return Status.INCONCLUSIVE, "; ".join(dict.fromkeys(r for s, r in judged if s == Status.INCONCLUSIVE))
 
 
 def _too_little_signal(*values: float) -> bool:
@@ -205,10 +143,10 @@ def _unconverged(states: list[Convergence]) -> str:
 
 def _matching(evidence: Evidence, arms: list[ArmResult], norm: str, subset: int | None, name: str) -> Part:
     """Scratch against pre-training, each at its best schedule, both converged: the core of findings 1 and 3."""
-    best = {init: _best_schedule(evidence, arms, init, norm, subset) for init in ("scratch", "pretrained")}
-    groups = {init: _group(arms, init, norm, best[init], subset) for init in best}
+    best = {init: best_schedule(evidence, arms, init, norm, subset) for init in ("scratch", "pretrained")}
+    groups = {init: arm_group(arms, init, norm, best[init], subset) for init in best}
     gap = evidence.estimate(
-        _difference("scratch", "pretrained"), {init: (groups[init], "bbox", "AP", None) for init in groups}
+        difference("scratch", "pretrained"), {init: (groups[init], "bbox", "AP", None) for init in groups}
     )
     scratch, pre = gap.means.get("scratch", math.nan), gap.means.get("pretrained", math.nan)
     states = [convergence(evidence, arms, init, norm, subset) for init in ("scratch", "pretrained")]
@@ -218,18 +156,18 @@ def _matching(evidence: Evidence, arms: list[ArmResult], norm: str, subset: int 
         + "; ".join(s.text for s in states)
     )
     if _too_little_signal(scratch, pre):
-        return Part(name, UNTESTED, "too little signal", text)
+        return Part(name, Status.UNTESTED, "too little signal", text)
     if not all(s.converged for s in states):
-        return Part(name, INCONCLUSIVE, "not converged", text + ". Next: " + _unconverged(states))
+        return Part(name, Status.INCONCLUSIVE, "not converged", text + ". Next: " + _unconverged(states))
     status, reason = _judge(gap, -MATCH_TOLERANCE)
     return Part(name, status, reason, text)
 
 
-def _combine(title: str, parts: list[Part], rule: str, conditions: list[str], untested: str) -> Verdict:
+def _combine(finding: Finding, parts: list[Part], rule: str, conditions: list[str], untested: str) -> Verdict:
     """One verdict from its parts: holds (fails) when every tested part holds (fails), else inconclusive."""
     if not parts:
-        return Verdict(title, UNTESTED, untested, "no such arms", rule, conditions)
-    tested = [p for p in parts if p.status != UNTESTED]
+        return Verdict(finding, Status.UNTESTED, untested, "no such arms", rule, conditions)
+    tested = [p for p in parts if p.status != Status.UNTESTED]
     statuses = {p.status for p in tested}
     # Each part is labelled only where there are several: one part's label is the verdict's own.
     evidence = (
@@ -238,12 +176,14 @@ def _combine(title: str, parts: list[Part], rule: str, conditions: list[str], un
         else " | ".join(f"[{p.status}{': ' + p.reason if p.reason else ''}] {p.evidence}" for p in parts)
     )
     if not tested:
-        return Verdict(title, UNTESTED, evidence, "; ".join(sorted({p.reason for p in parts})), rule, conditions)
+        return Verdict(
+            finding, Status.UNTESTED, evidence, "; ".join(sorted({p.reason for p in parts})), rule, conditions
+        )
     if len(statuses) == 1:
         status = statuses.pop()
         reasons = sorted({p.reason for p in tested if p.reason})
-        return Verdict(title, status, evidence, "; ".join(reasons), rule, conditions)
-    return Verdict(title, INCONCLUSIVE, evidence, "the parts disagree", rule, conditions)
+        return Verdict(finding, status, evidence, "; ".join(reasons), rule, conditions)
+    return Verdict(finding, Status.INCONCLUSIVE, evidence, "the parts disagree", rule, conditions)
 
 
 def _conditions(evidence: Evidence, arms: list[ArmResult]) -> list[str]:
@@ -265,9 +205,9 @@ def _conditions(evidence: Evidence, arms: list[ArmResult]) -> list[str]:
 
 
 def finding_1_matching(arms: list[ArmResult], evidence: Evidence) -> Verdict:
-    title = "1. From scratch matches pre-training, given a proper norm and a long enough schedule"
+    finding = Finding.MATCHING
     full = full_data_subset(arms)
-    parts = [_matching(evidence, arms, norm, full, norm) for norm in _norms(arms, full)]
+    parts = [_matching(evidence, arms, norm, full, norm) for norm in paired_norms(arms, full)]
     rule = (
         f"each init at its best schedule; holds when the 95% interval of (scratch - pre-trained) box AP lies above "
         f"-{MATCH_TOLERANCE:g}, does not hold when it lies below; both inits must have converged (the longest "
@@ -275,7 +215,7 @@ def finding_1_matching(arms: list[ArmResult], evidence: Evidence) -> Verdict:
         f"at least {CONVERGENCE_RATIO:g} times shorter); a decided verdict needs two seeds or more; below "
         f"{SIGNAL_FLOOR:g} box AP on both there is too little signal"
     )
-    return _combine(title, parts, rule, _conditions(evidence, arms), NEEDS_A_PAIR)
+    return _combine(finding, parts, rule, _conditions(evidence, arms), NEEDS_A_PAIR)
 
 
 def early_iteration(arms: list[ArmResult]) -> tuple[int, int]:
@@ -294,8 +234,8 @@ def _cost_matched(arms: list[ArmResult], pre: list[ArmResult], norm: str, subset
     budget = float(np.mean([a.total_pixels for a in pre]))
     ratios = (
         {
-            m: float(np.mean([a.total_pixels for a in _group(arms, "scratch", norm, m, subset)])) / budget
-            for m in _schedules(arms, "scratch", norm, subset)
+            m: float(np.mean([a.total_pixels for a in arm_group(arms, "scratch", norm, m, subset)])) / budget
+            for m in finished_schedules(arms, "scratch", norm, subset)
         }
         if budget
         else {}
@@ -309,9 +249,9 @@ def _early_lead(
 ) -> tuple[Estimate | None, str]:
     """Pre-training's lead at finding 2's early point on the longest arm of each init, with its text (or None and
     the reason no evaluation lies there)."""
-    shortest = _group(arms, "pretrained", norm, _schedules(arms, "pretrained", norm, subset)[0], subset)
+    shortest = arm_group(arms, "pretrained", norm, finished_schedules(arms, "pretrained", norm, subset)[0], subset)
     trunks = {
-        init: _group(arms, init, norm, _schedules(arms, init, norm, subset)[-1], subset)
+        init: arm_group(arms, init, norm, finished_schedules(arms, init, norm, subset)[-1], subset)
         for init in ("scratch", "pretrained")
     }
     target, latest = early_iteration([*shortest, *trunks["scratch"], *trunks["pretrained"]])
@@ -323,7 +263,7 @@ def _early_lead(
             f"divide {target}"
         )
     lead = evidence.estimate(
-        _difference("pretrained", "scratch"), {init: (trunks[init], "bbox", "AP", early[0]) for init in trunks}
+        difference("pretrained", "scratch"), {init: (trunks[init], "bbox", "AP", early[0]) for init in trunks}
     )
     return lead, f"{norm}: at iteration {early[0]} (early point) pre-training leads by {lead.text()} box AP"
 
@@ -331,19 +271,19 @@ def _early_lead(
 def _convergence_speed(evidence: Evidence, arms: list[ArmResult], norm: str, subset: int | None) -> Part:
     """Finding 2 for one norm: pre-training ahead early, and a scratch arm as costly as pre-training + the
     fine-tuning of pre-training's converged best schedule ending level with it."""
-    best = _best_schedule(evidence, arms, "pretrained", norm, subset)
-    pre_best = _group(arms, "pretrained", norm, best, subset)
+    best = best_schedule(evidence, arms, "pretrained", norm, subset)
+    pre_best = arm_group(arms, "pretrained", norm, best, subset)
     if not all(a.pretrain_cost_known for a in pre_best):
         return Part(
             norm,
-            UNTESTED,
+            Status.UNTESTED,
             "pre-training cost unknown",
             f"{norm}: the pre-training cost of the weight file "
             "is unknown, so no total cost can be compared: give weights.NAME.pretrain in the study spec",
         )
     lead, text = _early_lead(evidence, arms, norm, subset)
     if lead is None:
-        return Part(norm, UNTESTED, "no evaluation at the early point", text)
+        return Part(norm, Status.UNTESTED, "no evaluation at the early point", text)
     pre_state = convergence(evidence, arms, "pretrained", norm, subset)
     matched = _cost_matched(arms, pre_best, norm, subset)
     if matched is None:
@@ -357,10 +297,10 @@ def _convergence_speed(evidence: Evidence, arms: list[ArmResult], norm: str, sub
         )
         gap = None
     else:
-        scratch_matched = _group(arms, "scratch", norm, matched, subset)
+        scratch_matched = arm_group(arms, "scratch", norm, matched, subset)
         ratio = np.mean([a.total_pixels for a in scratch_matched]) / np.mean([a.total_pixels for a in pre_best])
         gap = evidence.estimate(
-            _difference("scratch", "pretrained"),
+            difference("scratch", "pretrained"),
             {"scratch": (scratch_matched, "bbox", "AP", None), "pretrained": (pre_best, "bbox", "AP", None)},
         )
         text += (
@@ -371,31 +311,32 @@ def _convergence_speed(evidence: Evidence, arms: list[ArmResult], norm: str, sub
     text += f"; {pre_state.text}"
     values = [*lead.means.values(), *(gap.means.values() if gap else ())]
     if _too_little_signal(*values):
-        return Part(norm, UNTESTED, "too little signal", text)
+        return Part(norm, Status.UNTESTED, "too little signal", text)
     early = _judge(lead, 0.0)
-    if early[0] == FAILS:  # pre-training does not speed up convergence: decided whatever the end shows
-        return Part(norm, FAILS, "", text)
+    if early[0] == Status.FAILS:  # pre-training does not speed up convergence: decided whatever the end shows
+        return Part(norm, Status.FAILS, "", text)
     if not pre_state.converged:
-        return Part(norm, INCONCLUSIVE, "not converged", f"{text}. Next: pretrained: {pre_state.next_step}")
+        return Part(norm, Status.INCONCLUSIVE, "not converged", f"{text}. Next: pretrained: {pre_state.next_step}")
     if gap is None:
-        return Part(norm, UNTESTED, "not tested at a comparable cost", text)
+        return Part(norm, Status.UNTESTED, "not tested at a comparable cost", text)
     status, reason = _judge_all([early, _judge(gap, -MATCH_TOLERANCE)])
     return Part(norm, status, reason, text)
 
 
 def finding_2_convergence(arms: list[ArmResult], evidence: Evidence) -> Verdict:
-    title = "2. Pre-training speeds up convergence, but scratch catches up at a comparable total cost"
+    finding = Finding.CONVERGENCE
     full = full_data_subset(arms)
-    parts = [_convergence_speed(evidence, arms, norm, full) for norm in _norms(arms, full)]
+    parts = [_convergence_speed(evidence, arms, norm, full) for norm in paired_norms(arms, full)]
     rule = (
         f"holds when, early (the first evaluation at least {EARLY_FRACTION:.2g} of the way from the end of warm-up "
         f"to the end of the shortest schedule, before its first lr step), pre-training leads (interval above 0), "
         f"and a scratch arm that sees as many pixels (±{COST_TOLERANCE:.0%}) as pre-training + fine-tuning at "
-        f"pre-training's best schedule, which must have converged (as in finding 1), ends no more than "
+        f"pre-training's best schedule, which must have converged (as in {Finding.MATCHING.cite}), ends no more "
+        "than "
         f"{MATCH_TOLERANCE:g} box AP behind it (interval above -{MATCH_TOLERANCE:g}); does not hold when either "
         "interval lies on the other side; a decided verdict needs two seeds or more"
     )
-    return _combine(title, parts, rule, _conditions(evidence, arms), NEEDS_A_PAIR)
+    return _combine(finding, parts, rule, _conditions(evidence, arms), NEEDS_A_PAIR)
 
 
 def _size_verdict(norm: str, parts: list[Part]) -> Part:
@@ -404,39 +345,42 @@ def _size_verdict(norm: str, parts: list[Part]) -> Part:
     when it falls behind on every one; inconclusive when a set is undecided or a smaller set matches where a larger
     one does not."""
     evidence = " | ".join(f"[{p.status}{': ' + p.reason if p.reason else ''}] {p.evidence}" for p in parts)
-    tested = [p for p in parts if p.status != UNTESTED]
+    tested = [p for p in parts if p.status != Status.UNTESTED]
     if not tested:
-        return Part(norm, UNTESTED, "; ".join(sorted({p.reason for p in parts})), evidence)
-    undecided = [p for p in tested if p.status not in (HOLDS, FAILS)]
+        return Part(norm, Status.UNTESTED, "; ".join(sorted({p.reason for p in parts})), evidence)
+    undecided = [p for p in tested if p.status not in (Status.HOLDS, Status.FAILS)]
     if undecided:
-        return Part(norm, INCONCLUSIVE, "; ".join(sorted({p.reason for p in undecided})), evidence)
+        return Part(norm, Status.INCONCLUSIVE, "; ".join(sorted({p.reason for p in undecided})), evidence)
     statuses = [p.status for p in tested]
     if len(set(statuses)) == 1:
         return Part(norm, statuses[0], "", evidence)
-    if statuses == sorted(statuses, key=lambda s: s == FAILS):  # every set that matches is larger than every other
-        return Part(norm, HOLDS, "scratch matches down to a size, then falls behind", evidence)
-    return Part(norm, INCONCLUSIVE, "a smaller set matches where a larger one does not", evidence)
+    if statuses == sorted(
+        statuses, key=lambda s: s == Status.FAILS
+    ):  # every set that matches is larger than every other
+        return Part(norm, Status.HOLDS, "scratch matches down to a size, then falls behind", evidence)
+    return Part(norm, Status.INCONCLUSIVE, "a smaller set matches where a larger one does not", evidence)
 
 
 def finding_3_less_data(arms: list[ArmResult], evidence: Evidence) -> Verdict:
-    title = "3. Pre-training does not automatically regularize: with less data scratch still matches, until very little"
+    finding = Finding.LESS_DATA
     full = full_data_subset(arms)
     reduced = sorted({a.train_subset for a in arms if a.train_subset not in (None, full) and a.finished}, reverse=True)
     parts = []
-    for norm in sorted({n for subset in reduced for n in _norms(arms, subset)}):
+    for norm in sorted({n for subset in reduced for n in paired_norms(arms, subset)}):
         sizes = []
-        for subset in (s for s in reduced if norm in _norms(arms, s)):
+        for subset in (s for s in reduced if norm in paired_norms(arms, s)):
             images = max(a.train_images for a in arms if a.train_subset == subset) or subset
             sizes.append(_matching(evidence, arms, norm, subset, f"{images} images, {norm}"))
         parts.append(_size_verdict(norm, sizes))
     rule = (
-        "for each norm, on every reduced training set, as finding 1 (each init at its best schedule, both "
+        f"for each norm, on every reduced training set, as {Finding.MATCHING.cite} (each init at its best schedule, "
+        "both "
         "converged, two seeds or more): holds when scratch matches on every reduced set, or matches down to a "
         "size and falls behind on every smaller one (the paper's 'until very little'); does not hold when it falls "
-        "behind on every one; the norms then combine as in finding 1"
+        f"behind on every one; the norms then combine as in {Finding.MATCHING.cite}"
     )
     verdict = _combine(
-        title,
+        finding,
         parts,
         rule,
         _conditions(evidence, arms),
@@ -461,11 +405,14 @@ def _gain_difference(task: str, metric: str) -> Callable[[dict[str, np.ndarray]]
 
 
 def _localization(evidence: Evidence, arms: list[ArmResult], norm: str, subset: int | None) -> Part:
-    common = sorted(set(_schedules(arms, "scratch", norm, subset)) & set(_schedules(arms, "pretrained", norm, subset)))
+    common = sorted(
+        set(finished_schedules(arms, "scratch", norm, subset))
+        & set(finished_schedules(arms, "pretrained", norm, subset))
+    )
     if not common:
-        return Part(norm, UNTESTED, "no common schedule", f"{norm}: no schedule with both inits")
+        return Part(norm, Status.UNTESTED, "no common schedule", f"{norm}: no schedule with both inits")
     longest = common[-1]
-    groups = {init: _group(arms, init, norm, longest, subset) for init in ("scratch", "pretrained")}
+    groups = {init: arm_group(arms, init, norm, longest, subset) for init in ("scratch", "pretrained")}
     metrics = [("bbox", "AP50", "AP50"), ("bbox", "AP75", "AP75")]
     sample = groups["scratch"][0].final or {}
     metrics += [
@@ -487,7 +434,7 @@ def _localization(evidence: Evidence, arms: list[ArmResult], norm: str, subset: 
     ]
     if low:
         below = f" (both inits below {SIGNAL_FLOOR:g} in {', '.join(low)})"
-        return Part(norm, UNTESTED, "too little signal", text + below)
+        return Part(norm, Status.UNTESTED, "too little signal", text + below)
     corrected = _family_level(len(metrics) - 1)
     differences = []
     for task, metric, label in metrics[1:]:
@@ -501,7 +448,7 @@ def _localization(evidence: Evidence, arms: list[ArmResult], norm: str, subset: 
     states = [convergence(evidence, arms, init, norm, subset) for init in ("scratch", "pretrained")]
     text += "; " + "; ".join(s.text for s in states)
     if not all(s.converged for s in states):
-        return Part(norm, INCONCLUSIVE, "not converged", text + ". Next: " + _unconverged(states))
+        return Part(norm, Status.INCONCLUSIVE, "not converged", text + ". Next: " + _unconverged(states))
     status, reason = localization_judgement(differences)
     return Part(norm, status, reason, text)
 
@@ -512,27 +459,28 @@ def _family_level(comparisons: int) -> float:
     return 1 - (1 - LEVEL) / comparisons
 
 
-def localization_judgement(differences: list[Estimate]) -> tuple[str, str]:
+def localization_judgement(differences: list[Estimate]) -> tuple[Status, str]:
     """Finding 4 from (AP50 gain - other gain) differences: holds when every 95% interval lies above 0 (each must
     hold, so no correction is needed); does not hold when one lies below 0 at the Bonferroni level of the family
     (any one of k failing would otherwise fire k times as often as 5%)."""
     corrected = _family_level(len(differences))
     fails = [_judge(d, 0.0, corrected) for d in differences]
-    if any(s == FAILS for s, _ in fails):
-        return FAILS, ""
+    if any(s == Status.FAILS for s, _ in fails):
+        return Status.FAILS, ""
     judged = [_judge(d, 0.0) for d in differences]
-    if all(s == HOLDS for s, _ in judged):
-        return HOLDS, ""
-    reasons = [r for s, r in [*judged, *fails] if s == INCONCLUSIVE]  # one below 0 at 95% only: within noise
-    return INCONCLUSIVE, "; ".join(dict.fromkeys(reasons))
+    if all(s == Status.HOLDS for s, _ in judged):
+        return Status.HOLDS, ""
+    reasons = [r for s, r in [*judged, *fails] if s == Status.INCONCLUSIVE]  # one below 0 at 95% only: within noise
+    return Status.INCONCLUSIVE, "; ".join(dict.fromkeys(reasons))
 
 
 def finding_4_localization(arms: list[ArmResult], evidence: Evidence) -> Verdict:
-    title = "4. Pre-training helps less for localization-sensitive metrics (AP75, mask AP) than for AP50"
+    finding = Finding.LOCALIZATION
     full = full_data_subset(arms)
-    parts = [_localization(evidence, arms, norm, full) for norm in _norms(arms, full)]
+    parts = [_localization(evidence, arms, norm, full) for norm in paired_norms(arms, full)]
     rule = (
-        "at the longest schedule both inits share, both converged (as in finding 1), the gain of pre-training in AP "
+        f"at the longest schedule both inits share, both converged (as in {Finding.MATCHING.cite}), the gain of "
+        "pre-training in AP "
         "points (pre-trained - scratch, as the paper's tables set AP50 and AP75 side by side) in AP50 against AP75, "
         "mask AP and keypoint AP where present; holds when the AP50 gain exceeds each of them (every interval of "
         f"the difference above 0, at {LEVEL:.0%}), does not hold when one lies below 0 at 95% divided among the "
@@ -540,10 +488,15 @@ def finding_4_localization(arms: list[ArmResult], evidence: Evidence) -> Verdict
         f"not judged; a decided verdict needs two seeds or more; a metric below {SIGNAL_FLOOR:g} AP on both inits "
         "gives too little signal"
     )
-    return _combine(title, parts, rule, _conditions(evidence, arms), NEEDS_A_PAIR)
+    return _combine(finding, parts, rule, _conditions(evidence, arms), NEEDS_A_PAIR)
 
 
-FINDINGS = (finding_1_matching, finding_2_convergence, finding_3_less_data, finding_4_localization)
+CHECKS: dict[Finding, Callable[[list[ArmResult], Evidence], Verdict]] = {
+    Finding.MATCHING: finding_1_matching,
+    Finding.CONVERGENCE: finding_2_convergence,
+    Finding.LESS_DATA: finding_3_less_data,
+    Finding.LOCALIZATION: finding_4_localization,
+}
 
 
 def all_verdicts(arms: list[ArmResult], evidence: Evidence | None = None) -> list[Verdict]:
@@ -558,10 +511,10 @@ def all_verdicts(arms: list[ArmResult], evidence: Evidence | None = None) -> lis
     )
     verdicts = []
     for name, chosen in chosen_sets:
-        for finding in FINDINGS:
+        for finding in Finding:
             evidence.used_images.clear()  # each verdict's conditions name the validation sets it used
-            verdict = finding(chosen, evidence)
+            verdict = CHECKS[finding](chosen, evidence)
             if name is not None:
-                verdict = dataclasses.replace(verdict, finding=f"{verdict.finding} (pre-trained: {name})")
+                verdict = dataclasses.replace(verdict, init=name)
             verdicts.append(verdict)
     return verdicts

@@ -189,11 +189,11 @@ class Resampled:
 
 
 # (validation annotations, saved evaluation, task, resamples used, resamples drawn, seed): what one resampling needs.
-ResampleJob = tuple[Path, Path, str, int, int, int]
+ResampleTask = tuple[Path, Path, str, int, int, int]
 _WORKER_GROUND_TRUTH: dict[Path, COCO] = {}
 
 
-def resample_evaluation(job: ResampleJob) -> Resampled:
+def resample_evaluation(job: ResampleTask) -> Resampled:
     """Match a saved evaluation once and re-accumulate its AP, AP50 and AP75 over the first `used` of `drawn`
     seeded resamples (a module function: worker processes run it)."""
     annotations, path, task, used, drawn, seed = job
@@ -268,7 +268,7 @@ class Evidence:
 
     def _job(
         self, arm: ArmResult, task: str, iteration: int | None, resamples: int | None
-    ) -> tuple[tuple[str, str, int] | None, ResampleJob]:
+    ) -> tuple[tuple[str, str, int] | None, ResampleTask]:
         at = arm.total_iterations if iteration is None else iteration
         used = min(resamples or self.resamples, self.resamples)
         located = self._locate(arm, at)

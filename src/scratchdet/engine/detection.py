@@ -1,4 +1,5 @@
-"""A detection run from a config: data, model, evaluation, and the `Job` the training skeleton (`training.py`) runs.
+"""A detection run from a config: data, model, evaluation, and the `TrainingSetup` the training skeleton
+(`training.py`) runs.
 
 This is the edge where a whole `Config` is taken apart into the plain arguments of the pieces below it. What the
 run writes (`rundir.py`) is the only interface to reporting. Also here: loading a trained run's model back
@@ -35,7 +36,13 @@ from scratchdet.engine.checkpoint import load_checkpoint
 from scratchdet.engine.precise_bn import recompute_bn_statistics
 from scratchdet.engine.schedule import Schedule, build_optimizer, parameter_groups
 from scratchdet.engine.trainer import Trainer
-from scratchdet.engine.training import Job, batch_stream, default_device, measure_seconds_per_iteration, run_training
+from scratchdet.engine.training import (
+    TrainingSetup,
+    batch_stream,
+    default_device,
+    measure_seconds_per_iteration,
+    run_training,
+)
 from scratchdet.errors import ScratchdetError
 from scratchdet.evaluation.coco import CocoEvaluator, save_evaluation
 from scratchdet.evaluation.inference import run_inference
@@ -252,11 +259,11 @@ def train(
         resume=resume,
         command="train",
         stop_at=stop_at,
-        prepare=lambda device: detection_job(config, Path(run_dir), device, quiet),
+        prepare=lambda device: detection_setup(config, Path(run_dir), device, quiet),
     )
 
 
-def detection_job(config: Config, run_dir: Path, device: torch.device, quiet: bool) -> Job:
+def detection_setup(config: Config, run_dir: Path, device: torch.device, quiet: bool) -> TrainingSetup:
     """The detection model, data and evaluation of `config`, as the training skeleton runs them."""
     main = distributed.is_main()
     setup = build_detection(config, device, quiet or not main)
@@ -288,7 +295,7 @@ def detection_job(config: Config, run_dir: Path, device: torch.device, quiet: bo
             + (f", {processes} processes of {schedule.images_per_batch // processes} images" if processes > 1 else "")
         )
 
-    return Job(
+    return TrainingSetup(
         model=model,
         optimizer=setup.optimizer,
         schedule=setup.schedule,
