@@ -21,8 +21,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from scratchdet.study.findings import _log_ratio
 from scratchdet.study.intervals import RESAMPLES, Estimate, estimate_from, t_quantile
-from scratchdet.study.verdicts import _log_ratio
 
 IMAGES = 200
 BATCH = 100  # replications sharing one draw of bootstrap weights (each still a valid bootstrap of its own data)

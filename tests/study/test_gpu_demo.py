@@ -19,10 +19,10 @@ from scratchdet import demo, portable
 from scratchdet.config import load_config
 from scratchdet.errors import ScratchdetError
 from scratchdet.study import local
+from scratchdet.study.findings import all_verdicts
 from scratchdet.study.jobs import StudyJob
 from scratchdet.study.resources import JobResources
 from scratchdet.study.results import read_study
-from scratchdet.study.verdicts import all_verdicts
 from tests.conftest import run_pinned, tiny_training_overrides
 from tests.pinned import PINNED_VERDICTS, assert_pinned
 

@@ -1,8 +1,9 @@
 from pathlib import Path
 
+from scratchdet.study.findings import all_verdicts
 from scratchdet.study.report import build_report
 from scratchdet.study.results import read_study
-from scratchdet.study.verdicts import Status, all_verdicts
+from scratchdet.study.verdicts import Status
 from tests.study.fixtures import paper_like_study, write_arm, write_pretraining
 
 FIGURES = ("ap_curves", "accounting", "pretraining_gain", "overfitting")

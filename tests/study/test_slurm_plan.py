@@ -14,8 +14,9 @@ from scratchdet.study import slurm
 from scratchdet.study.jobs import JobGraph, job_graph
 from scratchdet.study.resources import Resources, ResourceSpec, resources_for
 from scratchdet.study.runner import plan_study, run_study
-from scratchdet.study.slurm import SlurmExecutor, SlurmSettings
+from scratchdet.study.slurm import SlurmExecutor
 from scratchdet.study.slurm_node import task_of, training_command
+from scratchdet.study.slurm_plan import SlurmSettings, outcome_path, signal_problem
 
 SPEC = """
 base: demo/mask_rcnn
@@ -101,7 +102,7 @@ def test_a_rerun_submits_what_ended_unfinished_but_not_what_failed_for_its_own_r
     names = list(jobs)
     record = {name: {"job_id": str(100 + i)} for i, name in enumerate(names)}
     failed, cancelled, queued = "pretrain/resnet_narroww32d18_gn", "arms/scratch_gn_1x_seed0", names[-1]
-    outcome = slurm.outcome_path(study, failed)
+    outcome = outcome_path(study, failed)
     outcome.parent.mkdir(parents=True)
     outcome.write_text(json.dumps({"job_id": record[failed]["job_id"], "state": "failed", "exit": 1,
                                    "console": "C/console.txt"}))  # fmt: skip
@@ -173,7 +174,7 @@ def test_a_wrong_slurm_setting_names_where_it_was_given(tmp_path: Path, synth_di
 
 def test_a_warning_that_could_come_before_the_job_has_started_is_refused() -> None:
     # Slurm may send the warning up to 60 s before `time - signal_delay`; a job needs a few seconds to handle it.
-    assert slurm.signal_problem(SlurmSettings(time=2, signal_delay=30)) == ""
-    assert slurm.signal_problem(SlurmSettings(time=3)) == ""  # the default 90 s
-    assert "give at most 30 s" in slurm.signal_problem(SlurmSettings(time=2))
-    assert "give 2 minutes or more" in slurm.signal_problem(SlurmSettings(time=1, signal_delay=1))
+    assert signal_problem(SlurmSettings(time=2, signal_delay=30)) == ""
+    assert signal_problem(SlurmSettings(time=3)) == ""  # the default 90 s
+    assert "give at most 30 s" in signal_problem(SlurmSettings(time=2))
+    assert "give 2 minutes or more" in signal_problem(SlurmSettings(time=1, signal_delay=1))

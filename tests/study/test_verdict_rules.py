@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from scratchdet.study import convergence, verdicts
+from scratchdet.study import convergence, findings, verdicts
+from scratchdet.study.findings import all_verdicts
 from scratchdet.study.intervals import Estimate, t_quantile
 from scratchdet.study.results import ArmResult, read_study
-from scratchdet.study.verdicts import Part, Status, all_verdicts
+from scratchdet.study.verdicts import Part, Status
 from tests.study.test_verdicts import _pair
 
 
@@ -31,7 +32,7 @@ def _estimate(low: float, high: float, seeds: int = 2) -> Estimate:
     ],
 )
 def test_an_interval_decides_only_when_wholly_on_one_side(low: float, high: float, status: str) -> None:
-    judged, reason = verdicts._judge(_estimate(low, high), -verdicts.MATCH_TOLERANCE)
+    judged, reason = verdicts.judge(_estimate(low, high), -verdicts.MATCH_TOLERANCE)
     assert judged == status
     if math.isnan(low):
         assert reason == "interval unknown (saved evaluations missing)"
@@ -43,15 +44,15 @@ def test_an_interval_decides_only_when_wholly_on_one_side(low: float, high: floa
 def test_one_seed_decides_nothing_however_narrow_its_interval(low: float, high: float) -> None:
     """One seed's interval holds the validation set's noise alone (it covers 63% with a seed effect of sd 0.3
     AP against an image SE of 0.15: tests/study/test_coverage.py), so it never says holds or does not hold."""
-    assert verdicts._judge(_estimate(low, high, seeds=2), -1.0)[0] in (Status.HOLDS, Status.FAILS)
-    assert verdicts._judge(_estimate(low, high, seeds=1), -1.0) == (Status.INCONCLUSIVE, verdicts.ONE_SEED)
+    assert verdicts.judge(_estimate(low, high, seeds=2), -1.0)[0] in (Status.HOLDS, Status.FAILS)
+    assert verdicts.judge(_estimate(low, high, seeds=1), -1.0) == (Status.INCONCLUSIVE, verdicts.ONE_SEED)
 
 
 def test_the_signal_floor_is_one_ap_on_every_arm_compared() -> None:
     assert verdicts.SIGNAL_FLOOR == 1.0
-    assert verdicts._too_little_signal(0.999, 0.5)
-    assert not verdicts._too_little_signal(1.0, 0.5)  # one arm at the floor is enough signal
-    assert verdicts._too_little_signal(math.nan, 0.2) and not verdicts._too_little_signal(math.nan, 1.5)
+    assert verdicts.too_little_signal(0.999, 0.5)
+    assert not verdicts.too_little_signal(1.0, 0.5)  # one arm at the floor is enough signal
+    assert verdicts.too_little_signal(math.nan, 0.2) and not verdicts.too_little_signal(math.nan, 1.5)
 
 
 def _arm(init: str, multiplier: float, pixels: int, pretrain: int | None = None) -> ArmResult:
@@ -64,7 +65,7 @@ def _arm(init: str, multiplier: float, pixels: int, pretrain: int | None = None)
 def test_a_comparable_cost_is_within_ten_percent_of_the_pixels(scratch_pixels: int, matched: bool) -> None:
     pre = [_arm("pretrained", 1.0, 40, pretrain=60)]  # pre-training 60 + fine-tuning 40 = 100 pixels
     arms = [*pre, _arm("scratch", 1.0, 40), _arm("scratch", 2.5, scratch_pixels)]
-    found = verdicts._cost_matched(arms, pre, "gn", None)
+    found = findings._cost_matched(arms, pre, "gn", None)
     assert found == (2.5 if matched else None)
 
 
@@ -96,7 +97,7 @@ def test_parts_combine_into_one_verdict() -> None:
             Part(f"n{i}", s, "why" if s in (Status.UNTESTED, Status.INCONCLUSIVE) else "", "")
             for i, s in enumerate(statuses)
         ]
-        verdict = verdicts._combine(verdicts.Finding.MATCHING, parts, "rule", [], "needs arms")
+        verdict = verdicts.combine(verdicts.Finding.MATCHING, parts, "rule", [], "needs arms")
         return verdict.status, verdict.reason
 
     assert combine(Status.HOLDS, Status.HOLDS) == (Status.HOLDS, "")
@@ -108,7 +109,7 @@ def test_parts_combine_into_one_verdict() -> None:
     assert combine(Status.HOLDS, Status.FAILS) == (Status.INCONCLUSIVE, "the parts disagree")
     assert combine(Status.HOLDS, Status.INCONCLUSIVE) == (Status.INCONCLUSIVE, "the parts disagree")
     assert combine(Status.UNTESTED, Status.UNTESTED) == (Status.UNTESTED, "why")
-    empty = verdicts._combine(verdicts.Finding.MATCHING, [], "rule", [], "needs arms")
+    empty = verdicts.combine(verdicts.Finding.MATCHING, [], "rule", [], "needs arms")
     assert (empty.status, empty.reason, empty.evidence) == (Status.UNTESTED, "no such arms", "needs arms")
 
 

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from scratchdet.study import verdicts
+from scratchdet.study.findings import all_verdicts, localization_judgement
 from scratchdet.study.intervals import (
     Estimate,
     Evidence,
@@ -23,7 +24,7 @@ from scratchdet.study.intervals import (
 )
 from scratchdet.study.results import read_study
 from scratchdet.study.spec import matched_iterations
-from scratchdet.study.verdicts import Status, Verdict, all_verdicts, localization_judgement
+from scratchdet.study.verdicts import Status, Verdict
 from tests.study.fixtures import write_scored_arm
 
 

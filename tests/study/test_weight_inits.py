@@ -14,9 +14,9 @@ import yaml
 from scratchdet.assemble import detector_from_config
 from scratchdet.config import load_config
 from scratchdet.errors import ScratchdetError
+from scratchdet.study.findings import all_verdicts
 from scratchdet.study.results import read_study
 from scratchdet.study.runner import run_study
-from scratchdet.study.verdicts import all_verdicts
 from tests.conftest import tiny_training_overrides
 from tests.modeling.test_weights import _caffe2_name
 

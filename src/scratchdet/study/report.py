@@ -18,6 +18,7 @@ from scratchdet.errors import ScratchdetError
 from scratchdet.storage import atomic_write_bytes, atomic_write_text
 from scratchdet.study import figures
 from scratchdet.study.convergence import schedule_text
+from scratchdet.study.findings import all_verdicts
 from scratchdet.study.gallery import SCORE_FLOOR, Gallery, build_gallery
 from scratchdet.study.intervals import Evidence
 from scratchdet.study.render import (
@@ -33,7 +34,7 @@ from scratchdet.study.render import (
     markdown,
 )
 from scratchdet.study.results import ArmResult, PretrainResult, grouped, mean_std, read_pretraining, read_study
-from scratchdet.study.verdicts import Finding, all_verdicts
+from scratchdet.study.verdicts import Finding
 
 TABLE_METRICS = (("bbox", "AP"), ("bbox", "AP50"), ("bbox", "AP75"), ("segm", "AP"))
 INTRO = (
