@@ -192,8 +192,7 @@ def finding_2_convergence(arms: list[ArmResult], evidence: Evidence) -> Verdict:
         f"to the end of the shortest schedule, before its first lr step), pre-training leads (interval above 0), "
         f"and a scratch arm that sees as many pixels (±{COST_TOLERANCE:.0%}) as pre-training + fine-tuning at "
         f"pre-training's best schedule, which must have converged (as in {Finding.MATCHING.cite}), ends no more "
-        "than "
-        f"{MATCH_TOLERANCE:g} box AP behind it (interval above -{MATCH_TOLERANCE:g}); does not hold when either "
+        f"than {MATCH_TOLERANCE:g} box AP behind it (interval above -{MATCH_TOLERANCE:g}); does not hold when either "
         "interval lies on the other side; a decided verdict needs two seeds or more"
     )
     return combine(finding, parts, rule, conditions_of(evidence, arms), NEEDS_A_PAIR)
@@ -234,8 +233,7 @@ def finding_3_less_data(arms: list[ArmResult], evidence: Evidence) -> Verdict:
         parts.append(_size_verdict(norm, sizes))
     rule = (
         f"for each norm, on every reduced training set, as {Finding.MATCHING.cite} (each init at its best schedule, "
-        "both "
-        "converged, two seeds or more): holds when scratch matches on every reduced set, or matches down to a "
+        "both converged, two seeds or more): holds when scratch matches on every reduced set, or matches down to a "
         "size and falls behind on every smaller one (the paper's 'until very little'); does not hold when it falls "
         f"behind on every one; the norms then combine as in {Finding.MATCHING.cite}"
     )
@@ -340,8 +338,8 @@ def finding_4_localization(arms: list[ArmResult], evidence: Evidence) -> Verdict
     parts = [_localization(evidence, arms, norm, full) for norm in paired_norms(arms, full)]
     rule = (
         f"at the longest schedule both inits share, both converged (as in {Finding.MATCHING.cite}), the gain of "
-        "pre-training in AP "
-        "points (pre-trained - scratch, as the paper's tables set AP50 and AP75 side by side) in AP50 against AP75, "
+        "pre-training in AP points (pre-trained - scratch, as the paper's tables set AP50 and AP75 side by side) in "
+        "AP50 against AP75, "
         "mask AP and keypoint AP where present; holds when the AP50 gain exceeds each of them (every interval of "
         f"the difference above 0, at {LEVEL:.0%}), does not hold when one lies below 0 at 95% divided among the "
         "comparisons (Bonferroni); relative gains (pre-trained / scratch - 1, intervals from log ratios) are shown, "
