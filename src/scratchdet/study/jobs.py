@@ -44,6 +44,11 @@ class StudyJob:
         return self.stop_at is not None and rundir.checkpoint_file(self.run_dir, self.stop_at).is_file()
 
     @property
+    def fork_part(self) -> str | None:
+        """For a forked arm, the job that writes the checkpoint it starts from: its parent's part up to the fork."""
+        return None if self.fork_from is None else f"arms/{self.fork_from.name}@{self.fork_iteration}"
+
+    @property
     def started(self) -> bool:
         return rundir.is_run(self.run_dir)
 
@@ -78,11 +83,11 @@ def job_graph(plan: StudyPlan, study_dir: Path, flags: Resources | None = None) 
         if arm.pretrain:
             job.needs.append(f"pretrain/{arm.pretrain}")
         if arm.fork_parent:
-            job.needs.append(f"arms/{arm.fork_parent}@{arm.fork_iteration}")
             job.fork_from, job.fork_iteration = study_dir / "arms" / arm.fork_parent, arm.fork_iteration
             job.start = arm.fork_iteration
+            job.needs.append(str(job.fork_part))
         runs.append(job)
-    forks: dict[str, set[int]] = {}
+    forks: dict[str, set[int]] = {}  # fork parent -> the iterations its parts end at
     for job in runs:
         if job.fork_from is not None:
             forks.setdefault(f"arms/{job.fork_from.name}", set()).add(job.fork_iteration)

@@ -81,7 +81,7 @@ class _Run:
     def ready(self, graph: JobGraph) -> bool:
         waiting = [n for n in self.first.needs if not graph[n].done()]
         # A forked run that has started has its fork checkpoint: only what else it needs matters.
-        return all(n == _fork_need(self.first) and self.first.started for n in waiting)
+        return all(n == self.first.fork_part and self.first.started for n in waiting)
 
     def needs_run(self, graph: JobGraph) -> set[str]:
         return {graph[n].run for n in self.first.needs}
@@ -92,10 +92,6 @@ class _Run:
     @property
     def length(self) -> int:
         return self.last.iterations - self.first.start
-
-
-def _fork_need(job: StudyJob) -> str | None:
-    return f"arms/{job.fork_from.name}@{job.fork_iteration}" if job.fork_from is not None else None
 
 
 def _run(graph: JobGraph, parallel: int, environment: dict[str, str]) -> set[str]:
