@@ -110,7 +110,7 @@ def plant(point: str, n: int) -> None:
     import torch
     from torch.utils.tensorboard import SummaryWriter
 
-    from scratchdet.engine import checkpoint, hooks, run, rundir
+    from scratchdet.engine import checkpoint, detection, hooks, rundir
     from scratchdet.evaluation import coco
 
     killed = lambda original, *args, **kwargs: die()  # noqa: E731
@@ -128,7 +128,7 @@ def plant(point: str, n: int) -> None:
         # half a line of metrics.jsonl is written
         "metrics-write": lambda: on_nth_call(hooks.MetricsWriter, "write", n, _half_written_record),
         # an evaluation has started
-        "evaluation": lambda: on_nth_call(run, "run_inference", n, killed),
+        "evaluation": lambda: on_nth_call(detection, "run_inference", n, killed),
         # training, the last checkpoint and the final evaluation are done; summary.json is not written yet
         "summary": lambda: die_before_writing(rundir, "atomic_write_text", "summary.json"),
         "disk-full": lambda: on_nth_call(checkpoint, "atomic_write", n, _full_disk),
