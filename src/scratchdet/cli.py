@@ -13,7 +13,7 @@ from typing import Any
 
 from scratchdet import portable
 from scratchdet.errors import ScratchdetError, TrainingPaused
-from scratchdet.study.executor import EXECUTORS, Executor
+from scratchdet.study.executor import EXECUTORS, Executor, Option
 
 EPILOG = """examples:
   scratchdet data synth --out data/demo                  generate the demo dataset
@@ -261,12 +261,16 @@ def _study(args: argparse.Namespace) -> int:
 def _executor(args: argparse.Namespace) -> Executor:
     """The chosen executor, from its own options; another executor's options are refused, not ignored."""
     chosen = EXECUTORS[args.executor]
+
+    def given(option: Option) -> bool:  # an option's default is None (False for a switch); 0 is a value given
+        value = getattr(args, option.dest)
+        return value is not None and value is not False
+
     for name, entry in EXECUTORS.items():
-        given = [option.flag for option in entry.options if getattr(args, option.dest) not in (None, False)]
-        if name != chosen.name and given:
-            raise ScratchdetError(f"{', '.join(given)} need{'s' if len(given) == 1 else ''} --executor {name}")
-    options = {option.dest: getattr(args, option.dest) for option in chosen.options}
-    return chosen.load().from_options(**{key: value for key, value in options.items() if value not in (None, False)})
+        flags = [option.flag for option in entry.options if given(option)]
+        if name != chosen.name and flags:
+            raise ScratchdetError(f"{', '.join(flags)} need{'s' if len(flags) == 1 else ''} --executor {name}")
+    return chosen.load().from_options(**{o.dest: getattr(args, o.dest) for o in chosen.options if given(o)})
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -77,6 +77,7 @@ def test_a_registered_executor_gets_its_options_the_plan_and_the_job_graph(
     [(["--signal-delay", "30"], "--signal-delay needs --executor slurm"),
      (["--wait", "--max-requeues", "2"], "--max-requeues, --wait need --executor slurm"),
      (["--executor", "slurm", "--jobs", "2"], "--jobs needs --executor local"),
+     (["--max-requeues", "0"], "--max-requeues needs --executor slurm"),  # 0 is given, not a default
      (["--executor", "slurm", "--colour", "red"], "--colour needs --executor toy")],
 )  # fmt: skip
 def test_an_option_of_another_executor_is_refused(
@@ -84,3 +85,11 @@ def test_an_option_of_another_executor_is_refused(
 ) -> None:
     assert main(["study", str(tmp_path / "spec.yaml"), "--out", str(tmp_path / "study"), *given]) == 2
     assert capsys.readouterr().err.strip() == f"error: {message}"
+
+
+def test_an_executor_gets_the_options_given_zero_included() -> None:
+    from scratchdet.cli import _executor, build_parser
+
+    arguments = ["study", "spec.yaml", "--out", "x", "--executor", "slurm", "--max-requeues", "0", "--time", "5"]
+    chosen = _executor(build_parser().parse_args(arguments))
+    assert chosen.overrides == {"max_requeues": 0, "time": 5}  # type: ignore[attr-defined]
