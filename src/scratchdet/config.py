@@ -82,7 +82,9 @@ class ModelConfig(_Section):
     gn_eps: float = Field(1e-5, gt=0)
     freeze_at: int = Field(0, ge=0, le=5, description="0 freezes nothing; 2 freezes stem + res2")
     threaded_roi_align: bool = Field(
-        True, description="CPU: split RoIAlign's backward pass over threads (the same sums in another order)"
+        True,
+        description="CPU: RoIAlign as gathers and matrix products on every core (modeling/roi_align.py), not "
+        "torchvision's single-threaded scalar kernels (the same samples; sums grouped differently)",
     )
     init: str = Field("scratch", description="'scratch' or the path of a backbone checkpoint / weight file")
     allow_frozen_bn_scratch: bool = Field(False, description="permit init=scratch with norm=frozen_bn")

@@ -26,7 +26,7 @@ from torchvision.ops import Conv2dNormActivation, MultiScaleRoIAlign
 from scratchdet.errors import ScratchdetError
 from scratchdet.modeling.backbone import build_backbone_with_fpn, build_resnet, freeze_stages
 from scratchdet.modeling.norm import get_norm
-from scratchdet.modeling.roi_align import ThreadedMultiScaleRoIAlign
+from scratchdet.modeling.roi_align import SeparableMultiScaleRoIAlign
 from scratchdet.modeling.sampling import install_seeded_samplers
 from scratchdet.names import ARCHS, BOX_HEADS
 
@@ -138,5 +138,5 @@ def build_detector(
 def _roi_pool(output_size: int, canonical_scale: int, threaded: bool) -> MultiScaleRoIAlign:
     # The FPN level of a RoI is 4 + log2(sqrt(area) / canonical_scale): with small inputs the canonical scale
     # must shrink too, or every RoI lands on P2.
-    pooler = ThreadedMultiScaleRoIAlign if threaded else MultiScaleRoIAlign
+    pooler = SeparableMultiScaleRoIAlign if threaded else MultiScaleRoIAlign
     return pooler(FPN_LEVELS, output_size, sampling_ratio=2, canonical_scale=canonical_scale)

@@ -1,16 +1,18 @@
-"""Multi-scale RoIAlign whose CPU backward pass runs on several threads.
+"""Multi-scale RoIAlign for CPU training, computed with matrix products instead of torchvision's scalar kernels.
 
-torchvision's CPU kernel for the RoIAlign backward pass is single-threaded; at the small inputs of CPU training it
-is about a fifth of a Mask R-CNN step (bench/train_step.py). Its result is a sum over RoIs, so the RoIs are split
-into one block per thread, each block's gradient is computed by torchvision's own kernel (which releases the GIL),
-and the blocks are added in a fixed order: the same sums, grouped differently (float32 rounding, ~1e-6 relative),
-and deterministic for a given thread count. The forward pass and any CUDA tensor use torchvision's kernels as is.
+torchvision's CPU RoIAlign kernels visit every (RoI, channel, bin, sample) one at a time and recompute the same
+interpolation weights for every channel; the backward pass runs on one thread. Together they were about a fifth of
+the demo model's CPU step (bench/train_step.py). The sampling is separable, though: a bin averages
+`sampling_ratio` x `sampling_ratio` bilinear samples, and each bilinear weight is a row weight times a column
+weight. So `separable_roi_align` gathers the feature rows each output row reads (one `index_select`), mixes them
+with their row weights, and then mixes columns with a small per-RoI matrix (two batched matrix products). Every
+step is an ATen op with its own multi-threaded forward and backward, and the result is torchvision's (aligned=False,
+the same sample points and edge rules) up to float32 rounding: the sums are grouped differently. CUDA tensors, and
+the adaptive sampling ratio (<= 0), use torchvision's kernels as they are.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import itertools
 from typing import Any
 
 import torch
@@ -18,58 +20,73 @@ from torch import Tensor
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _setup_scales
 
-_pool: concurrent.futures.ThreadPoolExecutor | None = None
-MIN_ROIS_PER_THREAD = 16
+GATHER_BUDGET = 1 << 22  # floats gathered at once (16 MiB): RoIs go in chunks, so a large feature map stays cheap
 
 
-def _threads() -> concurrent.futures.ThreadPoolExecutor:
-    global _pool
-    if _pool is None:
-        _pool = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="roi_align_backward")
-    return _pool
+def _axis_taps(start: Tensor, end: Tensor, bins: int, ratio: int, size: int) -> tuple[Tensor, Tensor]:
+    """Along one axis of length `size`: for each RoI and output bin, the 2 * ratio feature indices its samples
+    interpolate between and their weights (divided by `ratio`, a bin being the mean of its samples); (R, bins, 2r).
+
+    The sample points and edge rules are those of torchvision's kernel: a sample more than one pixel outside
+    the map weighs nothing, one just outside is clamped to the border.
+    """
+    bin_size = (end - start).clamp(min=1.0) / bins
+    bin_index = torch.arange(bins, dtype=start.dtype, device=start.device).repeat_interleave(ratio)
+    offset = (torch.arange(ratio, dtype=start.dtype, device=start.device) + 0.5).repeat(bins)
+    coordinate = (start[:, None] + bin_index * bin_size[:, None]) + offset * bin_size[:, None] / ratio
+    inside = (coordinate >= -1.0) & (coordinate <= size)
+    coordinate = coordinate.clamp(min=0.0)
+    low = coordinate.floor().long().clamp(max=size - 1)
+    high = (low + 1).clamp(max=size - 1)
+    upper = torch.where(low >= size - 1, torch.zeros_like(coordinate), coordinate - low.to(coordinate.dtype))
+    lower = 1.0 - upper
+    weights = torch.stack([lower, upper], dim=-1) * inside[..., None] / ratio
+    indices = torch.stack([low, high], dim=-1)
+    return indices.view(len(start), bins, 2 * ratio), weights.view(len(start), bins, 2 * ratio)
 
 
-class _ThreadedRoIAlign(torch.autograd.Function):
-    @staticmethod
-    def forward(
-        ctx: Any, features: Tensor, rois: Tensor, output_size: tuple[int, int], scale: float, sampling_ratio: int
-    ) -> Tensor:
-        ctx.save_for_backward(rois)
-        ctx.settings = (scale, output_size, sampling_ratio, features.shape)
-        return torch.ops.torchvision.roi_align(features, rois, scale, *output_size, sampling_ratio, False)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        (rois,) = ctx.saved_tensors
-        scale, (height, width), sampling_ratio, shape = ctx.settings
-
-        def block(rows: slice) -> Tensor:
-            return torch.ops.torchvision._roi_align_backward(
-                grad[rows].contiguous(), rois[rows], scale, height, width, *shape, sampling_ratio, False
-            )
-
-        blocks = min(torch.get_num_threads(), max(1, len(rois) // MIN_ROIS_PER_THREAD))
-        bounds = [len(rois) * i // blocks for i in range(blocks + 1)]
-        parts = list(_threads().map(block, [slice(a, b) for a, b in itertools.pairwise(bounds)]))
-        total = parts[0]
-        for part in parts[1:]:
-            total = total + part
-        return total, None, None, None, None
+def _pool_chunk(rows: Tensor, rois: Tensor, size: tuple[int, int, int], output_size: tuple[int, int],
+                scale: float, ratio: int) -> Tensor:  # fmt: skip
+    """RoIAlign of `rois` (R, 5) over `rows`, the feature map as (B * H, W * C) rows; returns (R, C, PH, PW)."""
+    height, width, channels = size
+    out_height, out_width = output_size
+    count = len(rois)
+    batch = rois[:, 0].long()
+    x1, y1, x2, y2 = (rois[:, i] * scale for i in range(1, 5))
+    row_index, row_weight = _axis_taps(y1, y2, out_height, ratio, height)
+    column_index, column_weight = _axis_taps(x1, x2, out_width, ratio, width)
+    gathered = rows.index_select(0, (batch[:, None, None] * height + row_index).reshape(-1))
+    mixed_rows = torch.bmm(
+        row_weight.reshape(count * out_height, 1, 2 * ratio),
+        gathered.view(count * out_height, 2 * ratio, width * channels),
+    )  # (R * PH, 1, W * C)
+    by_column = mixed_rows.view(count, out_height, width, channels).transpose(1, 2)
+    column_matrix = rows.new_zeros(count, out_width, width).scatter_add_(2, column_index, column_weight)
+    pooled = torch.bmm(column_matrix, by_column.reshape(count, width, out_height * channels))  # (R, PW, PH * C)
+    return pooled.view(count, out_width, out_height, channels).permute(0, 3, 2, 1)
 
 
-def threaded_roi_align(
+def separable_roi_align(
     features: Tensor, rois: Tensor, output_size: tuple[int, int], scale: float, sampling_ratio: int
 ) -> Tensor:
-    """`torchvision.ops.roi_align` (aligned=False) with the CPU backward pass split over threads."""
-    plain = features.is_cuda or not (torch.is_grad_enabled() and features.requires_grad)
-    if plain or torch.is_autocast_enabled(features.device.type):  # autocast: torchvision's casting rules
-        return roi_align(features, rois, output_size, scale, sampling_ratio)
-    pooled: Tensor = _ThreadedRoIAlign.apply(features, rois, output_size, scale, sampling_ratio)
-    return pooled
+    """`torchvision.ops.roi_align(features, rois, output_size, scale, sampling_ratio)` (aligned=False) on the
+    CPU, written as gathers and matrix products; `rois` is (R, 5): batch index, x1, y1, x2, y2."""
+    if features.is_cuda or sampling_ratio <= 0 or len(rois) == 0 or torch.is_autocast_enabled("cpu"):
+        return roi_align(features, rois, output_size, scale, sampling_ratio)  # autocast: torchvision's casting
+    batches, channels, height, width = features.shape
+    rows = features.permute(0, 2, 3, 1).reshape(batches * height, width * channels)
+    per_roi = output_size[0] * 2 * sampling_ratio * width * channels
+    step = max(1, GATHER_BUDGET // per_roi)
+    chunks = [
+        _pool_chunk(rows, rois[start : start + step], (height, width, channels), output_size, scale, sampling_ratio)
+        for start in range(0, len(rois), step)
+    ]
+    return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
 
 
-class ThreadedMultiScaleRoIAlign(MultiScaleRoIAlign):
-    """torchvision's `MultiScaleRoIAlign` (same level assignment, same output) using `threaded_roi_align`."""
+class SeparableMultiScaleRoIAlign(MultiScaleRoIAlign):
+    """torchvision's `MultiScaleRoIAlign` (same level assignment, same output up to rounding) computed by
+    `separable_roi_align` on the CPU."""
 
     def forward(self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]) -> Tensor:
         features = _filter_input(x, self.featmap_names)
@@ -80,11 +97,11 @@ class ThreadedMultiScaleRoIAlign(MultiScaleRoIAlign):
             )
         scales: list[float] = pooler.scales
         rois = _convert_to_roi_format(boxes)
-        output_size = tuple(self.output_size)
+        output_size = (int(self.output_size[0]), int(self.output_size[1]))
         levels = pooler.map_levels(boxes)
         result = features[0].new_zeros((len(rois), features[0].shape[1], *output_size))
         for level, (level_features, scale) in enumerate(zip(features, scales, strict=True)):
             chosen = torch.where(levels == level)[0]
-            pooled = threaded_roi_align(level_features, rois[chosen], output_size, scale, self.sampling_ratio)
+            pooled = separable_roi_align(level_features, rois[chosen], output_size, scale, self.sampling_ratio)
             result[chosen] = pooled.to(result.dtype)
         return result
