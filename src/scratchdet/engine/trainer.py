@@ -180,8 +180,12 @@ class Trainer:
     def run_step(self) -> None:
         started = time.perf_counter()
         images, targets = next(self.batches)
+        # Asynchronous from pinned memory (the loader pins on CUDA machines): the host queues the step meanwhile.
         images = [image.to(self.device, non_blocking=True) for image in images]
-        targets = [{k: v.to(self.device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
+        targets = [
+            {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in t.items()}
+            for t in targets
+        ]
         data_seconds = time.perf_counter() - started
         self.last_lr = self.schedule.lr_at(self.iteration)
         set_learning_rate(self.optimizer, self.last_lr)
@@ -207,7 +211,7 @@ class Trainer:
         Before the backward pass, so that a non-finite loss on any process stops every process at the same step;
         a stop requested of any process stops all of them after this step.
         """
-        local = [float(value.detach()) for value in losses.values()]
+        local: list[float] = torch.stack([value.detach().float() for value in losses.values()]).tolist()  # one sync
         local += [counts.images, counts.instances, counts.pixels, float(self.stop_requested)]
         summed = distributed.sum_over_processes(local)
         processes = distributed.world_size()

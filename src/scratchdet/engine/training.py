@@ -177,6 +177,7 @@ def batch_stream(
         num_workers=num_workers,
         collate_fn=collate,
         persistent_workers=num_workers > 0,
+        pin_memory=torch.cuda.is_available(),  # so that the trainer's copies to the GPU can be asynchronous
         # A generator of its own: creating the loader must not draw from the global random stream, or a
         # resumed run would sample RoIs differently from an uninterrupted one.
         generator=torch.Generator().manual_seed(seed),

@@ -77,11 +77,12 @@ class SyncBatchNorm(nn.BatchNorm2d):
         local = torch.cat([values.sum(1), (values * values).sum(1), count])
         total = _AllReduceStatistics.apply(local)
         global_count = total[-1]
-        if global_count.item() == 0:  # nobody has data: nothing to normalize, running statistics unchanged
+        elements = global_count.item()  # read once: each read waits for the device
+        if elements == 0:  # nobody has data: nothing to normalize, running statistics unchanged
             return input + 0 * (self.weight.sum() + self.bias.sum()) if self.affine else input
         mean = total[:channels] / global_count
         variance = (total[channels : 2 * channels] / global_count - mean * mean).clamp(min=0)
-        self._update_running_statistics(mean.detach(), variance.detach(), global_count.item())
+        self._update_running_statistics(mean.detach(), variance.detach(), elements)
         scale = torch.rsqrt(variance + self.eps)
         shift = -mean * scale
         if self.affine:
