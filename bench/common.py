@@ -13,6 +13,7 @@ import resource
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,26 @@ def reference_step(
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def waits_and_ops(step: Callable[[], Any], device: torch.device) -> tuple[int, int]:
+    """(host waits, dispatched operations) of one call of `step`. On a GPU the waits are what
+    `torch.cuda.set_sync_debug_mode` reports (every synchronising CUDA call, copies to the host included); on the
+    CPU, the operations that would make the host wait on a GPU (scratchdet.engine.op_count), which leaves out
+    copies to the host."""
+    from scratchdet.engine.op_count import count_ops
+
+    if device.type != "cuda":
+        counts = count_ops(step)
+        return counts.host_waits, counts.total
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            counts = count_ops(step)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught), counts.total
 
 
 def timed(step: Callable[[], Any], steps: int, warmup: int, device: torch.device) -> float:

@@ -6,8 +6,10 @@ torchvision's reference loop, over per-GPU batch, bf16 autocast and channels-las
 
 Both loops train the same model object on the same batch, already on the GPU (this measures the step, not the data
 pipeline: see bench/loader.py for that), alternating in `--rounds` rounds; the throughput of each is the median
-over rounds. Peak memory is the most the step allocated. A configuration that runs out of memory is reported as
-such, and configurations still waiting when `--budget` seconds have passed are skipped (and listed).
+over rounds. Peak memory is the most the step allocated; host waits are the synchronising CUDA calls of one step
+(`torch.cuda.set_sync_debug_mode`), ops the ATen operations it dispatched. A configuration that runs out of
+memory is reported as such, and configurations still waiting when `--budget` seconds have passed are skipped
+(and listed).
 """
 
 from __future__ import annotations
@@ -73,11 +75,14 @@ def measure(config: Any, batch: int, bf16: bool, channels_last: bool, args: argp
             common.reset_peak_memory(device)
             seconds[name].append(common.timed(step, args.steps, args.warmup, device))
             peak[name] = max(peak.get(name, 0.0), common.peak_memory_gib(device))
+    waits = {name: common.waits_and_ops(step, device) for name, step in loops.items()}  # one untimed step each
     ours, reference = (batch / common.median(seconds[name]) for name in ("ours", "reference"))
     return {"ours_images_per_s": ours, "reference_images_per_s": reference, "ratio": ours / reference,
             "ours_peak_gib": peak["ours"], "reference_peak_gib": peak["reference"],
             "ours_s_per_it": common.median(seconds["ours"]),
-            "reference_s_per_it": common.median(seconds["reference"])}  # fmt: skip
+            "reference_s_per_it": common.median(seconds["reference"]),
+            "ours_host_waits": waits["ours"][0], "reference_host_waits": waits["reference"][0],
+            "ours_ops": waits["ours"][1], "reference_ops": waits["reference"][1]}  # fmt: skip
 
 
 def main() -> None:
@@ -121,7 +126,7 @@ def main() -> None:
 
 
 COLUMNS = ["batch", "bf16", "channels_last", "ours_images_per_s", "reference_images_per_s", "ratio", "ours_peak_gib",
-           "reference_peak_gib", "status"]  # fmt: skip
+           "reference_peak_gib", "ours_host_waits", "reference_host_waits", "ours_ops", "status"]  # fmt: skip
 
 if __name__ == "__main__":
     main()

@@ -10,10 +10,12 @@ alternating in rounds so that the machine's speed cancels in the ratios:
                  in the same order as ours (a step's cost depends on its images), on the same model built from
                  torchvision's stock parts (its own MultiScaleRoIAlign);
   ours           scratchdet's Trainer with its seeded batch stream, as `scratchdet train` runs it;
-  ours (before)  the same with the CPU optimisations switched off (model.threaded_roi_align=false): the
-                 reference's model in our loop, so against the reference it measures the loop alone.
-Reported: iterations/s, images/s, ours / reference, the share of step time spent waiting for data, and the peak
-resident memory of the process. Generated data is made under data/bench/ on first use.
+  ours (before)  the same with the CPU optimisations switched off (model.threaded_roi_align=false: torchvision's
+                 RoIAlign kernels): the reference's model in our loop, so against the reference it measures the loop.
+Reported: iterations/s, images/s, ours / reference, the share of step time spent waiting for data, the peak
+resident memory of the process, and from one more (untimed) step: the operations that step dispatched and those
+that would make the host wait on a GPU (scratchdet.engine.op_count). Generated data is made under data/bench/ on
+first use.
 """
 
 from __future__ import annotations
@@ -122,6 +124,7 @@ def measure(model: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     for round_ in range(args.rounds):
         for loop in loops[round_ % len(loops) :] + loops[: round_ % len(loops)]:  # rotate who goes first
             loop.run(steps, args.warmup if round_ == 0 else 0)
+    counted = {loop.name: common.waits_and_ops(loop.step, torch.device("cpu")) for loop in loops}
     base = common.median([seconds for seconds, _ in loops[0].rounds])
     rows = []
     for loop in loops:
@@ -129,11 +132,13 @@ def measure(model: str, args: argparse.Namespace) -> list[dict[str, Any]]:
         rows.append({"model": model, "loop": loop.name, "s_per_it": seconds, "it_per_s": 1 / seconds,
                      "images_per_s": loop.images_per_batch / seconds, "vs_reference": base / seconds,
                      "data_wait_share": common.median([d for _, d in loop.rounds]),
-                     "peak_rss_gib": common.peak_memory_gib(torch.device("cpu"))})  # fmt: skip
+                     "peak_rss_gib": common.peak_memory_gib(torch.device("cpu")),
+                     "host_waits": counted[loop.name][0], "ops": counted[loop.name][1]})  # fmt: skip
     return rows
 
 
-COLUMNS = ["model", "loop", "s_per_it", "images_per_s", "vs_reference", "data_wait_share", "peak_rss_gib"]
+COLUMNS = ["model", "loop", "s_per_it", "images_per_s", "vs_reference", "data_wait_share", "peak_rss_gib",
+           "host_waits", "ops"]  # fmt: skip
 
 
 def main() -> None:
