@@ -32,12 +32,13 @@ PRESET = "paper/mask_rcnn_R50_FPN_gn_scratch_6x"
 
 
 def synthetic_batch(batch: int, size: int, classes: int, device: torch.device) -> tuple[list, list]:
-    """`batch` normalized images of size × 4/3·size with 12 rectangular objects each (boxes, labels, masks)."""
+    """`batch` 8-bit images of size × 4/3·size (as the data pipeline ships them; the detector normalises) with 12
+    rectangular objects each (boxes, labels, masks)."""
     generator = torch.Generator().manual_seed(batch)
     height, width = size, size * 4 // 3
     images, targets = [], []
     for index in range(batch):
-        images.append(torch.randn(3, height, width, generator=generator).to(device))
+        images.append(torch.randint(0, 256, (3, height, width), generator=generator, dtype=torch.uint8).to(device))
         corner = torch.rand(12, 2, generator=generator) * torch.tensor([width * 0.7, height * 0.7])
         extent = 16 + torch.rand(12, 2, generator=generator) * torch.tensor([width * 0.3, height * 0.3])
         boxes = torch.cat([corner, corner + extent], dim=1).round()

@@ -176,5 +176,6 @@ def build_test_detector(**settings: Any) -> Any:
     model = {k: v for k, v in settings.items() if k in ModelConfig.model_fields}
     data = DataConfig.model_construct()
     defaults = {**detector_arguments(ModelConfig.model_construct(**model)), "num_keypoints": 17,
-                "test_size": data.test_size, "max_size": data.max_size}  # fmt: skip
+                "test_size": data.test_size, "max_size": data.max_size, "pixel_mean": data.pixel_mean,
+                "pixel_std": data.pixel_std}  # fmt: skip
     return build_detector(**{**defaults, **settings})

@@ -43,7 +43,7 @@ def _scene(draw: st.DrawFn) -> tuple[tv_tensors.Image, dict[str, object]]:
 def test_random_resize_and_flip_keep_every_box_on_its_mask_and_inside_the_image(
     scene: tuple[tv_tensors.Image, dict[str, object]], sizes: list[int], max_size: int, seed: int
 ) -> None:
-    transforms = build_train_transforms(sizes, max_size, 0.5, [0.0] * 3, [1.0] * 3)
+    transforms = build_train_transforms(sizes, max_size, 0.5)
     image, target = with_seed(seed, transforms, *scene)
     height, width = image.shape[-2:]
     for box, mask in zip(target["boxes"], target["masks"], strict=True):  # type: ignore[call-overload]

@@ -36,6 +36,8 @@ def detector_from_config(
         num_keypoints=num_keypoints,
         test_size=data.test_size,
         max_size=data.max_size,
+        pixel_mean=data.pixel_mean,
+        pixel_std=data.pixel_std,
         box_score_thresh=config.eval.score_thresh,
         box_detections_per_img=config.eval.detections_per_image,
     )

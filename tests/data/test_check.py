@@ -168,7 +168,7 @@ def test_training_refuses_errors_or_skips_exactly_the_bad_items(tmp_path: Path) 
 
     _check(tmp_path, mutate)
     arguments: dict[str, Any] = {
-        "transforms": build_train_transforms([30], 100, 0.0, [0, 0, 0], [1, 1, 1]),
+        "transforms": build_train_transforms([30], 100, 0.0),
         "with_masks": True,
         "keep_empty_images": True,
         "subset": None,

@@ -10,11 +10,9 @@ from scratchdet.data.coco import CocoDetection, CocoIndex, nested_subset
 from scratchdet.data.transforms import build_train_transforms
 from scratchdet.errors import ScratchdetError
 
-IDENTITY = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
-
 
 def _dataset(root: Path, flip: float = 0.0, sizes: tuple[int, ...] = (30,), keep_empty: bool = True) -> CocoDetection:
-    transforms = build_train_transforms(sizes, 1000, flip, **IDENTITY)
+    transforms = build_train_transforms(sizes, 1000, flip)
     return prepare_train_dataset(
         root / "instances.json",
         root / "images",
@@ -36,7 +34,7 @@ def _mask_box(mask: torch.Tensor) -> list[float]:
 def test_polygon_rle_and_crowd(tiny_coco_dir: Path) -> None:
     dataset = _dataset(tiny_coco_dir)
     image, target = dataset[0]
-    assert image.shape == (3, 30, 40) and image.dtype == torch.float32
+    assert image.shape == (3, 30, 40) and image.dtype == torch.uint8  # the detector normalises
     assert target["labels"].tolist() == [1, 2]  # category 7 → 1, 9 → 2; the crowd region is not a target
     assert target["boxes"].tolist() == [[2, 3, 10, 11], [20, 5, 30, 15]]
     assert target["masks"].shape == (2, 30, 40)
@@ -55,11 +53,9 @@ def test_images_without_annotations_kept_or_dropped(tiny_coco_dir: Path) -> None
 
 def test_flip_keeps_boxes_equal_to_mask_boxes(synth_dir: Path) -> None:
     index = CocoIndex.from_json(synth_dir / "annotations" / "instances_train.json")
-    plain = CocoDetection(
-        index, synth_dir / "train", list(index.images)[:20], build_train_transforms([128], 128, 0.0, **IDENTITY)
-    )
+    plain = CocoDetection(index, synth_dir / "train", list(index.images)[:20], build_train_transforms([128], 128, 0.0))
     flipped = CocoDetection(
-        index, synth_dir / "train", list(index.images)[:20], build_train_transforms([128], 128, 1.0, **IDENTITY)
+        index, synth_dir / "train", list(index.images)[:20], build_train_transforms([128], 128, 1.0)
     )
     checked = 0
     for i in range(20):
@@ -88,7 +84,7 @@ def test_item_seed_fixes_the_random_transform(synth_dir: Path) -> None:
         index,
         synth_dir / "train",
         list(index.images)[:4],
-        build_train_transforms([64, 80, 96, 112], 200, 0.5, **IDENTITY),
+        build_train_transforms([64, 80, 96, 112], 200, 0.5),
     )
     shapes = {dataset[(0, seed)][0].shape for seed in range(12)}
     assert len(shapes) > 1  # the seed changes the drawn size
@@ -129,7 +125,7 @@ def test_every_image_is_visited_each_epoch_without_grouping() -> None:
 
 
 def test_subset_cut_in_prepare(synth_dir: Path) -> None:
-    transforms = build_train_transforms([64], 128, 0.5, **IDENTITY)
+    transforms = build_train_transforms([64], 128, 0.5)
     prepared = prepare_train_dataset(
         synth_dir / "annotations" / "instances_train.json",
         synth_dir / "train",

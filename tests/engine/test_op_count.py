@@ -15,7 +15,7 @@ from scratchdet.engine.detection import build_detection, train_batches
 from scratchdet.engine.op_count import count_ops
 from scratchdet.engine.trainer import Trainer
 from scratchdet.engine.training import seed_everything
-from tests.conftest import build_test_detector, tiny_training_overrides
+from tests.conftest import tiny_training_overrides
 
 # Host waits of one training step of the tiny Mask R-CNN at 4 images, as measured when the budget was set (47
 # nonzero, 32 boolean-mask assignments, 12 numbers read): matching and sampling in the RPN and the RoI heads,
@@ -38,18 +38,6 @@ def test_waits_are_counted_by_kind_and_arithmetic_waits_for_nothing() -> None:
     assert counts.host_waits == 3
     assert set(counts.waits) == {"aten._local_scalar_dense.default", "aten.nonzero.default", "aten.index_put_.default"}
     assert count_ops(lambda: (values * 2 + 1).exp().sum()).host_waits == 0
-
-
-def test_the_detector_takes_its_normalised_images_as_they_are() -> None:
-    detector = build_test_detector(
-        arch="mask_rcnn", backbone="resnet_narrow", num_classes=3, narrow_width=8, narrow_depth=10, fpn_channels=16,
-        gn_groups=4, box_head_conv_dim=8, box_head_fc_dim=16, mask_head_conv_dim=8, test_size=64, max_size=64,
-    )  # fmt: skip
-    images = [torch.randn(3, 64, 48), torch.randn(3, 48, 64)]
-    batch, _ = detector.transform(images)
-    assert torch.equal(batch.tensors[0, :, :, :48], images[0])  # padded, not shifted nor scaled
-    counts = count_ops(lambda: detector.transform(images))
-    assert not {"aten.sub.Tensor", "aten.div.Tensor", "aten.lift_fresh.default"} & set(counts.ops)
 
 
 def test_a_training_step_reads_its_losses_at_once_and_waits_within_its_budget(synth_dir: Path) -> None:

@@ -71,7 +71,8 @@ def test_r50_fpn_bn_matches_torchvision_v2_parameter_count() -> None:
     )
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(ours) == count(reference)
-    buffers = lambda m: sum(b.numel() for b in m.buffers())  # noqa: E731
+    # Ours also holds its input normalisation's 6 constants (not saved): the network's buffers are compared.
+    buffers = lambda m: sum(b.numel() for n, b in m.named_buffers() if not n.startswith("transform."))  # noqa: E731
     assert buffers(ours) == buffers(reference)
 
 
@@ -132,3 +133,21 @@ def test_narrow_layers_use_a_divisor_group_count() -> None:
     assert group_count(24, 32) == 24
     assert group_count(48, 32) == 24
     assert group_norm(48).num_groups == 24
+
+
+def test_the_detector_normalises_8_bit_images_as_the_data_pipeline_did_with_constants_it_holds() -> None:
+    from torchvision.transforms import v2
+
+    from scratchdet.engine.op_count import count_ops
+
+    mean, std = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
+    detector = build_test_detector(**SMALL, pixel_mean=mean, pixel_std=std)
+    generator = torch.Generator().manual_seed(0)
+    images = [torch.randint(0, 256, (3, 64, 48), generator=generator, dtype=torch.uint8),
+              torch.randint(0, 256, (3, 48, 64), generator=generator, dtype=torch.uint8)]  # fmt: skip
+    batch, _ = detector.transform(images)  # training mode: normalised and padded, not resized
+    before = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])  # the old data pipeline
+    assert torch.equal(batch.tensors[0, :, :, :48], before(images[0]))  # to the last bit
+    assert torch.equal(batch.tensors[1, :, :48], before(images[1]))
+    assert "aten.lift_fresh.default" not in count_ops(lambda: detector.transform(images)).ops  # no constant an image
+    assert "pixel_mean" not in detector.state_dict()  # checkpoints hold what they held before

@@ -67,7 +67,7 @@ def prepare_train_dataset(
 
 
 def prepare_eval_dataset(
-    annotations: Path, images_dir: Path, transforms: Transform, *, max_images: int | None, quiet: bool = False
+    annotations: Path, images_dir: Path, transforms: Transform | None, *, max_images: int | None, quiet: bool = False
 ) -> PreparedDataset:
     """The evaluation set: every image (empty ones count for COCO metrics), optionally the first `max_images`."""
     index, skipped = _checked_index(annotations, images_dir, skip_bad_items=False, quiet=quiet, fix=FIX_EVALUATION)

@@ -1,8 +1,9 @@
 """Training and test transforms (torchvision.transforms.v2): image, boxes and masks move together.
 
 Training: resize the shorter side to a size drawn from `min_sizes` (capped so the longer side is at most
-`max_size`), horizontal flip, float conversion, normalisation. Test: float conversion and normalisation only;
-the detector resizes test images itself and maps its detections back to the original image.
+`max_size`), horizontal flip. Test: none; the detector resizes test images itself and maps its detections back to
+the original image. Images stay 8-bit: the detector scales and normalises them on its own device (a quarter of
+float32's bytes to copy there; `modeling/detector.py`).
 """
 
 from __future__ import annotations
@@ -26,14 +27,6 @@ def with_seed(seed: int | None, function: Callable[..., Result], *args: Any) -> 
         if seed is not None:
             torch.manual_seed(seed)
         return function(*args)
-
-
-def _to_normalized_float(mean: Sequence[float], std: Sequence[float]) -> list[v2.Transform]:
-    # A plain dtype converts the image only; boxes and masks keep theirs.
-    return [
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean=list(mean), std=list(std)),
-    ]
 
 
 class HorizontalFlipSwappingKeypoints(v2.Transform):
@@ -84,8 +77,6 @@ def build_train_transforms(
     min_sizes: Sequence[int],
     max_size: int,
     flip_prob: float,
-    mean: Sequence[float],
-    std: Sequence[float],
     keypoint_flip: Sequence[int] | None = None,
 ) -> v2.Compose:
     """Random shorter-side resize among `min_sizes` with the longer side capped at `max_size`, then a flip
@@ -96,8 +87,4 @@ def build_train_transforms(
     elif flip_prob > 0:
         steps.append(v2.RandomHorizontalFlip(p=flip_prob))
     steps.append(v2.ClampBoundingBoxes())  # resizing in float can put a corner 1e-6 past the edge (found by a test)
-    return v2.Compose(steps + _to_normalized_float(mean, std))
-
-
-def build_test_transforms(mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
-    return v2.Compose(_to_normalized_float(mean, std))
+    return v2.Compose(steps)

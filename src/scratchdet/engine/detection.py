@@ -25,12 +25,7 @@ from scratchdet.config import Config, apply_overrides, build_config
 from scratchdet.data.batching import collate
 from scratchdet.data.build import prepare_eval_dataset, prepare_train_dataset
 from scratchdet.data.coco import CocoDetection, CocoIndex, read_coco_json
-from scratchdet.data.transforms import (
-    build_test_transforms,
-    build_train_transforms,
-    keypoint_flip_index,
-    resized_size,
-)
+from scratchdet.data.transforms import build_train_transforms, keypoint_flip_index, resized_size
 from scratchdet.engine import distributed, rundir
 from scratchdet.engine.checkpoint import load_checkpoint
 from scratchdet.engine.precise_bn import recompute_bn_statistics
@@ -56,7 +51,7 @@ log = logging.getLogger(__name__)
 def _train_transforms(config: Config, keypoint_names: list[str] | None = None) -> Any:
     data = config.data
     flip = keypoint_flip_index(keypoint_names) if keypoint_names else None
-    return build_train_transforms(data.min_size, data.max_size, data.flip_prob, data.pixel_mean, data.pixel_std, flip)
+    return build_train_transforms(data.min_size, data.max_size, data.flip_prob, flip)
 
 
 def evaluation_tasks(arch: str) -> tuple[str, ...]:
@@ -116,7 +111,7 @@ class Evaluation:
         prepared = prepare_eval_dataset(
             annotations,
             data.path(data.val_images),
-            build_test_transforms(data.pixel_mean, data.pixel_std),
+            None,  # test images go to the detector as they are (it resizes and normalises them)
             max_images=None if every_image else config.eval.max_images,
             quiet=quiet,
         )

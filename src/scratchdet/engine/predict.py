@@ -18,7 +18,6 @@ import torch
 from torchvision.transforms.v2 import functional as F
 
 from scratchdet.data.coco import load_rgb
-from scratchdet.data.transforms import build_test_transforms
 from scratchdet.drawing import draw_items, png
 from scratchdet.engine import rundir
 from scratchdet.engine.detection import load_trained
@@ -68,14 +67,12 @@ def predict(run_dir: Path, images: list[Path], out: Path, score_threshold: float
     log.info(f"predicting with {trained.path} (iteration {trained.iteration}) on {len(files)} image(s)")
     names = {c["id"]: str(c["name"]) for c in trained.categories}
     category_of_label = {i + 1: c["id"] for i, c in enumerate(trained.categories)}
-    data = trained.config.data
-    transform = build_test_transforms(data.pixel_mean, data.pixel_std)
     out.mkdir(parents=True, exist_ok=True)
     results: list[dict[str, Any]] = []
     taken: set[str] = set()  # two images of one name (from two folders) must not overwrite each other's drawing
     for number, path in enumerate(files, start=1):
         picture = F.pil_to_tensor(load_rgb(path))  # an unreadable file: an error naming it
-        output = trained.model([transform(picture).to(trained.device)])[0]
+        output = trained.model([picture.to(trained.device)])[0]
         keep = output["scores"] >= score_threshold
         kept = {key: value[keep].cpu() for key, value in output.items()}
         detections = detections_of_image(number, kept, category_of_label)

@@ -6,14 +6,17 @@ the norm (torchvision's has none), then torchvision's deconvolution + upsampling
 The RPN head has no norm. The same norm factory serves backbone, FPN, box head and mask head, so one switch changes
 all of them; `head_norm` gives the FPN and heads another one (the FrozenBN baseline has none there).
 
-Inputs are expected already normalized (the data transforms do it): the detector's own transform only pads during
-training, and at test time resizes the shorter side to `test_size` and maps detections back to the input image.
+Inputs are 8-bit RGB images (float ones in [0, 1] also do), resized for training by the data pipeline: the
+detector's own transform normalises them on its device by `pixel_mean` / `pixel_std`, pads them during training, and
+at test time resizes the shorter side to `test_size` and maps detections back to the input image.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN, KeypointRCNN, MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -61,6 +64,8 @@ def build_detector(
     roi_canonical_scale: int,
     test_size: int,
     max_size: int,
+    pixel_mean: Sequence[float],
+    pixel_std: Sequence[float],
     threaded_roi_align: bool,
     stride_in_1x1: bool,
     **detector_options: Any,
@@ -97,8 +102,8 @@ def build_detector(
         num_classes=None,  # the predictors below carry it
         min_size=test_size,
         max_size=max_size,
-        image_mean=[0.0, 0.0, 0.0],  # inputs arrive normalized
-        image_std=[1.0, 1.0, 1.0],
+        image_mean=list(pixel_mean),
+        image_std=list(pixel_std),
         _skip_resize=True,  # training images arrive resized (and counted) by the data pipeline
         rpn_anchor_generator=anchors,
         rpn_head=RPNHead(fpn_channels, anchors.num_anchors_per_location()[0], conv_depth=rpn_conv_depth),
@@ -133,7 +138,7 @@ def build_detector(
             **common,
         )
     own = detector.transform
-    detector.transform = _NormalizedInputs(
+    detector.transform = InputTransform(
         own.min_size, own.max_size, own.image_mean, own.image_std, own.size_divisible, own.fixed_size,
         _skip_resize=own._skip_resize,
     )  # fmt: skip
@@ -141,13 +146,22 @@ def build_detector(
     return detector
 
 
-class _NormalizedInputs(GeneralizedRCNNTransform):
-    """torchvision's detector transform for images the data pipeline has normalised: its own normalisation,
-    with mean 0 and std 1 here, is the identity to the last bit, but costs two constants made on the device per
-    image (on a GPU, two waits) and two passes over the image."""
+class InputTransform(GeneralizedRCNNTransform):
+    """torchvision's detector transform, normalising with constants it holds: torchvision's makes its mean and
+    std tensors on the device for every image (on a GPU, two waits an image). An 8-bit image is scaled to [0, 1]
+    first. The operations are those of torchvision.transforms.v2's `ToDtype(scale=True)` and `Normalize`, so the
+    numbers are the same as when the data pipeline normalised."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Buffers move with the model; not persistent, so checkpoints hold what they always held.
+        self.register_buffer("pixel_mean", torch.tensor(self.image_mean).view(-1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(self.image_std).view(-1, 1, 1), persistent=False)
 
     def normalize(self, image: Tensor) -> Tensor:
-        return image
+        if not image.is_floating_point():
+            image = image.to(torch.float32).mul_(1.0 / 255)
+        return image.sub(self.pixel_mean).div_(self.pixel_std)
 
 
 def _roi_pool(output_size: int, canonical_scale: int, threaded: bool) -> MultiScaleRoIAlign:
