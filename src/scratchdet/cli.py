@@ -618,6 +618,7 @@ def _after_a_full_disk(args: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    together = False  # whether every process of a distributed run ends the same way (see distributed.shutdown)
     try:
         if args.portable or portable.requested(os.environ):
             portable.enable()  # before any command touches torch; the processes it starts inherit it
@@ -630,8 +631,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from scratchdet.engine.distributed import init_from_environment
 
             init_from_environment()
-        return int(args.handler(args))
+        code = int(args.handler(args))
+        together = True
+        return code
     except TrainingPaused as exc:
+        together = True
         if _is_main_process():
             print(str(exc).replace("RUN_DIR", str(getattr(args, "resume", None) or args.out)), file=sys.stderr)
         return exc.exit_code
@@ -652,4 +656,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         from scratchdet.engine.distributed import shutdown
 
-        shutdown()
+        shutdown(together=together)

@@ -273,3 +273,29 @@ def test_when_a_launched_process_dies_the_launcher_says_how_to_resume(synth_dir:
                        "--out", str(out), "--nproc", "2", env=planted)  # fmt: skip
     assert died.returncode != 0 and "Traceback" not in died.stderr
     assert f"continue it with `scratchdet train --resume {out} --nproc 2`" in died.stderr, died.stderr[-2000:]
+
+
+LEAVE = """
+import os, sys, time
+import torch.distributed as dist
+from scratchdet.engine import distributed
+dist.init_process_group("gloo")
+if distributed.rank() == 0:
+    time.sleep(2)  # still writing its checkpoint, say
+arrived = time.time()
+distributed.shutdown(together=True)
+print(arrived, time.time())
+"""
+
+
+def test_a_process_that_ends_with_its_peers_leaves_the_group_only_when_they_all_have_arrived() -> None:
+    # Leaving while a peer still used the connections aborted that peer ("terminate called without an active
+    # exception") in a real 2-process study paused with --stop-at.
+    env = {**os.environ, **PORTABLE, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2"}
+    command = [sys.executable, "-c", LEAVE]
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    ranks = [subprocess.Popen(command, env={**env, "RANK": str(rank)}, **pipes) for rank in (0, 1)]
+    outputs = [process.communicate(timeout=120) for process in ranks]
+    assert [process.returncode for process in ranks] == [0, 0], outputs
+    (zero_arrived, _), (_, one_left) = (map(float, out.split()) for out, _ in outputs)
+    assert one_left >= zero_arrived

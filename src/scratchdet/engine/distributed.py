@@ -77,9 +77,19 @@ def init_from_environment() -> torch.device:
     return torch.device("cuda", local_rank) if cuda else torch.device("cpu")
 
 
-def shutdown() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+def shutdown(*, together: bool) -> None:
+    """Leave the process group. `together` (every process ends the same way, a finish or a pause): wait for the
+    others first, so that no process tears down its connections while a peer still uses them (gloo then aborts
+    the peer, "terminate called without an active exception"). After an error a peer may be gone: leave at once.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if together and is_distributed():
+        try:
+            dist.barrier()
+        except RuntimeError as exc:  # a peer that failed after all: nothing left to wait for
+            log.debug(f"barrier before leaving the process group failed: {exc}")
+    dist.destroy_process_group()
 
 
 def wrap(model: nn.Module, device: torch.device) -> nn.Module:
