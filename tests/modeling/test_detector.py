@@ -151,3 +151,17 @@ def test_the_detector_normalises_8_bit_images_as_the_data_pipeline_did_with_cons
     assert torch.equal(batch.tensors[1, :, :48], before(images[1]))
     assert "aten.lift_fresh.default" not in count_ops(lambda: detector.transform(images)).ops  # no constant an image
     assert "pixel_mean" not in detector.state_dict()  # checkpoints hold what they held before
+
+
+def test_the_training_forward_is_torchvisions_with_one_check_of_the_boxes_for_the_batch() -> None:
+    torch.manual_seed(0)
+    model = build_test_detector(norm="gn", **SMALL).train()
+    images = [torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8) for _ in range(3)]
+    targets = [{**t, "sample_seed": i} for i, t in enumerate(_targets(3))]
+    ours = model(images, targets)
+    theirs = torchvision.models.detection.generalized_rcnn.GeneralizedRCNN.forward(model, images, targets)
+    assert list(ours) == list(theirs)  # the same losses in the same order (the log's and the sum's)
+    assert all(torch.equal(ours[name], theirs[name]) for name in ours)
+    targets[2]["boxes"] = torch.tensor([[10.0, 8, 40, 30], [20.0, 30, 20, 60]])  # zero width
+    with pytest.raises(ValueError, match=r"invalid box \[20.0, 30.0, 20.0, 60.0\] for target at index 2"):
+        model(images, targets)

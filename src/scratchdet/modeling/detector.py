@@ -21,17 +21,18 @@ from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN, KeypointRCNN, MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.keypoint_rcnn import KeypointRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
-from torchvision.ops import Conv2dNormActivation, MultiScaleRoIAlign
+from torchvision.ops import Conv2dNormActivation
 
 from scratchdet.errors import ScratchdetError
 from scratchdet.modeling.backbone import build_backbone_with_fpn, build_resnet, freeze_stages
+from scratchdet.modeling.heads import use_batched_heads
 from scratchdet.modeling.norm import get_norm
 from scratchdet.modeling.roi_align import SeparableMultiScaleRoIAlign
-from scratchdet.modeling.sampling import install_seeded_samplers
 from scratchdet.names import ARCHS, BOX_HEADS
 
 FPN_LEVELS = ["0", "1", "2", "3"]
@@ -73,7 +74,8 @@ def build_detector(
     """A randomly initialized detector; `num_classes` counts object categories (background is added). Every
     setting is given: their defaults live in the config alone (`assemble.detector_arguments` reads them from there).
 
-    Its anchor and RoI samplers draw from each training image's `sample_seed` (see `sampling.py`).
+    Its RPN and RoI heads train on the whole batch at once (`heads.py`) and draw their anchor and RoI samples
+    from each training image's `sample_seed` (`sampling.py`).
 
     `detector_options` go to torchvision's `MaskRCNN`/`FasterRCNN` (RPN and RoI sampling sizes, score threshold,
     detections per image). Call `init_scratch` or `load_backbone_weights` on the result to initialize it.
@@ -114,7 +116,7 @@ def build_detector(
     )
     detector: MaskRCNN | FasterRCNN
     if arch == "faster_rcnn":
-        detector = FasterRCNN(features, **common)
+        detector = BatchedFasterRCNN(features, **common)
     elif arch == "keypoint_rcnn":
         head_layers = [
             Conv2dNormActivation(
@@ -122,7 +124,7 @@ def build_detector(
             )
             for i in range(keypoint_head_convs)
         ]
-        detector = KeypointRCNN(
+        detector = BatchedKeypointRCNN(
             features,
             keypoint_roi_pool=_roi_pool(14, roi_canonical_scale, threaded_roi_align),
             keypoint_head=nn.Sequential(*head_layers),
@@ -130,7 +132,7 @@ def build_detector(
             **common,
         )
     else:
-        detector = MaskRCNN(
+        detector = BatchedMaskRCNN(
             features,
             mask_roi_pool=_roi_pool(14, roi_canonical_scale, threaded_roi_align),
             mask_head=MaskRCNNHeads(fpn_channels, [mask_head_conv_dim] * mask_head_convs, 1, norm_layer=norm_factory),
@@ -142,8 +144,57 @@ def build_detector(
         own.min_size, own.max_size, own.image_mean, own.image_std, own.size_divisible, own.fixed_size,
         _skip_resize=own._skip_resize,
     )  # fmt: skip
-    install_seeded_samplers(detector)
+    use_batched_heads(detector)
     return detector
+
+
+class _BatchedTraining(GeneralizedRCNN):
+    """torchvision's detector, whose training forward checks the boxes once for the batch (torchvision reads a
+    number an image, a host wait each on a GPU) and feeds the batched heads (`heads.py`). Inference is
+    torchvision's."""
+
+    def forward(
+        self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None
+    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        if not self.training:
+            return super().forward(images, targets)
+        if targets is None:
+            raise ValueError("a detector in training mode needs targets (a dict of boxes, labels, ... an image)")
+        image_list, targets = self.transform(images, targets)
+        assert targets is not None
+        check_boxes(targets)
+        features = self.backbone(image_list.tensors)
+        proposals, proposal_losses = self.rpn(image_list, features, targets)
+        _, detector_losses = self.roi_heads(features, proposals, image_list.image_sizes, targets)
+        return {**detector_losses, **proposal_losses}  # torchvision's order
+
+
+class BatchedMaskRCNN(_BatchedTraining, MaskRCNN):
+    """torchvision's `MaskRCNN`, trained a batch at a time."""
+
+
+class BatchedFasterRCNN(_BatchedTraining, FasterRCNN):
+    """torchvision's `FasterRCNN`, trained a batch at a time."""
+
+
+class BatchedKeypointRCNN(_BatchedTraining, KeypointRCNN):
+    """torchvision's `KeypointRCNN`, trained a batch at a time."""
+
+
+def check_boxes(targets: list[dict[str, Tensor]]) -> None:
+    """Every box (N, 4) of every image has positive width and height (torchvision's check, one wait a batch)."""
+    for index, target in enumerate(targets):
+        boxes = target["boxes"]
+        if boxes.dim() != 2 or boxes.shape[-1] != 4:
+            raise ValueError(f"target {index}: boxes must be a tensor of shape (N, 4), not {tuple(boxes.shape)}")
+    degenerate = [(t["boxes"][:, 2:] <= t["boxes"][:, :2]).any(1) for t in targets]
+    if torch.cat(degenerate).any():  # the one wait
+        index = next(i for i, image in enumerate(degenerate) if image.any())
+        box = targets[index]["boxes"][int(degenerate[index].nonzero()[0])].tolist()
+        raise ValueError(
+            f"All bounding boxes should have positive height and width. Found invalid box {box} for target at "
+            f"index {index}."
+        )
 
 
 class InputTransform(GeneralizedRCNNTransform):
@@ -164,8 +215,9 @@ class InputTransform(GeneralizedRCNNTransform):
         return image.sub(self.pixel_mean).div_(self.pixel_std)
 
 
-def _roi_pool(output_size: int, canonical_scale: int, threaded: bool) -> MultiScaleRoIAlign:
+def _roi_pool(output_size: int, canonical_scale: int, threaded: bool) -> SeparableMultiScaleRoIAlign:
     # The FPN level of a RoI is 4 + log2(sqrt(area) / canonical_scale): with small inputs the canonical scale
     # must shrink too, or every RoI lands on P2.
-    pooler = SeparableMultiScaleRoIAlign if threaded else MultiScaleRoIAlign
-    return pooler(FPN_LEVELS, output_size, sampling_ratio=2, canonical_scale=canonical_scale)
+    return SeparableMultiScaleRoIAlign(
+        FPN_LEVELS, output_size, sampling_ratio=2, canonical_scale=canonical_scale, separable=threaded
+    )

@@ -85,23 +85,59 @@ def separable_roi_align(
 
 
 class SeparableMultiScaleRoIAlign(MultiScaleRoIAlign):
-    """torchvision's `MultiScaleRoIAlign` (same level assignment, same output up to rounding) computed by
-    `separable_roi_align` on the CPU."""
+    """torchvision's `MultiScaleRoIAlign` (same level assignment, same output up to rounding), computed by
+    `separable_roi_align` on the CPU when `separable` (else by torchvision's kernels).
 
-    def forward(self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]) -> Tensor:
+    torchvision finds each FPN level's RoIs with `torch.where` (a host wait a level on a GPU). Given the RoIs'
+    levels and how many fall on each (`levels_of`, read by the caller with other numbers it needs), the RoIs are
+    sorted by level instead and nothing waits; the output is the same to the last bit (the same RoIs, in the same
+    order, meet each level's kernel).
+    """
+
+    def __init__(self, *args: Any, separable: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.separable = separable
+
+    def levels_of(self, x: dict[str, Tensor], boxes: Tensor, image_shapes: list[tuple[int, int]]) -> Tensor:
+        """The FPN level (0 = the finest) each box (..., 4) is pooled from: torchvision's rule."""
+        self._features(x, image_shapes)
+        return self.map_levels([boxes.reshape(-1, 4)]).view(boxes.shape[:-1])
+
+    def forward(
+        self,
+        x: dict[str, Tensor],
+        boxes: list[Tensor],
+        image_shapes: list[tuple[int, int]],
+        levels: tuple[Tensor, list[int]] | None = None,
+    ) -> Tensor:
+        """Pool `boxes` (one tensor an image); `levels`: each RoI's level (of all images' RoIs in order) and the
+        number of RoIs on each level, as `levels_of` gives them."""
+        features = self._features(x, image_shapes)
+        scales: list[float] = self.scales
+        rois = _convert_to_roi_format(boxes)
+        if levels is None:
+            level_of_roi = self.map_levels(boxes)
+            chosen = [torch.where(level_of_roi == level)[0] for level in range(len(features))]
+        else:
+            level_of_roi, sizes = levels
+            order = torch.argsort(level_of_roi, stable=True)  # each level's RoIs in their order, as torch.where
+            chosen = list(order.split(sizes))
+        pooled = torch.cat([
+            self._align(level_features, rois[indices], scale).to(features[0].dtype)
+            for level_features, scale, indices in zip(features, scales, chosen, strict=True)
+        ])  # fmt: skip
+        return torch.empty_like(pooled).index_copy_(0, torch.cat(chosen), pooled)  # back in the RoIs' order
+
+    def _features(self, x: dict[str, Tensor], image_shapes: list[tuple[int, int]]) -> list[Tensor]:
         features = _filter_input(x, self.featmap_names)
         pooler: Any = self  # torchvision declares scales and map_levels without types
         if pooler.scales is None or pooler.map_levels is None:
             pooler.scales, pooler.map_levels = _setup_scales(
                 features, image_shapes, self.canonical_scale, self.canonical_level
             )
-        scales: list[float] = pooler.scales
-        rois = _convert_to_roi_format(boxes)
+        return features
+
+    def _align(self, features: Tensor, rois: Tensor, scale: float) -> Tensor:
         output_size = (int(self.output_size[0]), int(self.output_size[1]))
-        levels = pooler.map_levels(boxes)
-        result = features[0].new_zeros((len(rois), features[0].shape[1], *output_size))
-        for level, (level_features, scale) in enumerate(zip(features, scales, strict=True)):
-            chosen = torch.where(levels == level)[0]
-            pooled = separable_roi_align(level_features, rois[chosen], output_size, scale, self.sampling_ratio)
-            result[chosen] = pooled.to(result.dtype)
-        return result
+        align = separable_roi_align if self.separable else roi_align
+        return align(features, rois, output_size, scale, self.sampling_ratio)
