@@ -7,6 +7,7 @@ a table, write a JSON file, and assert nothing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import resource
@@ -14,7 +15,7 @@ import statistics
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +30,15 @@ def reference_step(
     model: nn.Module, optimizer: torch.optim.Optimizer, images: list[torch.Tensor], targets: list[dict[str, Any]],
     device: torch.device, bf16: bool = False,
 ) -> float:  # fmt: skip
-    """One iteration of torchvision's reference detection loop (references/detection/engine.py), minus logging.
+    """One iteration of torchvision's reference detection loop (references/detection/engine.py), minus logging,
+    with torchvision's own RPN and RoI heads (per-image matching, sampling and targets) in place of ours.
 
     Move the batch, forward under autocast when asked, sum the losses, check the total is finite (one sync),
     zero the gradients, backward, step.
     """
     images = [image.to(device) for image in images]
     targets = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in t.items()} for t in targets]
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16), torchvision_heads(model):
         loss_dict = model(images, targets)
         losses = sum(loss for loss in loss_dict.values())
     loss_value = float(losses.item())
@@ -46,6 +48,22 @@ def reference_step(
     losses.backward()
     optimizer.step()
     return loss_value
+
+
+@contextlib.contextmanager
+def torchvision_heads(model: nn.Module) -> Iterator[None]:
+    """`model` as torchvision's own detector, RPN and RoI heads while the block runs (its per-image checks,
+    matching, sampling and targets). Ours subclass them and add no state (the same modules and parameters), so
+    the loops can share one model and its optimizer."""
+    parts = [model, model.rpn, model.roi_heads]
+    ours = [type(part) for part in parts]
+    for part in parts:
+        part.__class__ = next(c for c in type(part).__mro__ if c.__module__.startswith("torchvision."))
+    try:
+        yield
+    finally:
+        for part, own in zip(parts, ours, strict=True):
+            part.__class__ = own
 
 
 def synchronize(device: torch.device) -> None:

@@ -8,10 +8,10 @@ alternating in rounds so that the machine's speed cancels in the ratios:
   reference      `for images, targets in loader: loss = sum(model(images, targets).values()); ...` with a plain
                  DataLoader (torchvision's references/detection/engine.py, minus logging) drawing the same images
                  in the same order as ours (a step's cost depends on its images), on the same model built from
-                 torchvision's stock parts (its own MultiScaleRoIAlign);
+                 torchvision's stock parts (its RoIAlign kernels, RPN and RoI heads);
   ours           scratchdet's Trainer with its seeded batch stream, as `scratchdet train` runs it;
-  ours (before)  the same with the CPU optimisations switched off (model.threaded_roi_align=false: torchvision's
-                 RoIAlign kernels): the reference's model in our loop, so against the reference it measures the loop.
+  ours (before)  the same with the CPU RoIAlign switched off (model.threaded_roi_align=false: torchvision's
+                 RoIAlign kernels), so against the reference it measures our loop and batched heads alone.
 Reported: iterations/s, images/s, ours / reference, the share of step time spent waiting for data, the peak
 resident memory of the process, and from one more (untimed) step: the operations that step dispatched and those
 that would make the host wait on a GPU (scratchdet.engine.op_count). Generated data is made under data/bench/ on
