@@ -7,8 +7,8 @@ sampling (`sampling.py`), regression targets, losses and mask targets are comput
 operation each. The RoI heads read the sampled counts once (one host wait) to pool exactly the sampled RoIs, so the
 box and mask heads see what torchvision's see: no padding RoIs (which would change a BatchNorm head's statistics).
 The losses are torchvision's (same normalisations); only the order of floating-point sums and the random draw differ.
-Proposal filtering (top-n, clipping, NMS) gives torchvision's proposals with one NMS for the batch, in training and
-inference; the rest of inference is torchvision's, unchanged.
+Proposal filtering (top-n, clipping, NMS) gives torchvision's proposals without waiting to drop boxes, with NMS calls
+sized for the device (`nms_calls`), in training and inference; the rest of inference is torchvision's, unchanged.
 """
 
 from __future__ import annotations
