@@ -117,6 +117,7 @@ def run_demo(
         print(report.format(max_problems=20))
         if not report.ok:
             raise ScratchdetError(f"the demo dataset in {data} has errors; delete it and run again")
+    print(f"data ready {time.perf_counter() - started:.0f} s after the start")
     if check_only:
         return None
     packaged = Path(str(resources.files("scratchdet") / "configs" / "demo" / variant.study))

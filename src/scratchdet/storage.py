@@ -23,6 +23,14 @@ def _umask() -> int:
     return mask
 
 
+def append_line(path: Path, line: str) -> None:
+    """Append one line and make it durable before going on (a record is on disk, or is not there at all)."""
+    with open(path, "a", encoding="utf-8") as file:
+        file.write(line + "\n")
+        file.flush()
+        os.fsync(file.fileno())
+
+
 def with_file_name(error: OSError, path: Path) -> OSError:
     """`error` naming `path` when it names no file (a write to a full disk does not say which file it was)."""
     return error if error.filename else OSError(error.errno, error.strerror, str(path))

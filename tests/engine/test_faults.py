@@ -43,7 +43,7 @@ def _scratchdet(arguments: list[str], fault: tuple[str, int] | None = None) -> s
 
 def _training_records(run_dir: Path) -> list[dict[str, object]]:
     """Logged losses, lr and counts per iteration, without the timings (which differ between runs)."""
-    timing = ("seconds_per_iteration", "data_seconds", "eval_seconds")
+    timing = ("seconds_per_iteration", "data_seconds", "eval_seconds", "timed_steps", "time")
     return [{k: v for k, v in r.items() if k not in timing} for r in read_metrics(run_dir)]
 
 

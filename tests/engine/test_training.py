@@ -74,6 +74,8 @@ def test_run_directory_is_self_describing(short_run: Path) -> None:
         "lr",
         "seconds_per_iteration",
         "data_seconds",
+        "timed_steps",
+        "time",
         "images_seen",
         "instances_seen",
         "pixels_seen",

@@ -12,6 +12,7 @@ import yaml
 from scratchdet.config import load_config
 from scratchdet.engine.detection import train
 from scratchdet.study.runner import run_study
+from scratchdet.study.timeline import read_timeline
 from tests.conftest import final_weights, tiny_training_overrides
 
 # At 4 images per iteration: 24 and 12 iterations; the short arm forks at its first lr step, 8.
@@ -39,6 +40,22 @@ def test_study_runs_every_arm_and_writes_the_report(tiny_study: tuple[Path, Path
     assert (out / "report" / "report.html").is_file() and (out / "report" / "report.md").is_file()
     forked = json.loads((out / "arms" / "scratch_gn_0.0000333333x_seed0" / "forked_from.json").read_text())
     assert forked["iteration"] == 8
+
+
+def test_the_report_shows_where_the_time_went(tiny_study: tuple[Path, Path, list[str]]) -> None:
+    _, out, _ = tiny_study
+    timeline = read_timeline(out)
+    assert timeline is not None and timeline.slots == 1
+    long, short = timeline.runs  # one at a time: the fork waits for its parent's end
+    assert (long.run, short.run) == ("arms/scratch_gn_0.0000666667x_seed0", "arms/scratch_gn_0.0000333333x_seed0")
+    assert long.exit_code == short.exit_code == 0 and long.started < long.ended <= short.started < short.ended
+    # Each process's own work: every step of the parent; the fork's 4 steps after its fork at 8, not the parent's.
+    assert (long.steps, len(long.evaluations)) == (24, 6)  # every 4 iterations, the last one final
+    assert (short.steps, len(short.evaluations)) == (4, 1)
+    for run in timeline.runs:
+        assert run.training > 0 and run.evaluating > 0 and run.training + run.evaluating <= run.wall
+    assert "Where the time went" in (out / "report" / "report.md").read_text()
+    assert (out / "report" / "figures" / "timeline.png").is_file()
 
 
 def test_forked_arm_equals_the_same_arm_trained_from_the_start(
@@ -73,3 +90,5 @@ def test_an_interrupted_study_runs_only_what_is_missing(
     messages = capfd.readouterr().err
     assert "arms/scratch_gn_0.0000666667x_seed0: already finished, skipped" in messages
     assert "started arms/scratch_gn_0.0000333333x_seed0 (resumed)" in messages
+    timeline = read_timeline(out)  # the latest call's: the short arm alone, redoing its end
+    assert timeline is not None and [r.run for r in timeline.runs] == ["arms/scratch_gn_0.0000333333x_seed0"]

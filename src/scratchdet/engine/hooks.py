@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -18,22 +17,17 @@ from typing import Any
 from scratchdet.engine import distributed, rundir
 from scratchdet.engine.checkpoint import Checkpointer
 from scratchdet.engine.trainer import HookBase
-from scratchdet.storage import with_file_name
+from scratchdet.storage import append_line, with_file_name
 
 log = logging.getLogger(__name__)
 EvaluateFn = Callable[[int, bool], dict[str, dict[str, float]]]  # (iteration, final) → metrics
 
 
-def append_line(path: Path, line: str) -> None:
-    """Append one line and make it durable before going on (a record is on disk, or is not there at all)."""
-    with open(path, "a", encoding="utf-8") as file:
-        file.write(line + "\n")
-        file.flush()
-        os.fsync(file.fileno())
-
-
 class MetricsWriter:
-    """Appends one JSON object per record to metrics.jsonl, and mirrors scalars to TensorBoard."""
+    """Appends one JSON object per record to metrics.jsonl, and mirrors scalars to TensorBoard.
+
+    Each record carries `time`, the wall clock (Unix seconds) when it was written: a study's timeline
+    (study/timeline.py) places evaluations and training with it."""
 
     def __init__(self, run_dir: Path, start_iteration: int) -> None:
         self.path = run_dir / rundir.METRICS
@@ -47,6 +41,7 @@ class MetricsWriter:
             log.warning("tensorboard is not installed: no event files")
 
     def write(self, record: dict[str, Any]) -> None:
+        record = {**record, "time": round(time.time(), 3)}
         try:
             append_line(self.path, json.dumps(record))
         except OSError as exc:
@@ -54,7 +49,8 @@ class MetricsWriter:
         if self._tensorboard is not None:
             try:
                 for key, value in _flatten(record).items():
-                    if key != "iteration" and isinstance(value, int | float) and not isinstance(value, bool):
+                    scalar = isinstance(value, int | float) and not isinstance(value, bool)
+                    if scalar and key not in ("iteration", "time"):
                         self._tensorboard.add_scalar(key, value, record["iteration"])
             except OSError as exc:
                 raise with_file_name(exc, self.path.parent / rundir.TENSORBOARD) from None
@@ -114,7 +110,7 @@ class MetricsHook(HookBase):
         trainer = self.trainer
         step = sum(s for s, _ in self._window) / len(self._window)
         data = sum(d for _, d in self._window) / len(self._window)
-        self._window = []
+        steps, self._window = len(self._window), []
         record: dict[str, Any] = {
             "iteration": trainer.iteration,
             **trainer.last_losses,
@@ -122,6 +118,7 @@ class MetricsHook(HookBase):
             "lr": trainer.last_lr,
             "seconds_per_iteration": step,
             "data_seconds": data,
+            "timed_steps": steps,  # the steps this process timed since its last record (fewer after a resume)
             **{f"{name}_seen": value for name, value in trainer.counts.as_dict().items()},
         }
         if self.pretrain_counts:

@@ -18,6 +18,7 @@ from scratchdet.storage import atomic_write_bytes
 from scratchdet.study.convergence import schedule_text
 from scratchdet.study.intervals import Z_975, Evidence
 from scratchdet.study.results import ArmResult, full_data_subset, grouped, mean_std
+from scratchdet.study.timeline import Timeline
 
 COLOURS = {"scratch": "tab:blue", "pretrained": "tab:orange"}
 STYLES = ["-", "--", ":", "-."]
@@ -191,4 +192,35 @@ def figure_overfitting(arms: list[ArmResult]) -> Figure:
             other.plot(*zip(*arm.curve("bbox"), strict=True), "o-", color=COLOURS[arm.init], label="val box AP")
         other.set_ylabel("val box AP")
         axis.set_title(f"{arm.name} ({arm.train_images} images)", fontsize=9)
+    return figure
+
+
+TIMELINE_COLOURS = {"waiting": "whitesmoke", "other": "darkgrey", "training": "tab:green", "evaluating": "tab:red"}
+
+
+def figure_timeline(timeline: Timeline) -> Figure | None:
+    """One bar per run of the latest submission: waiting, then its process (start-up and the rest in grey, steps
+    in green, evaluations in red), against seconds since the submission began."""
+    if not timeline.runs:
+        return None
+    figure, axis = plt.subplots(figsize=(10, 1.2 + 0.32 * len(timeline.runs)))
+    for row, run in enumerate(timeline.runs):
+        y = len(timeline.runs) - 1 - row  # the first to start at the top
+
+        def bar(start: float, stop: float, part: str, y: int = y) -> None:
+            axis.barh(y, stop - start, left=start, color=TIMELINE_COLOURS[part], edgecolor="none", height=0.7)
+
+        bar(0.0, run.started, "waiting")
+        bar(run.started, run.ended, "other")
+        if run.training_span is not None:
+            bar(*run.training_span, "training")
+        for start, stop in run.evaluations:
+            bar(start, stop, "evaluating")
+    axis.set_yticks(range(len(timeline.runs)), [r.run for r in reversed(timeline.runs)], fontsize=7)
+    axis.set_xlabel("seconds since the study's runs were submitted")
+    axis.set_title(f"where the time went ({timeline.slots} at once; the slots were busy {timeline.busy:.0%} of it)")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c, ec="grey", lw=0.3) for c in TIMELINE_COLOURS.values()]
+    labels = ["waiting", "start-up, checkpoints", "training", "evaluating"]
+    axis.legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    axis.grid(axis="x", alpha=0.3)
     return figure

@@ -25,6 +25,7 @@ from scratchdet.engine.mps import CONTROL, mps_server
 from scratchdet.errors import ScratchdetError
 from scratchdet.study.jobs import JobGraph, JobState, JobStatus, StudyJob, runs_of
 from scratchdet.study.spec import StudyPlan
+from scratchdet.study.timeline import record_event
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 0.5
@@ -52,7 +53,7 @@ class LocalExecutor:
 
     def submit(self, graph: JobGraph, study_dir: Path) -> None:
         with _gpu_sharing(self.parallel) as environment:
-            self.failed = _run(graph, self.parallel, environment)
+            self.failed = _run(graph, self.parallel, environment, study_dir)
 
     def wait(self, graph: JobGraph, study_dir: Path) -> dict[str, JobState]:
         """Every job's state (`submit` has run them to their end)."""
@@ -94,8 +95,9 @@ class _Run:
         return self.last.iterations - self.first.start
 
 
-def _run(graph: JobGraph, parallel: int, environment: dict[str, str]) -> set[str]:
-    """Run every run not yet done, at most `parallel` at a time; returns the names of those that failed."""
+def _run(graph: JobGraph, parallel: int, environment: dict[str, str], study_dir: Path) -> set[str]:
+    """Run every run not yet done, at most `parallel` at a time; returns the names of those that failed. Each
+    start and end goes to the study's timeline (study/timeline.py)."""
     threads = max(1, (os.cpu_count() or 1) // parallel) if parallel > 1 else None
     runs = [_Run(parts) for parts in runs_of(graph).values()]
     progress = _Progress(runs)
@@ -105,11 +107,14 @@ def _run(graph: JobGraph, parallel: int, environment: dict[str, str]) -> set[str
     pending = [run for run in runs if not run.last.done()]
     running: list[_Run] = []
     failed: set[str] = set()
+    if pending:  # a call that finds everything done keeps the timeline of the call that did it
+        record_event(study_dir, "submitted", slots=parallel)
     try:
         while pending or running:
             for run in [r for r in running if r.process is not None and r.process.poll() is not None]:
                 running.remove(run)
                 code = run.process.returncode if run.process is not None else None
+                record_event(study_dir, "ended", run=run.name, exit_code=code)
                 if code != 0 or not run.last.done():
                     failed.add(run.name)
                     log.error(f"{run.name} failed (exit {code}):\n    {_console_tail(run.last)}")
@@ -120,6 +125,7 @@ def _run(graph: JobGraph, parallel: int, environment: dict[str, str]) -> set[str
                     log.error(f"{run.name} skipped: a job it needs failed")
                 elif len(running) < parallel and run.ready(graph):
                     run.process = _start(run.last, threads, environment)
+                    record_event(study_dir, "started", run=run.name)
                     pending.remove(run)
                     running.append(run)
             if not running and pending and not any(r.ready(graph) for r in pending):
@@ -130,6 +136,7 @@ def _run(graph: JobGraph, parallel: int, environment: dict[str, str]) -> set[str
         for run in running:  # interrupted: stop the children; their checkpoints let the study resume
             if run.process is not None and run.process.poll() is None:
                 run.process.terminate()
+                record_event(study_dir, "ended", run=run.name, exit_code=None, stopped=True)
         progress.close()
     return failed
 

@@ -34,6 +34,7 @@ from scratchdet.study.render import (
     markdown,
 )
 from scratchdet.study.results import ArmResult, PretrainResult, grouped, mean_std, read_pretraining, read_study
+from scratchdet.study.timeline import Timeline, read_timeline
 from scratchdet.study.verdicts import Finding
 
 TABLE_METRICS = (("bbox", "AP"), ("bbox", "AP50"), ("bbox", "AP75"), ("segm", "AP"))
@@ -187,6 +188,9 @@ def build_report(study_dir: Path) -> Path:
     if unfinished:
         runs.append(Paragraph(f"Unfinished arms (not in the verdicts): {', '.join(unfinished)}"))
     sections.append(Section("Runs", runs))
+    timeline = read_timeline(study_dir)
+    if timeline is not None and timeline.runs:
+        sections.append(Section("Where the time went", _timeline(timeline, out)))
     title = f"scratchdet study: {study_dir.name}"
     atomic_write_text(out / "report.md", markdown(title, sections))
     atomic_write_text(out / "report.html", html_page(title, sections))
@@ -201,6 +205,44 @@ def _figures(arms: list[ArmResult], evidence: Evidence, out: Path) -> list[Block
             path = f"figures/{name}.png"
             blocks.append(Figure(Picture(figures.save(figure, out / path), path, name), caption))
     return blocks
+
+
+def timeline_table(timeline: Timeline) -> list[list[str]]:
+    """Rows: each run of the latest submission, by start: how long it waited, then its process's parts (s)."""
+    rows = [["run", "waited", "start-up, checkpoints", "training (steps)", "evaluating", "wall", "ended at", "exit"]]
+    for run in timeline.runs:
+        seconds = [run.started, run.other, run.training, run.evaluating, run.wall, run.ended]
+        cells = [f"{value:.1f}" for value in seconds]
+        cells[2] += f" ({run.steps})"
+        cells[3] += f" ({len(run.evaluations)})"
+        rows.append([run.run, *cells, "running or killed" if run.exit_code is None else str(run.exit_code)])
+    return rows
+
+
+def timeline_summary(timeline: Timeline) -> str:
+    runs = timeline.runs
+    total = sum(r.wall for r in runs) or 1.0
+    parts = [(sum(r.training for r in runs), "training"), (sum(r.evaluating for r in runs), "evaluating"),
+             (sum(r.other for r in runs), "starting up, writing checkpoints and summaries")]  # fmt: skip
+    return (
+        f"The latest call trained {len(runs)} run(s), at most {timeline.slots} at once, in {timeline.span:.0f} s from "
+        f"its start to the last run's end; the slots were busy {timeline.busy:.0%} of that time (idle: waiting for a "
+        "run another needs, or nothing left to start). Of the runs' own time: "
+        + ", ".join(f"{seconds / total:.0%} {what}" for seconds, what in parts)
+        + ". Seconds after the call began; training: the steps' time (their number in brackets), evaluating: the "
+        "evaluations' (their number in brackets), start-up: what a process spent outside its steps and evaluations. "
+        "Data generation before the study and this report are not in it."
+    )
+
+
+def _timeline(timeline: Timeline, out: Path) -> list[Block]:
+    blocks: list[Block] = [Paragraph(timeline_summary(timeline))]
+    figure = figures.figure_timeline(timeline)
+    if figure is not None:
+        path = "figures/timeline.png"
+        caption = "Each run's wait and its process over the call's time."
+        blocks.append(Figure(Picture(figures.save(figure, out / path), path, "timeline"), caption))
+    return [*blocks, Table(timeline_table(timeline))]
 
 
 def _gallery(arms: list[ArmResult], out: Path) -> list[Block]:

@@ -173,7 +173,9 @@ def run_study(
     states = chosen.wait(graph, study_dir)
     if states is None:
         return None
+    report_started = time.perf_counter()
     report = build_report(study_dir)
+    log.info(f"report written in {time.perf_counter() - report_started:.1f} s")
     unfinished = [name for name, state in states.items() if state.status is not JobStatus.FINISHED]
     if unfinished:
         raise ScratchdetError(
