@@ -172,6 +172,12 @@ class EvalConfig(_Section):
     score_thresh: float = Field(0.05, ge=0, lt=1)
     detections_per_image: int = Field(100, gt=0)
     max_images: int | None = Field(None, gt=0, description="evaluate on the first N val images only")
+    images_per_batch: int = Field(
+        2,
+        gt=0,
+        description="images per inference batch (per process); a batch holds images of one size (none is padded, "
+        "so an image's detections do not depend on the batch)",
+    )
     final_all_images: bool = Field(
         False, description="the final evaluation uses every val image even when max_images limits the periodic ones"
     )

@@ -235,6 +235,35 @@ def test_a_real_runs_detections_rescored_by_pycocotools_give_its_final_metrics(s
             assert value == pytest.approx(expected, abs=1e-4), task
 
 
+def test_evaluation_batches_hold_images_of_one_size() -> None:
+    from scratchdet.engine.detection import evaluation_batches
+
+    sizes = [(128, 96), (96, 128), (128, 96), (128, 96), (96, 128), (128, 96)]
+    assert evaluation_batches(sizes, 2) == [[0, 2], [3, 5], [1, 4]]
+    assert evaluation_batches(sizes, 3) == [[0, 2, 3], [5], [1, 4]]
+    assert evaluation_batches(sizes, 1) == [[i] for i in (0, 2, 3, 5, 1, 4)]
+
+
+def test_an_images_detections_do_not_depend_on_the_evaluation_batch(short_run: Path, tmp_path: Path) -> None:
+    """The validation scenes come in three sizes: in batches of 12 or 1, no image is padded, so each is scored as if
+    alone (up to the rounding of batched convolutions)."""
+    from scratchdet.engine.detection import evaluate_saved
+
+    paths = {size: tmp_path / f"{size}.json" for size in (1, 12)}
+    metrics = {
+        size: evaluate_saved(short_run, [f"eval.images_per_batch={size}"], quiet=True, detections=path)
+        for size, path in paths.items()
+    }
+    alone, batched = (json.loads(path.read_text()) for path in paths.values())
+    assert len(alone) == len(batched) > 0
+    for mine, theirs in zip(batched, alone, strict=True):
+        assert (mine["image_id"], mine["category_id"]) == (theirs["image_id"], theirs["category_id"])
+        assert mine["bbox"] == pytest.approx(theirs["bbox"], abs=1e-2)
+        assert mine["score"] == pytest.approx(theirs["score"], abs=1e-4)
+    for task in ("bbox", "segm"):
+        assert metrics[12][task] == pytest.approx(metrics[1][task], abs=1e-3)
+
+
 def test_the_final_evaluation_can_use_every_validation_image(synth_dir: Path, tmp_path: Path) -> None:
     from scratchdet.engine.rundir import evaluation_file
     from scratchdet.evaluation.coco import read_evaluation

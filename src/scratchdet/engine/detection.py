@@ -100,9 +100,10 @@ def train_batches(dataset: Any, config: Config, start_iteration: int) -> Iterato
 class Evaluation:
     """The validation set, loaded once, and a callable that scores a model on it.
 
-    With several processes each runs inference on every N-th batch of 2 (the same batches as one process, so
-    padding and hence detections are identical), rank 0 gathers and scores the detections, and every process
-    returns the metrics.
+    Inference runs on batches of up to `eval.images_per_batch` images of one size each (`evaluation_batches`): a
+    batch pads its images to the largest, and an image's detections would then depend on its neighbours. With
+    several processes each runs every N-th of the same batches, rank 0 gathers and scores the detections, and every
+    process returns the metrics.
     """
 
     def __init__(self, config: Config, device: torch.device, quiet: bool = False, every_image: bool = False) -> None:
@@ -119,8 +120,9 @@ class Evaluation:
         category_of_label = {label: category for category, label in self.dataset.index.label_of_category.items()}
         tasks = evaluation_tasks(config.model.arch)
         self.evaluator = CocoEvaluator(annotations, self.dataset.image_ids, category_of_label, tasks)
-        size = len(self.dataset)
-        batches = [list(range(start, min(start + 2, size))) for start in range(0, size, 2)]
+        images = self.dataset.index.images
+        sizes = [(images[i]["width"], images[i]["height"]) for i in self.dataset.image_ids]
+        batches = evaluation_batches(sizes, config.eval.images_per_batch)
         self.loader = torch.utils.data.DataLoader(
             self.dataset,
             batch_sampler=batches[distributed.rank() :: distributed.world_size()],
@@ -154,6 +156,19 @@ class Evaluation:
                 save_evaluation(evaluation_path, self.dataset.image_ids, self.evaluator.detections)
             results = self.evaluator.evaluate()
         return distributed.broadcast_from_main(results)
+
+
+def evaluation_batches(sizes: list[tuple[int, int]], images_per_batch: int) -> list[list[int]]:
+    """Positions 0..len(sizes)-1 of an evaluation set in batches of at most `images_per_batch`, each of one image
+    size (so no image is padded), the sizes in order of first appearance, each size's images in set order."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for position, size in enumerate(sizes):
+        groups.setdefault(size, []).append(position)
+    return [
+        members[start : start + images_per_batch]
+        for members in groups.values()
+        for start in range(0, len(members), images_per_batch)
+    ]
 
 
 # --------------------------------------------------------------------------------------------- training
