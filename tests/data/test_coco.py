@@ -78,7 +78,7 @@ def test_resize_scales_boxes_and_masks(tiny_coco_dir: Path) -> None:
     assert target["masks"].shape == (2, 60, 80) and target["masks"][1].sum() == 400
 
 
-def test_item_seed_fixes_the_random_transform(synth_dir: Path) -> None:
+def test_item_seed_fixes_the_random_transform(synth_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     index = CocoIndex.from_json(synth_dir / "annotations" / "instances_train.json")
     dataset = CocoDetection(
         index,
@@ -93,6 +93,14 @@ def test_item_seed_fixes_the_random_transform(synth_dir: Path) -> None:
     first, second = dataset[(0, 7)][0], dataset[(0, 7)][0]
     assert torch.equal(first, second)
     assert torch.equal(torch.get_rng_state(), state)  # the caller's random stream is untouched
+
+    # Only the CPU generator is seeded: a GPU's (the training process's, with 0 workers) is left alone, and a
+    # loader's worker does not pay for queueing a seed for CUDA it never starts.
+    def no_gpu_seed(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an item's seed reached a GPU generator")
+
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", no_gpu_seed)
+    assert torch.equal(dataset[(0, 7)][0], first)
 
 
 def test_subsets_are_nested_and_reproducible() -> None:
