@@ -94,3 +94,12 @@ def test_override_values_are_not_mutating_the_input() -> None:
     data = {"solver": {"base_lr": 0.1}}
     apply_overrides(data, ["solver.base_lr=0.2"])
     assert data == {"solver": {"base_lr": 0.1}}
+
+
+def test_compile_takes_a_mode_and_reads_yaml_switches() -> None:
+    modes = {value: load_config("demo/mask_rcnn", [f"solver.compile={value}"]).solver.compile
+             for value in ("off", "on", "false", "eager", "reduce-overhead")}  # fmt: skip
+    assert modes == {"off": "eager", "on": "default", "false": "eager", "eager": "eager",
+                     "reduce-overhead": "reduce-overhead"}  # fmt: skip
+    with pytest.raises(ScratchdetError, match=r"solver\.compile = 'fast' is not allowed"):
+        load_config("demo/mask_rcnn", ["solver.compile=fast"])

@@ -149,6 +149,18 @@ class SolverConfig(_Section):
         "fp32", description="bf16: forward passes under bfloat16 autocast (weights, gradients and SGD stay fp32)"
     )
     channels_last: bool = Field(False, description="keep the model's 4-d weights in channels-last memory layout")
+    compile: Literal["eager", "default", "max-autotune-no-cudagraphs", "reduce-overhead"] = Field(
+        "eager",
+        description="eager (not compiled), or the torch.compile mode for the backbone and FPN (their input is the "
+        "batch's padded size): each new size compiles first (minutes on a CPU; reduce-overhead adds CUDA graphs); "
+        "the numbers differ from eager ones in the last bits. false / true: eager / default",
+    )
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_switch(cls, value: Any) -> Any:
+        # YAML reads off / on / false / true as booleans.
+        return {False: "eager", True: "default"}.get(value, value) if isinstance(value, bool) else value
 
     @field_validator("schedule", mode="before")
     @classmethod

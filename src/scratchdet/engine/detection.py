@@ -206,6 +206,9 @@ def build_detection(config: Config, device: torch.device, quiet: bool = False) -
     categories = dataset.index.categories
     model, report = detector_from_config(config, len(categories), num_keypoints=keypoint_count(categories))
     model.to(device, memory_format=torch.channels_last if solver.channels_last else torch.preserve_format)
+    if solver.compile != "eager":
+        # In place: the parameters and their state-dict names stay the backbone's, so checkpoints load either way.
+        model.backbone.compile(mode=solver.compile)
     if report is not None:
         log.info(report.format())
     optimizer = build_optimizer(
