@@ -13,7 +13,6 @@ import math
 import resource
 import statistics
 import sys
-import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -91,16 +90,32 @@ def waits_and_ops(step: Callable[[], Any], device: torch.device) -> tuple[int, i
     return sum("synchroniz" in str(w.message) for w in caught), counts.total
 
 
-def timed(step: Callable[[], Any], steps: int, warmup: int, device: torch.device) -> float:
-    """Seconds per call of `step`, averaged over `steps` calls after `warmup` untimed ones."""
-    for _ in range(warmup):
-        step()
+def kernel_profile(step: Callable[[], Any], device: torch.device, steps: int) -> tuple[float, float]:
+    """(CUDA kernels launched, seconds the GPU ran a kernel) per call of `step`, over `steps` calls under
+    torch.profiler; NaN on a CPU, or where the profiler saw no kernel. Kernel durations are the GPU's own, so the
+    profiler's host overhead does not inflate them; overlapping kernels (several streams) count once."""
+    if device.type != "cuda":
+        return math.nan, math.nan
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
     synchronize(device)
-    started = time.perf_counter()
-    for _ in range(steps):
-        step()
-    synchronize(device)
-    return (time.perf_counter() - started) / steps
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as profiler:
+        for _ in range(steps):
+            step()
+        synchronize(device)
+    spans = sorted(
+        (event.time_range.start, event.time_range.end)
+        for event in profiler.events()
+        if event.device_type == DeviceType.CUDA and not event.name.startswith(("Memcpy", "Memset"))
+    )
+    if not spans:
+        return math.nan, math.nan
+    busy, reach = 0.0, -math.inf  # the union of the kernels' intervals (microseconds)
+    for start, end in spans:
+        busy += max(0.0, end - max(start, reach))
+        reach = max(reach, end)
+    return len(spans) / steps, busy / 1e6 / steps
 
 
 def reset_peak_memory(device: torch.device) -> None:

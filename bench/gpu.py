@@ -1,21 +1,30 @@
-"""GPU training throughput of the paper's model: R50-FPN GN Mask R-CNN at 800 px, scratchdet's training step next to
-torchvision's reference loop, over per-GPU batch, bf16 autocast and channels-last.
+"""GPU training throughput: scratchdet's training loop against torchvision's reference loop, on the GPU demo's model
+(GN Mask R-CNN, ResNet-18 widths, 128 px) at 16, 32 and 64 images and on R50-FPN GN Mask R-CNN at 800 px at 2 and 8
+images, in fp32 and bf16.
 
-    python bench/gpu.py                       # the full grid, about 5 minutes on one H100
-    python bench/gpu.py --batches 2 --steps 5  # a quick look
+    python bench/gpu.py                               # the whole grid (about 10 minutes on one H100)
+    python bench/gpu.py --models demo --batches 16    # one configuration
+    python bench/gpu.py --device cpu --models demo --batches 2 --rounds 1 --steps 2   # a smoke test, no GPU
 
-Both loops train the same model object on the same batch, already on the GPU (this measures the step, not the data
-pipeline: see bench/loader.py for that), alternating in `--rounds` rounds; the throughput of each is the median
-over rounds. Peak memory is the most the step allocated; host waits are the synchronising CUDA calls of one step
-(`torch.cuda.set_sync_debug_mode`), ops the ATen operations it dispatched. A configuration that runs out of
-memory is reported as such, and configurations still waiting when `--budget` seconds have passed are skipped
-(and listed).
+As bench/train_step.py, with its loops: each configuration trains two copies of one model (same seed) on the same
+generated images in the same order, each with its own data pipeline: ours is scratchdet's loader and Trainer as
+`scratchdet train` runs them, the reference a plain DataLoader and torchvision's reference step with torchvision's
+own RPN and RoI heads. They alternate in `--rounds` rounds of `--steps` steps; images/s and the ratio are medians
+over rounds. Then, untimed: the peak memory of one step, the host syncs of one step (every synchronising CUDA call,
+counted by `torch.cuda.set_sync_debug_mode`; on a CPU, the operations that would sync, scratchdet.engine.op_count),
+and the CUDA kernels a step launched and the seconds they ran (torch.profiler over `--profile-steps` steps), which
+over the timed step's seconds is the GPU's busy share. The data-wait share is the part of the timed wall time a
+loop waited for its next batch. Configurations still waiting after `--budget` seconds are skipped and listed; one
+that runs out of memory says so.
+TF32: PyTorch runs convolutions in TF32 by default (torch.backends.cudnn.allow_tf32), matrix products in fp32;
+`--tf32-matmul` lets the box head's fully connected layers use TF32 too. `--compile MODE` adds a third loop, ours
+with the backbone and FPN compiled (solver.compile): the first step of each new input size compiles, which
+`--compile-warmup` untimed steps absorb for the sizes they meet.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import time
 from pathlib import Path
 from typing import Any
@@ -23,111 +32,100 @@ from typing import Any
 import torch
 
 import common
-from scratchdet.assemble import detector_from_config
-from scratchdet.config import load_config
-from scratchdet.engine.schedule import build_optimizer, build_schedule, parameter_groups
-from scratchdet.engine.trainer import Trainer
+from scratchdet.data.synthetic import SynthSpec, generate
+from train_step import Loop, alternate, ours, reference, summary
 
-PRESET = "paper/mask_rcnn_R50_FPN_gn_scratch_6x"
-
-
-def synthetic_batch(batch: int, size: int, classes: int, device: torch.device) -> tuple[list, list]:
-    """`batch` 8-bit images of size × 4/3·size (as the data pipeline ships them; the detector normalises) with 12
-    rectangular objects each (boxes, labels, masks)."""
-    generator = torch.Generator().manual_seed(batch)
-    height, width = size, size * 4 // 3
-    images, targets = [], []
-    for index in range(batch):
-        images.append(torch.randint(0, 256, (3, height, width), generator=generator, dtype=torch.uint8).to(device))
-        corner = torch.rand(12, 2, generator=generator) * torch.tensor([width * 0.7, height * 0.7])
-        extent = 16 + torch.rand(12, 2, generator=generator) * torch.tensor([width * 0.3, height * 0.3])
-        boxes = torch.cat([corner, corner + extent], dim=1).round()
-        masks = torch.zeros(12, height, width, dtype=torch.uint8)
-        for mask, (x0, y0, x1, y1) in zip(masks, boxes.int().tolist(), strict=True):
-            mask[y0:y1, x0:x1] = 1
-        targets.append({
-            "boxes": boxes.to(device), "labels": torch.randint(1, classes + 1, (12,), generator=generator).to(device),
-            "masks": masks.to(device), "sample_seed": 1000 * batch + index,
-        })  # fmt: skip
-    return images, targets
+DATA = common.REPO / "data" / "bench_gpu"
+# The generated scenes are 128 px; R50 resizes them to 800 as the paper's recipe resizes COCO (data.min_size).
+MODELS: dict[str, tuple[str, list[str], list[int]]] = {
+    "demo": ("demo/mask_rcnn_gpu", [], [16, 32, 64]),
+    "r50": ("paper/mask_rcnn_R50_FPN_gn_scratch_6x",
+            ["data.train_annotations=annotations/instances_train.json", "data.train_images=train",
+             "data.val_annotations=annotations/instances_val.json", "data.val_images=val"], [2, 8]),
+}  # fmt: skip
+COLUMNS = ["model", "batch", "precision", "loop", "images_per_s", "vs_reference", "s_per_it", "data_wait_share",
+           "host_syncs", "kernels", "gpu_busy", "peak_gib", "status"]  # fmt: skip
 
 
-def measure(config: Any, batch: int, bf16: bool, channels_last: bool, args: argparse.Namespace) -> dict[str, Any]:
+def ensure_data(workers: int) -> None:
+    if not (DATA / "annotations" / "instances_train.json").is_file():
+        spec = SynthSpec(train_images=640, val_images=8, classification_train_per_class=1,
+                         classification_val_per_class=1)  # fmt: skip
+        generate(DATA, spec, workers=workers, quiet=True)
+
+
+def measure(model: str, batch: int, precision: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     device = torch.device(args.device)
-    torch.manual_seed(0)
-    model, _ = detector_from_config(config, 80)
-    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format).train()
-    optimizer = build_optimizer(parameter_groups(model, weight_decay=1e-4, weight_decay_norm=0.0,
-                                                 weight_decay_bias=0.0), momentum=0.9)  # fmt: skip
-    images, targets = synthetic_batch(batch, args.size, 80, device)
-    schedule = build_schedule(multiplier=1.0, images_per_batch=batch, base_lr=0.002, warmup_iters=0,
-                              warmup_factor=1.0)  # fmt: skip
-    trainer = Trainer(model, optimizer, schedule, itertools.repeat((images, targets)), device=device,
-                      precision="bf16" if bf16 else "fp32")  # fmt: skip
-    loops = {
-        "ours": trainer.run_step,
-        "reference": lambda: common.reference_step(model, optimizer, images, targets, device, bf16),
-    }
-    seconds: dict[str, list[float]] = {name: [] for name in loops}
-    peak: dict[str, float] = {}
-    for round_ in range(args.rounds):
-        for name in sorted(loops, reverse=round_ % 2 == 1):  # ours first, then the reference first, ...
-            step = loops[name]
-            common.reset_peak_memory(device)
-            seconds[name].append(common.timed(step, args.steps, args.warmup, device))
-            peak[name] = max(peak.get(name, 0.0), common.peak_memory_gib(device))
-    waits = {name: common.waits_and_ops(step, device) for name, step in loops.items()}  # one untimed step each
-    ours, reference = (batch / common.median(seconds[name]) for name in ("ours", "reference"))
-    return {"ours_images_per_s": ours, "reference_images_per_s": reference, "ratio": ours / reference,
-            "ours_peak_gib": peak["ours"], "reference_peak_gib": peak["reference"],
-            "ours_s_per_it": common.median(seconds["ours"]),
-            "reference_s_per_it": common.median(seconds["reference"]),
-            "ours_host_waits": waits["ours"][0], "reference_host_waits": waits["reference"][0],
-            "ours_ops": waits["ours"][1], "reference_ops": waits["reference"][1]}  # fmt: skip
+    preset, extra, _ = MODELS[model]
+    overrides = [f"data.root={DATA}", *extra, f"solver.images_per_batch={batch}", f"solver.precision={precision}"]
+    batches_needed = args.warmup + args.rounds * args.steps + 2 + args.profile_steps  # timed, counted, profiled
+    loops = [Loop("reference", *reference(preset, overrides, batches_needed, device), device),
+             Loop("ours", *ours(preset, overrides, device), device)]  # fmt: skip
+    if args.compile:
+        compiled = [*overrides, f"solver.compile={args.compile}"]
+        loops.append(Loop(f"ours, compiled ({args.compile})", *ours(preset, compiled, device), device))
+        for _ in range(args.compile_warmup):  # each new input size compiles first: not what the rounds time
+            loops[-1].step()
+    alternate(loops, args.rounds, args.steps, args.warmup)
+    rows = []
+    for loop in loops:
+        common.reset_peak_memory(device)
+        loop.step()
+        peak = common.peak_memory_gib(device)
+        syncs, _ = common.waits_and_ops(loop.step, device)
+        kernels, gpu_seconds = common.kernel_profile(loop.step, device, args.profile_steps)
+        row = summary(loop, loops[0])
+        rows.append({"model": model, "batch": batch, "precision": precision, **row, "host_syncs": syncs,
+                     "kernels": kernels, "gpu_busy": gpu_seconds / row["s_per_it"], "peak_gib": peak,
+                     "status": "ok"})  # fmt: skip
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default=PRESET, help="model preset (default: %(default)s)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for the model")
-    parser.add_argument("--size", type=int, default=800, help="shorter image side (longer: 4/3 of it)")
-    parser.add_argument("--batches", type=int, nargs="+", default=[2, 4, 8], help="per-GPU batch sizes")
-    parser.add_argument("--steps", type=int, default=8, help="timed steps per loop and round")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each timing")
-    parser.add_argument("--rounds", type=int, default=2, help="alternations of the two loops")
-    parser.add_argument("--budget", type=float, default=480, help="skip what is left after this many seconds")
-    parser.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN autotune per input shape")
+    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["demo", "r50"])
+    parser.add_argument("--batches", type=int, nargs="+", help="images per step (default: 16 32 64 demo, 2 8 r50)")
+    parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per loop and round (default: 20)")
+    parser.add_argument("--rounds", type=int, default=5, help="alternations of the two loops (default: 5)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps before the first round")
+    parser.add_argument("--profile-steps", type=int, default=3, help="steps profiled for kernels and busy share")
+    parser.add_argument("--budget", type=float, default=540, help="skip what is left after this many seconds")
+    parser.add_argument("--tf32-matmul", action="store_true", help="TF32 matrix products (convolutions: always)")
+    parser.add_argument(
+        "--compile",
+        choices=["default", "max-autotune-no-cudagraphs", "reduce-overhead"],
+        help="also time ours with the backbone and FPN compiled in this mode (solver.compile)",
+    )
+    parser.add_argument("--compile-warmup", type=int, default=12, help="untimed steps of the compiled loop first")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--workers", type=int, default=8, help="processes generating the data on first use")
     parser.add_argument("--out", type=Path, default=common.REPO / "runs" / "bench" / "gpu.json")
     args = parser.parse_args()
-    # Off, as in detectron2: the RoI heads see a different number of RoIs at every step, and cuDNN would
-    # autotune (slowly, with large workspaces) for each new shape.
-    torch.backends.cudnn.benchmark = args.cudnn_benchmark
-    sizes = [f"data.test_size={args.size}", f"data.max_size={args.size * 2}"]
-    config = load_config(args.preset, [*sizes, *args.overrides])
+    # Off, as in detectron2: the RoI heads see other shapes at every step, and cuDNN would autotune for each.
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32_matmul
+    ensure_data(args.workers)
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
-    for batch, bf16, channels_last in itertools.product(args.batches, (False, True), (False, True)):
-        row: dict[str, Any] = {"batch": batch, "bf16": bf16, "channels_last": channels_last}
+    grid = [(m, b, p) for m in args.models for b in (args.batches or MODELS[m][2]) for p in args.precisions]
+    for model, batch, precision in grid:
         if time.perf_counter() - started > args.budget:
-            row["status"] = "skipped (time budget)"
-        else:
-            try:
-                row.update(measure(config, batch, bf16, channels_last, args), status="ok")
-            except torch.OutOfMemoryError:
-                row["status"] = "out of memory"
-            torch.cuda.empty_cache() if torch.cuda.is_available() else None
-        rows.append(row)
-        print(common.table([row], COLUMNS).splitlines()[-1], flush=True)
-    print(f"\n{config.model.backbone}-FPN {config.model.norm} Mask R-CNN, {args.size} px, on "
-          f"{common.machine()['device']}; {time.perf_counter() - started:.0f} s\n")  # fmt: skip
+            rows.append({"model": model, "batch": batch, "precision": precision, "status": "skipped (time budget)"})
+            continue
+        try:
+            found = measure(model, batch, precision, args)
+        except torch.OutOfMemoryError:
+            found = [{"model": model, "batch": batch, "precision": precision, "status": "out of memory"}]
+        rows += found
+        for row in found:
+            print(common.table([row], COLUMNS).splitlines()[-1], flush=True)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    print(f"\n{common.machine()['device']}, torch {torch.__version__}; {time.perf_counter() - started:.0f} s\n")
     print(common.table(rows, COLUMNS))
-    common.write_json(args.out, "gpu", rows, preset=args.preset, size=args.size, steps=args.steps,
-                      rounds=args.rounds)  # fmt: skip
+    common.write_json(args.out, "gpu", rows, steps=args.steps, rounds=args.rounds, tf32_matmul=args.tf32_matmul)
 
-
-COLUMNS = ["batch", "bf16", "channels_last", "ours_images_per_s", "reference_images_per_s", "ratio", "ours_peak_gib",
-           "reference_peak_gib", "ours_host_waits", "reference_host_waits", "ours_ops", "status"]  # fmt: skip
 
 if __name__ == "__main__":
     main()

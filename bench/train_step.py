@@ -48,7 +48,8 @@ MODELS = {
                    "model.rpn_post_nms_top_n_train=500"]),
 }  # fmt: skip
 VARIANTS = {"ours": [], "ours (before)": ["model.threaded_roi_align=false"]}
-STOCK_TORCHVISION = ["model.threaded_roi_align=false"]  # the reference model: torchvision's own RoIAlign
+# The reference model: torchvision's own RoIAlign, run eagerly.
+STOCK_TORCHVISION = ["model.threaded_roi_align=false", "solver.compile=eager"]
 
 
 def ensure_data() -> None:
@@ -58,38 +59,44 @@ def ensure_data() -> None:
 
 
 class Loop:
-    """One training loop; `step()` runs one iteration and returns (step seconds, data-wait seconds)."""
+    """One training loop; `step()` runs one iteration and returns the seconds it waited for its batch."""
 
-    def __init__(self, name: str, step: Callable[[], tuple[float, float]], images_per_batch: int) -> None:
-        self.name, self.step, self.images_per_batch = name, step, images_per_batch
+    def __init__(self, name: str, step: Callable[[], float], images_per_batch: int, device: torch.device) -> None:
+        self.name, self.step, self.images_per_batch, self.device = name, step, images_per_batch, device
         self.rounds: list[tuple[float, float]] = []  # (seconds per iteration, data share)
 
     def run(self, steps: int, warmup: int) -> None:
+        """Time `steps` steps after `warmup` untimed ones, from the first start to the device's last finish."""
         for _ in range(warmup):
             self.step()
-        timings = [self.step() for _ in range(steps)]
-        total = sum(seconds for seconds, _ in timings)
-        self.rounds.append((total / steps, sum(data for _, data in timings) / total))
+        common.synchronize(self.device)
+        started = time.perf_counter()
+        waited = sum(self.step() for _ in range(steps))
+        common.synchronize(self.device)
+        total = time.perf_counter() - started
+        self.rounds.append((total / steps, waited / total))
 
 
-def ours(preset: str, overrides: list[str]) -> tuple[Callable[[], tuple[float, float]], int]:
+def ours(preset: str, overrides: list[str], device: torch.device) -> tuple[Callable[[], float], int]:
     config = load_config(preset, overrides)
     seed_everything(0)
-    setup = build_detection(config, torch.device("cpu"), quiet=True)
+    setup = build_detection(config, device, quiet=True)
     trainer = Trainer(setup.model, setup.optimizer, setup.schedule, train_batches(setup.dataset, config, 0),
-                      precision=config.solver.precision)  # fmt: skip
+                      device=device, precision=config.solver.precision)  # fmt: skip
 
-    def step() -> tuple[float, float]:
+    def step() -> float:
         trainer.run_step()
-        return trainer.last_step_seconds, trainer.last_data_seconds
+        return trainer.last_data_seconds
 
     return step, config.solver.images_per_batch
 
 
-def reference(preset: str, overrides: list[str], batches_needed: int) -> tuple[Callable[[], tuple[float, float]], int]:
+def reference(
+    preset: str, overrides: list[str], batches_needed: int, device: torch.device
+) -> tuple[Callable[[], float], int]:
     config = load_config(preset, overrides + STOCK_TORCHVISION)
     seed_everything(0)
-    setup = build_detection(config, torch.device("cpu"), quiet=True)
+    setup = build_detection(config, device, quiet=True)
     # The images of our batch stream, in its order: a step's cost follows what is in its images (objects, hence
     # positive RoIs and mask-head work), so both loops must see the same ones for a few steps to compare loops.
     groups = setup.dataset.aspect_groups() if config.data.group_by_aspect_ratio else None
@@ -101,7 +108,9 @@ def reference(preset: str, overrides: list[str], batches_needed: int) -> tuple[C
     batches = itertools.chain.from_iterable(itertools.repeat(loader))
     iteration = itertools.count()
 
-    def step() -> tuple[float, float]:
+    bf16 = config.solver.precision == "bf16"
+
+    def step() -> float:
         started = time.perf_counter()
         images, targets = next(batches)
         waited = time.perf_counter() - started
@@ -109,8 +118,8 @@ def reference(preset: str, overrides: list[str], batches_needed: int) -> tuple[C
         # that learns at the same pace proposes as many positive RoIs, which is what the heads' cost follows.
         for group in setup.optimizer.param_groups:
             group["lr"] = setup.schedule.lr_at(next(iteration))
-        common.reference_step(setup.model, setup.optimizer, images, targets, torch.device("cpu"))
-        return time.perf_counter() - started, waited
+        common.reference_step(setup.model, setup.optimizer, images, targets, device, bf16)
+        return waited
 
     return step, config.solver.images_per_batch
 
@@ -119,22 +128,29 @@ def measure(model: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     preset, overrides = MODELS[model]
     overrides = [f"data.root={DATA}", *overrides]
     steps = args.steps if model == "demo" else max(2, args.steps // 2)  # the R50 step takes ~4 s here
-    loops = [Loop("reference", *reference(preset, overrides, args.warmup + args.rounds * steps))]
-    loops += [Loop(name, *ours(preset, overrides + extra)) for name, extra in VARIANTS.items()]
-    for round_ in range(args.rounds):
-        for loop in loops[round_ % len(loops) :] + loops[: round_ % len(loops)]:  # rotate who goes first
-            loop.run(steps, args.warmup if round_ == 0 else 0)
-    counted = {loop.name: common.waits_and_ops(loop.step, torch.device("cpu")) for loop in loops}
-    base = common.median([seconds for seconds, _ in loops[0].rounds])
-    rows = []
-    for loop in loops:
-        seconds = common.median([s for s, _ in loop.rounds])
-        rows.append({"model": model, "loop": loop.name, "s_per_it": seconds, "it_per_s": 1 / seconds,
-                     "images_per_s": loop.images_per_batch / seconds, "vs_reference": base / seconds,
-                     "data_wait_share": common.median([d for _, d in loop.rounds]),
-                     "peak_rss_gib": common.peak_memory_gib(torch.device("cpu")),
-                     "host_waits": counted[loop.name][0], "ops": counted[loop.name][1]})  # fmt: skip
-    return rows
+    cpu = torch.device("cpu")
+    loops = [Loop("reference", *reference(preset, overrides, args.warmup + args.rounds * steps, cpu), cpu)]
+    loops += [Loop(name, *ours(preset, overrides + extra, cpu), cpu) for name, extra in VARIANTS.items()]
+    alternate(loops, args.rounds, steps, args.warmup)
+    counted = {loop.name: common.waits_and_ops(loop.step, cpu) for loop in loops}
+    return [{"model": model, **summary(loop, loops[0]), "peak_rss_gib": common.peak_memory_gib(cpu),
+             "host_waits": counted[loop.name][0], "ops": counted[loop.name][1]} for loop in loops]  # fmt: skip
+
+
+def alternate(loops: list[Loop], rounds: int, steps: int, warmup: int) -> None:
+    """`rounds` rounds of `steps` timed steps of every loop, rotating which goes first (`warmup` steps first)."""
+    for round_ in range(rounds):
+        for loop in loops[round_ % len(loops) :] + loops[: round_ % len(loops)]:
+            loop.run(steps, warmup if round_ == 0 else 0)
+
+
+def summary(loop: Loop, baseline: Loop) -> dict[str, Any]:
+    """The medians over rounds of `loop`'s speed, its speed against `baseline`'s, and its data-wait share."""
+    seconds = common.median([s for s, _ in loop.rounds])
+    base = common.median([s for s, _ in baseline.rounds])
+    return {"loop": loop.name, "s_per_it": seconds, "it_per_s": 1 / seconds,
+            "images_per_s": loop.images_per_batch / seconds, "vs_reference": base / seconds,
+            "data_wait_share": common.median([d for _, d in loop.rounds])}  # fmt: skip
 
 
 COLUMNS = ["model", "loop", "s_per_it", "images_per_s", "vs_reference", "data_wait_share", "peak_rss_gib",
