@@ -43,6 +43,7 @@ def study(tmp_path: Path) -> Path:
         {"event": "ended", "run": "arms/fork", "time": t0 + 18, "exit_code": 0},
         {"event": "started", "run": "arms/late", "time": t0 + 20},
         {"event": "ended", "run": "arms/parent", "time": t0 + 21, "exit_code": 0},
+        {"event": "started", "time": t0 + 25},  # not one this tool writes: skipped
     ], torn='{"event": "ended", "run": "arms/la')  # fmt: skip
     parent = [_step(5, t0 + 6.5, 0.5, 5), _evaluation(10, t0 + 11, 2.0), _step(10, t0 + 11, 0.5, 5),
               _step(15, t0 + 13.5, 0.5, 5), _step(20, t0 + 16, 0.5, 5), _evaluation(20, t0 + 20, 4.0)]  # fmt: skip

@@ -97,7 +97,8 @@ def _events(path: Path) -> list[dict[str, Any]]:
             event = json.loads(line)
         except json.JSONDecodeError:  # a torn last line: the study was killed while writing it
             continue
-        if isinstance(event, dict) and "time" in event:
+        ours = isinstance(event, dict) and isinstance(event.get("time"), int | float)
+        if ours and (event.get("event") == "submitted" or isinstance(event.get("run"), str)):
             events.append(event)
     return events
 
