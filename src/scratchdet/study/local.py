@@ -99,7 +99,7 @@ def _run(graph: JobGraph, parallel: int, environment: dict[str, str], study_dir:
     """Run every run not yet done, at most `parallel` at a time; returns the names of those that failed. Each
     start and end goes to the study's timeline (study/timeline.py)."""
     threads = max(1, (os.cpu_count() or 1) // parallel) if parallel > 1 else None
-    runs = [_Run(parts) for parts in runs_of(graph).values()]
+    runs = start_order([_Run(parts) for parts in runs_of(graph).values()], graph)
     progress = _Progress(runs)
     for run in runs:
         if run.last.done():
@@ -139,6 +139,25 @@ def _run(graph: JobGraph, parallel: int, environment: dict[str, str], study_dir:
                 record_event(study_dir, "ended", run=run.name, exit_code=None, stopped=True)
         progress.close()
     return failed
+
+
+def start_order(runs: list[_Run], graph: JobGraph) -> list[_Run]:
+    """`runs` by the longest chain of work each one heads, longest first: its own iterations plus those of the
+    longest chain of runs that wait for it (its forks, for pre-training the arms it initialises). A free slot goes to
+    the first ready run in this order, so the chain that decides when the study ends starts as soon as it can; the
+    order changes when a run trains, never what it computes."""
+    waiting_for: dict[str, list[_Run]] = {}
+    for run in runs:
+        for name in run.needs_run(graph):
+            waiting_for.setdefault(name, []).append(run)
+    chains: dict[str, int] = {}
+
+    def chain(run: _Run) -> int:
+        if run.name not in chains:
+            chains[run.name] = run.length + max((chain(r) for r in waiting_for.get(run.name, [])), default=0)
+        return chains[run.name]
+
+    return sorted(runs, key=lambda run: (-chain(run), run.name))
 
 
 def _start(job: StudyJob, threads: int | None, environment: dict[str, str]) -> subprocess.Popen[bytes]:
