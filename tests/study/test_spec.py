@@ -88,6 +88,19 @@ pretrain: {{epochs: 2, images_per_batch: 16, image_size: 32}}
     assert f"fine-tuning at 2x {40 * 4 * area:,.0f} (40 iterations)" in describe_plan(plan)
 
 
+def test_a_matched_arm_is_planned_on_the_full_training_set_only(tmp_path: Path) -> None:
+    """Finding 2 reads cost-matched arms on the full set; reduced sets get none (each would cost a pre-training's
+    worth of iterations). Without the whole set, the largest subset is the full one."""
+    spec = SPEC.replace("schedule: [1x, 3x, 6x]", "schedule: [1x, 6x, matched]")
+    spec = spec.replace("norm: [gn, syncbn]", "norm: [gn]")
+    (tmp_path / "spec.yaml").write_text(spec)
+    matched = [a.name for a in plan_study(tmp_path / "spec.yaml", tmp_path / "study").arms if "matched" in a.name]
+    assert matched == ["scratch_gn_matched_full_seed0", "scratch_gn_matched_full_seed1"]
+    (tmp_path / "spec.yaml").write_text(spec.replace("train_subset: [null, 1000]", "train_subset: [300, 1000]"))
+    matched = [a.name for a in plan_study(tmp_path / "spec.yaml", tmp_path / "other").arms if "matched" in a.name]
+    assert matched == ["scratch_gn_matched_n1000_seed0", "scratch_gn_matched_n1000_seed1"]
+
+
 def test_matched_needs_a_pretrained_arm_and_a_schedule_to_match(tmp_path: Path) -> None:
     (tmp_path / "spec.yaml").write_text("base: demo/mask_rcnn\naxes: {init: [scratch], schedule: [1x, matched]}\n")
     with pytest.raises(ScratchdetError, match=r"add pretrained to axes\.init"):

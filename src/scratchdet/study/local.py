@@ -9,18 +9,20 @@ process's children: `submit` runs them to the end, and they die with it.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 from tqdm import tqdm
 
 from scratchdet.engine import rundir
+from scratchdet.engine.hooks import format_duration
 from scratchdet.engine.mps import CONTROL, mps_server
 from scratchdet.errors import ScratchdetError
 from scratchdet.study.jobs import JobGraph, JobState, JobStatus, StudyJob, runs_of
@@ -49,7 +51,14 @@ class LocalExecutor:
             raise ScratchdetError(f"{', '.join(wide)}: more than one node needs --executor slurm")
 
     def describe(self, graph: JobGraph, study_dir: Path, estimates: dict[str, float], source: str) -> str:
-        return ""
+        runs = runs_of(graph)
+        if not estimates or any(run not in estimates for run in runs):
+            return ""
+        wall = simulated_wall_seconds(graph, self.parallel, estimates)
+        return (
+            f"estimated wall time with {self.parallel} run(s) at once (--jobs): {format_duration(wall)}, the longest "
+            "chain of work first (training only; runs sharing this machine each train slower than measured alone)"
+        )
 
     def submit(self, graph: JobGraph, study_dir: Path) -> None:
         with _gpu_sharing(self.parallel) as environment:
@@ -158,6 +167,31 @@ def start_order(runs: list[_Run], graph: JobGraph) -> list[_Run]:
         return chains[run.name]
 
     return sorted(runs, key=lambda run: (-chain(run), run.name))
+
+
+def simulated_wall_seconds(graph: JobGraph, parallel: int, seconds: Mapping[str, float], startup: float = 0.0) -> float:
+    """How long this executor takes to run every run of `graph` from nothing, if each run (pretrain/NAME,
+    arms/NAME) takes `startup` plus `seconds[run]`, spread over its parts by their iterations: at most `parallel`
+    at once, a free slot to the first ready run in `start_order`, a fork ready once the part before its fork
+    iteration has ended. Runs are assumed not to slow each other beyond what `seconds` holds."""
+    runs = start_order([_Run(parts) for parts in runs_of(graph).values()], graph)
+    ended: dict[str, float] = {}  # job -> when it ends, for the jobs of started runs
+    running: dict[str, float] = {}  # run -> when it ends
+    now = 0.0
+    while runs or running:
+        for run in list(runs):
+            if len(running) < parallel and all(ended.get(n, math.inf) <= now for n in run.first.needs):
+                clock = now + startup
+                for part in run.parts:
+                    clock += seconds[run.name] * (part.end - part.start) / max(run.length, 1)
+                    ended[part.name] = clock
+                running[run.name] = clock
+                runs.remove(run)
+        if not running:
+            raise ScratchdetError(f"study stuck: {[r.name for r in runs]} wait for jobs that never run")
+        now = min(t for t in ended.values() if t > now) if any(t > now for t in ended.values()) else now
+        running = {name: end for name, end in running.items() if end > now}
+    return max(ended.values(), default=0.0)
 
 
 def _start(job: StudyJob, threads: int | None, environment: dict[str, str]) -> subprocess.Popen[bytes]:

@@ -13,7 +13,7 @@ from typing import Any
 
 from scratchdet.engine import rundir
 from scratchdet.storage import read_json_file
-from scratchdet.study.spec import INITS_FILE
+from scratchdet.study.spec import INITS_FILE, full_training_set
 
 
 @dataclass
@@ -169,8 +169,6 @@ def grouped(arms: list[ArmResult]) -> dict[tuple[str, str, float, int | None], l
 
 
 def full_data_subset(arms: list[ArmResult]) -> int | None:
-    """The 'full data' subset value: None when some arm trains on everything, else the largest subset."""
-    subsets = {arm.train_subset for arm in arms}
-    if None in subsets:
-        return None
-    return max(s for s in subsets if s is not None) if subsets else None
+    """The 'full data' subset value of the arms (`spec.full_training_set`): None when some arm trains on everything,
+    else the largest subset."""
+    return full_training_set(list({arm.train_subset for arm in arms}) or [None])

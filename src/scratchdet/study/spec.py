@@ -343,21 +343,30 @@ def _grid(spec: StudySpec) -> list[tuple[dict[str, Any], str | None, str | None]
     """Every arm's axis values, with the init and the fine-tuning schedule a cost-matched arm is matched to (None
     for the others). `matched` is a from-scratch schedule: one arm per pre-trained init of known cost, named after
     it when there are several (scratch_gn_matched-imagenet_seed0), and after its schedule when `matched@3x` names
-    it (scratch_gn_matched-3x_seed0)."""
+    it (scratch_gn_matched-3x_seed0). Only on the study's full training set (`full_training_set`): the finding
+    that compares cost-matched arms is judged there, and on a reduced set such an arm would cost a whole
+    pre-training's worth of iterations for nothing the report reads."""
     targets = _matched_targets(spec)
+    full = full_training_set(spec.axes.train_subset)
     grid: list[tuple[dict[str, Any], str | None, str | None]] = []
     for combination in itertools.product(*(getattr(spec.axes, axis) for axis in AXES)):
         values = dict(zip(AXES, combination, strict=True))
         reference = matched_reference(values["schedule"], spec.axes.schedule)
         if reference is None:
             grid.append((values, None, None))
-        elif values["init"] == "scratch":
+        elif values["init"] == "scratch" and values["train_subset"] == full:
             label = values["schedule"].replace("@", "-")
             grid += [
                 ({**values, "schedule": label if len(targets) == 1 else f"{label}-{target}"}, target, reference)
                 for target in targets
             ]
     return grid
+
+
+def full_training_set(subsets: list[int | None]) -> int | None:
+    """The 'full data' of a study's `train_subset` axis: None (the whole training set) when listed, else its
+    largest subset; the findings that are not about less data are judged on it."""
+    return None if None in subsets else max(s for s in subsets if s is not None)
 
 
 def matched_iterations(pretrain_pixels: float, finetune_iterations: int, pixels_per_iteration: float) -> int:
