@@ -43,6 +43,12 @@ def test_out_of_range_value() -> None:
         load_config("demo/mask_rcnn", ["data.flip_prob=2"])
 
 
+def test_evaluation_period_changes_are_positive() -> None:
+    assert load_config("demo/mask_rcnn", ["eval.period_from={3000: 1500}"]).eval.period_from == {3000: 1500}
+    with pytest.raises(ScratchdetError, match=r"eval\.period_from: \{0: 8\}: give positive iterations and periods"):
+        load_config("demo/mask_rcnn", ["eval.period_from={0: 8}"])
+
+
 def test_bad_schedule_and_norm_values_list_the_choices() -> None:
     with pytest.raises(ScratchdetError, match=r"solver\.schedule = 'long'.*'1x', '2x'"):
         load_config("demo/mask_rcnn", ["solver.schedule=long"])

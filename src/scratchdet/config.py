@@ -181,6 +181,12 @@ class EvalConfig(_Section):
     """COCO evaluation during and after training."""
 
     period: int = Field(0, ge=0, description="evaluate every this many iterations (0: only at the end)")
+    period_from: dict[int, int] = Field(
+        {},
+        description="{ITERATION: PERIOD, ...}: from ITERATION on, evaluate every PERIOD iterations instead (fewer "
+        "evaluations late in a long schedule; an evaluation falls where the iteration is a multiple of the period "
+        "in force, so runs of different lengths evaluate at the same iterations)",
+    )
     score_thresh: float = Field(0.05, ge=0, lt=1)
     detections_per_image: int = Field(100, gt=0)
     max_images: int | None = Field(None, gt=0, description="evaluate on the first N val images only")
@@ -199,6 +205,14 @@ class EvalConfig(_Section):
         description="before each evaluation, recompute BN/SyncBN running statistics over this many "
         "training batches (Precise BN; 0: off; no effect on GN or FrozenBN models)",
     )
+
+    @field_validator("period_from")
+    @classmethod
+    def _positive_periods(cls, value: dict[int, int]) -> dict[int, int]:
+        bad = {k: v for k, v in value.items() if k <= 0 or v <= 0}
+        if bad:
+            raise ValueError(f"{bad}: give positive iterations and periods, e.g. {{3000: 1500}}")
+        return value
 
 
 class OutputConfig(_Section):

@@ -315,6 +315,7 @@ def detection_setup(config: Config, run_dir: Path, device: torch.device, quiet: 
         batches=lambda start: train_batches(dataset, config, start),
         evaluate=evaluate,
         eval_period=config.eval.period,
+        eval_period_from=dict(config.eval.period_from),
         log_period=config.output.log_period,
         checkpoint_period=config.output.checkpoint_period,
         checkpoint_extra={"config": config.to_yaml(), "meta": {"kind": "detection", "pretrain": pretrain}},

@@ -10,7 +10,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -138,13 +138,30 @@ class MetricsHook(HookBase):
             self._bar.close()
 
 
-class EvalHook(HookBase):
-    """Evaluation every `period` steps (0: never during training) and once training has ended."""
+def period_at(iteration: int, period: int, period_from: Mapping[int, int]) -> int:
+    """The evaluation period in force at `iteration`: `period` until the first ITERATION of `period_from`
+    ({ITERATION: PERIOD}) it has reached, then that one's PERIOD."""
+    for start in sorted(period_from):
+        if iteration >= start:
+            period = period_from[start]
+    return period
 
-    def __init__(self, evaluate: EvaluateFn, writer: MetricsWriter | None, period: int) -> None:
+
+class EvalHook(HookBase):
+    """Evaluation every `period` steps (0: never during training; `period_from` changes it from given iterations on)
+    and once training has ended."""
+
+    def __init__(
+        self,
+        evaluate: EvaluateFn,
+        writer: MetricsWriter | None,
+        period: int,
+        period_from: Mapping[int, int] | None = None,
+    ) -> None:
         self.evaluate = evaluate
         self.writer = writer
         self.period = period
+        self.period_from = dict(period_from or {})
         self.final_results: dict[str, dict[str, float]] | None = None
 
     def _run(self, final: bool) -> None:
@@ -165,7 +182,8 @@ class EvalHook(HookBase):
             self.final_results = results
 
     def after_step(self) -> None:
-        if not self.trainer.finished and self.period and self.trainer.iteration % self.period == 0:
+        period = period_at(self.trainer.iteration, self.period, self.period_from)
+        if not self.trainer.finished and period and self.trainer.iteration % period == 0:
             self._run(final=False)
 
     def after_train(self) -> None:

@@ -52,6 +52,7 @@ class TrainingSetup:
     keep_iterations: tuple[int, ...] = ()
     pretrain_counts: dict[str, int] | None = None  # what the init's pre-training saw (added to logged counts)
     trainer_options: dict[str, Any] = field(default_factory=dict)  # count_batch, clip_grad_norm, precision
+    eval_period_from: dict[int, int] = field(default_factory=dict)  # {iteration: period}: the period from there on
 
 
 def run_training(
@@ -80,7 +81,7 @@ def run_training(
     checkpoints = rundir.checkpointer(run_dir, job.keep_last, job.keep_iterations)
     state, start_iteration = rundir.resume_point(run_dir, checkpoints, resume)
     writer = MetricsWriter(run_dir, start_iteration) if distributed.is_main() else None
-    eval_hook = EvalHook(job.evaluate, writer, job.eval_period)
+    eval_hook = EvalHook(job.evaluate, writer, job.eval_period, job.eval_period_from)
     hooks = [
         eval_hook,
         *([MetricsHook(writer, job.log_period, job.pretrain_counts)] if writer is not None else []),
