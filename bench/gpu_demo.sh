@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# On a machine with a GPU: size the GPU demo to this GPU (tools/gpu_demo_calibration.py --apply, about a minute),
+# On a machine with a GPU: size the GPU demo to this GPU (tools/gpu_demo_calibration.py --apply, one to two minutes),
 # then run it from fresh data, timed, with the GPU's utilization logged. Everything lands in $OUT (default
 # runs/bench/gpu_demo): machine.txt, calibration.{log,json}, demo.log, dmon.txt and results.tgz (the report, every
 # run's summary, metrics and console, and the files the calibration wrote) and evaluations.tgz (the saved
@@ -21,6 +21,7 @@ if [ "${CALIBRATE:-1}" != 0 ]; then
     | grep -v -i -E "warn|rationality" | tee "$OUT/calibration.log"
 fi
 grep -n "^DEMO_GPU" src/scratchdet/data/synthetic.py src/scratchdet/demo.py
+grep -n -E "period=|train_subset:|seed:" src/scratchdet/configs/demo/study_gpu.yaml
 (nvidia-smi dmon -s u -d 10 > "$OUT/dmon.txt" 2>&1 &)
 left=$(( ${LIMIT:-580} - ($(date +%s) - T0) ))
 echo "the demo starts $(( $(date +%s) - T0 )) s in; stopped after $left s"

@@ -579,8 +579,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("auto", "cpu", "cuda"),
         default="auto",
         help="auto (default): the GPU demo when PyTorch sees a CUDA device (configs/demo/study_gpu.yaml: 1x = 12 "
-        "epochs, schedules to 6x, a cost-matched scratch arm, two seeds; about 10 minutes on one H100/H200), else "
-        "the CPU demo (configs/demo/study.yaml: about 15 minutes on 2 cores)",
+        "epochs, schedules to 12x, a cost-matched scratch arm, two reduced training sets, two or more seeds; sized "
+        "for 10 minutes on one H100/H200), else the CPU demo (configs/demo/study.yaml: about 10 minutes on 2 cores)",
     )
     demo.add_argument(
         "--data", type=Path, help="where the generated data goes (default: data/demo, GPU: data/demo_gpu)"

@@ -1,8 +1,9 @@
 """`scratchdet demo` / `make demo`: generated data, the demo study and its report, in one call.
 
 Two variants: on a CPU, `configs/demo/study.yaml` (a small GN Mask R-CNN, two arms at once); where PyTorch sees a
-GPU, `configs/demo/study_gpu.yaml` (the paper's proportions: 1x = 12 epochs, up to 6x, two seeds, the cost-matched
-arm; 8 arms sharing the GPU through CUDA MPS). The data and study folders are reused, so a second call resumes.
+GPU, `configs/demo/study_gpu.yaml` (the paper's proportions: 1x = 12 epochs, up to 12x, two reduced training sets,
+two or more seeds, the cost-matched arm; several arms sharing the GPU through CUDA MPS). The data and study folders
+are reused, so a second call resumes.
 """
 
 from __future__ import annotations

@@ -60,22 +60,68 @@ def test_demo_data_elsewhere_gets_a_spec_pointed_at_it(tmp_path: Path) -> None:
         demo.demo_study(packaged, tmp_path / "other", tmp_path / "out", moved=True)
 
 
-def test_the_calibration_tool_finds_each_number_it_sets_once() -> None:
-    for path, pattern, _ in gpu_demo_calibration.replacements({"train_images": 400, "jobs": 8}):
-        assert len(re.findall(pattern, path.read_text(), flags=re.MULTILINE)) == 1, (path, pattern)
+def test_the_demo_files_hold_what_the_calibration_writes_for_their_size() -> None:
+    """Each number the calibration sets is on one line, and the committed files agree with a plan of their own
+    training-set size (reduced sets, periods): a hand edit of one of them fails here."""
+    from scratchdet.data.synthetic import DEMO_GPU_TRAIN_IMAGES
+
+    seeds = yaml.safe_load(gpu_demo_calibration.STUDY.read_text())["axes"]["seed"]
+    plan = {"train_images": DEMO_GPU_TRAIN_IMAGES, "jobs": demo.DEMO_GPU_JOBS, "seeds": len(seeds),
+            "subsets": gpu_demo_calibration.subsets(DEMO_GPU_TRAIN_IMAGES)}  # fmt: skip
+    for path, pattern, replacement in gpu_demo_calibration.replacements(plan):
+        lines = [m.group(0) for m in re.finditer(pattern, path.read_text(), flags=re.MULTILINE)]
+        assert lines == [replacement], (path, pattern)
 
 
-def test_the_predicted_time_grows_with_the_data_and_picks_the_largest_set_in_budget() -> None:
-    speed = {"step": 0.13, "eval100": 3.0, "pretrain_step": 0.08, "slowdown": 1.1}
-    small, large = (gpu_demo_calibration.predict(n, 8, speed)["total"] for n in (200, 400))
-    # The longest chain, the matched arm: 6 x 12 epochs of 200 scenes more; its pre-training share, a fixed number
-    # of iterations, spans fewer evaluation periods (half a 1x) when 1x is longer.
-    pretrain = gpu_demo_calibration.PRETRAIN_AS_ITERATIONS
-    fewer_evaluations = 2 * pretrain * (1 / (12 * 200 / 16) - 1 / (12 * 400 / 16))
-    assert large - small == pytest.approx(6 * 12 * 200 / 16 * 0.13 - fewer_evaluations * 3.0)
-    measured = {1: [{**speed, "step": 0.12}], 8: [speed] * 8}
-    plan = gpu_demo_calibration.choose(measured, budget=large + 1)
-    assert plan["train_images"] == 400 and plan["jobs"] == 8
+SPEED = {"step": 0.05, "eval100": 2.0, "startup": 0.0, "pretrain_step": 0.1, "slowdown": 1.5,
+         "generate_per_scene": 0.003, "cores": 4}  # fmt: skip
+
+
+def test_the_prediction_schedules_every_run_of_the_planned_study(synth_dir: Path, tmp_path: Path) -> None:
+    """On one slot the predicted study is the sum of every run's steps, periodic evaluations (half a 1x apart in
+    the first 1x, then 1x apart), final evaluation (500 scenes) and pre-training (7,200 images, 12 epochs of 128:
+    675 steps), counted here from the plan; more slots shorten it, a third seed lengthens it."""
+    with gpu_demo_calibration.demo_pretraining_size():
+        plan = gpu_demo_calibration.demo_plan(400, 2, synth_dir, tmp_path)
+        (pretraining,) = plan.pretrainings
+        assert pretraining.iterations == 675
+    # init x schedule x subset x seed; the cost-matched arm on the full set only
+    assert len(plan.arms) == 2 * (2 * 4 * 3 + 1)
+    one_x = 12 * 400 // 16
+    steps = sum(a.iterations - a.fork_iteration for a in plan.arms)
+    periodic = sum(
+        sum(1 for i in range(a.fork_iteration + 1, a.iterations) if i % (one_x if i >= one_x else one_x // 2) == 0)
+        for a in plan.arms
+    )
+    expected = steps * 0.05 + periodic * 2.0 + len(plan.arms) * 5 * 2.0 + 675 * 0.1 * 1.5
+    alone = gpu_demo_calibration.predict(400, 2, 1, SPEED, synth_dir)
+    assert alone["study"] == pytest.approx(expected)
+    eight = gpu_demo_calibration.predict(400, 2, 8, SPEED, synth_dir)
+    assert eight["study"] < alone["study"] / 3
+    assert gpu_demo_calibration.predict(400, 3, 8, SPEED, synth_dir)["study"] > eight["study"]
+    assert eight["total"] == pytest.approx(sum(v for k, v in eight.items() if k != "total"))
+    (tmp_path / "600").mkdir()
+    with gpu_demo_calibration.demo_pretraining_size():  # another size: the periods and sets its own
+        other = gpu_demo_calibration.demo_plan(600, 2, synth_dir, tmp_path / "600")
+    assert {(a.config.eval.period, str(a.config.eval.period_from)) for a in other.arms} == {(225, "{450: 450}")}
+    assert {a.config.data.train_subset for a in other.arms} == {None, 150, 37}
+
+
+def test_the_calibration_picks_the_largest_set_in_budget_and_a_third_seed_only_at_no_cost_in_data(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def toy(train_images: int, seeds: int, jobs: int, speed: dict[str, float], root: Path) -> dict[str, float]:
+        return {"total": train_images + (50 if seeds == 3 else 0) + (10 if jobs == 4 else 0)}
+
+    monkeypatch.setattr(gpu_demo_calibration, "predict", toy)
+    measured = {1: [SPEED], 4: [SPEED] * 4, 8: [SPEED] * 8}
+    plan = gpu_demo_calibration.choose(measured, 560, {}, Path())
+    assert (plan["train_images"], plan["seeds"], plan["jobs"], plan["fits"]) == (500, 3, 8, True)
+    assert plan["subsets"] == [125, 31]
+    plan = gpu_demo_calibration.choose(measured, 520, {}, Path())
+    assert (plan["train_images"], plan["seeds"], plan["jobs"]) == (500, 2, 8)
+    plan = gpu_demo_calibration.choose(measured, 100, {}, Path())  # nothing fits: the smallest, said so
+    assert (plan["train_images"], plan["seeds"], plan["fits"]) == (300, 2, False)
 
 
 def test_every_job_of_a_study_gets_the_gpu_sharing_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -95,31 +141,35 @@ def test_every_job_of_a_study_gets_the_gpu_sharing_environment(tmp_path: Path, m
 
 @pytest.mark.slow
 def test_the_gpu_study_shrunk_to_a_cpu_runs_every_arm_and_judges(synth_dir: Path, tmp_path: Path) -> None:
-    """The packaged GPU study (both inits, 1x/3x/6x and the cost-matched arm, two seeds) with a CPU-sized model and
-    a fraction of an epoch as 1x: every arm trains, the scratch 6x arm forks from the matched arm (pre-training +
-    6x is longer than 6x), the report judges."""
+    """The packaged GPU study (both inits, two seeds, its base and pre-training) with a CPU-sized model, a fraction
+    of an epoch as 1x, and fewer schedules and reduced sets (1x, 3x and the cost-matched arm; the whole set and
+    40 of its 80 scenes): every arm trains, the cost-matched arm only on the whole set, the scratch 3x arm forks
+    from it (pre-training + 3x is longer than 3x), the report judges."""
     spec = yaml.safe_load((PACKAGED / "study_gpu.yaml").read_text())
     shrink = [*tiny_training_overrides(synth_dir), f"pretrain.root={synth_dir / 'classification'}",
-              "solver.base_epochs=0.3", "solver.warmup_iters=2", "eval.period=3", "eval.max_images=6",
+              "solver.base_epochs=0.6", "solver.warmup_iters=2", "eval.period=3", "eval.max_images=6",
               "output.checkpoint_period=3"]  # fmt: skip
     spec["overrides"] = [*spec["overrides"], *shrink]
+    spec["axes"] = {**spec["axes"], "schedule": ["1x", "3x", "matched"], "train_subset": [None, 40]}
     spec["pretrain"] = {**spec["pretrain"], "epochs": 1, "images_per_batch": 16, "num_workers": 0}
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
     run_pinned(["study", str(tmp_path / "spec.yaml"), "--out", str(tmp_path / "out"), "--jobs", "2"])
     arms = sorted(p.name for p in (tmp_path / "out" / "arms").iterdir())
-    assert len(arms) == 2 * 4 * 2 - 2  # init x schedule x seed, the matched arm from scratch only
+    assert len(arms) == 2 * (2 * 2 * 2 + 1)  # seed x (init x schedule x subset + the matched arm)
     for arm in arms:  # each job a process of its own, each computing portably like the study that started it
         summary = json.loads((tmp_path / "out" / "arms" / arm / "summary.json").read_text())
         assert summary["machine"]["arithmetic"].startswith("portable") or portable.unsupported(), arm
-    matched = [a for a in arms if not re.search(r"_(1x|3x|6x)_", a)]
-    assert len(matched) == 2
+    matched = [a for a in arms if "matched" in a]
+    assert matched == ["scratch_gn_matched_full_seed0", "scratch_gn_matched_full_seed1"]
     forks = {a: Path(json.loads(p.read_text())["run"]).name for a in arms
              if (p := tmp_path / "out" / "arms" / a / "forked_from.json").is_file()}  # fmt: skip
     assert all(a not in forks for a in matched)
-    assert {forks[a] for a in arms if a.startswith("scratch_gn_6x")} == set(matched)
+    assert {forks[a] for a in arms if a.startswith("scratch_gn_3x_full")} == set(matched)
     text = (tmp_path / "out" / "report" / "report.md").read_text()
-    # The verdicts that compare rest on final evaluations (all 12 images), not the periodic ones (6)
-    assert "seeds: 2 (0, 1)" in text and "validation images: 12;" in text and "validation images: 6" not in text
+    # The verdicts that compare trained arms rest on final evaluations (all 12 images), not the periodic ones (6);
+    # finding 2's early point is a periodic one.
+    assert text.count("seeds: 2 (0, 1); validation images: 12;") == 3
+    assert text.count("seeds: 2 (0, 1); validation images: 6, 12;") == 1
     results = read_study(tmp_path / "out")
     for arm in results:
         assert_pinned(f"shrunk GPU study: {arm.name} box AP", arm.metric("bbox", "AP"))
