@@ -4,9 +4,10 @@
 # runs/bench/gpu_demo): machine.txt, calibration.{log,json}, demo.log, dmon.txt and results.tgz (the report, every
 # run's summary, metrics and console, and the files the calibration wrote) and evaluations.tgz (the saved
 # evaluations, for `scratchdet report` elsewhere, where under 15 MB). The demo is stopped when LIMIT seconds
-# (default 580) have passed since the start, leaving time to pack the results. CALIBRATE=0 keeps the committed size
-# (the numbers an earlier calibration on the same kind of GPU wrote) and gives the demo the whole LIMIT.
-# Usage: [CALIBRATE=0] [BUDGET=420] [LIMIT=580] bash bench/gpu_demo.sh
+# (default 580) less RESERVE have passed since the start, leaving time for a report of what finished and to pack
+# the results. CALIBRATE=0 keeps the committed size (the numbers an earlier calibration on the same kind of GPU
+# wrote) and gives the demo the whole LIMIT.
+# Usage: [CALIBRATE=0] [BUDGET=420] [LIMIT=580] [RESERVE=60] bash bench/gpu_demo.sh
 set -uo pipefail
 T0=$(date +%s)
 OUT=${OUT:-runs/bench/gpu_demo}
@@ -23,11 +24,20 @@ fi
 grep -n "^DEMO_GPU" src/scratchdet/data/synthetic.py src/scratchdet/demo.py
 grep -n -E "period=|train_subset:|seed:" src/scratchdet/configs/demo/study_gpu.yaml
 (nvidia-smi dmon -s u -d 10 > "$OUT/dmon.txt" 2>&1 &)
-left=$(( ${LIMIT:-580} - ($(date +%s) - T0) ))
+# A demo stopped at the limit leaves finished arms and no report: RESERVE seconds (default 60) are kept to write
+# the report of what finished (`scratchdet report`), so that a device session still yields curves and a timeline.
+reserve=${RESERVE:-60}
+left=$(( ${LIMIT:-580} - reserve - ($(date +%s) - T0) ))
 echo "the demo starts $(( $(date +%s) - T0 )) s in; stopped after $left s"
 started=$(date +%s)
 timeout "$left" $PY -m scratchdet demo > "$OUT/demo.log" 2>&1
-echo "demo exit $?, wall $(( $(date +%s) - started )) s" | tee -a "$OUT/demo.log"
+code=$?
+echo "demo exit $code, wall $(( $(date +%s) - started )) s" | tee -a "$OUT/demo.log"
+if [ "$code" = 124 ]; then
+  echo "stopped at the limit: the report of the finished arms" | tee -a "$OUT/demo.log"
+  timeout $(( reserve - 10 )) $PY -m scratchdet report runs/demo_gpu >> "$OUT/demo.log" 2>&1
+  echo "partial report exit $?" | tee -a "$OUT/demo.log"
+fi
 grep -v -i -E "warn|rationality|it/s\]|s/it\]" "$OUT/demo.log" | tail -45
 tar czf "$OUT/results.tgz" runs/demo_gpu/report runs/demo_gpu/study.yaml runs/demo_gpu/arms/*/summary.json \
   runs/demo_gpu/arms/*/metrics.jsonl runs/demo_gpu/arms/*/console.txt runs/demo_gpu/arms/*/config.yaml runs/demo_gpu/pretrain/*/summary.json \
