@@ -42,6 +42,7 @@ def test_grid_expansion_with_every_axis(tmp_path: Path) -> None:
 def test_dry_run_plan_lists_every_job_and_the_iterations_saved(tmp_path: Path, synth_dir: Path) -> None:
     spec = SPEC.replace("schedule: [1x, 3x, 6x]", "schedule: [1x, 2x]")
     spec = spec.replace("pretrain: {epochs: 5}", f"pretrain: {{epochs: 5, root: {synth_dir / 'classification'}}}")
+    spec = spec.replace("overrides: [", f"overrides: [data.root={synth_dir}, ")
     (tmp_path / "spec.yaml").write_text(spec)
     text = describe_plan(plan_study(tmp_path / "spec.yaml", tmp_path / "study"))
     assert "arms/scratch_gn_2x_full_seed0" in text and "pretrain/resnet_narroww32d18_gn" in text
@@ -88,11 +89,13 @@ pretrain: {{epochs: 2, images_per_batch: 16, image_size: 32}}
     assert f"fine-tuning at 2x {40 * 4 * area:,.0f} (40 iterations)" in describe_plan(plan)
 
 
-def test_a_matched_arm_is_planned_on_the_full_training_set_only(tmp_path: Path) -> None:
+def test_a_matched_arm_is_planned_on_the_full_training_set_only(tmp_path: Path, synth_dir: Path) -> None:
     """Finding 2 reads cost-matched arms on the full set; reduced sets get none (each would cost a pre-training's
     worth of iterations). Without the whole set, the largest subset is the full one."""
     spec = SPEC.replace("schedule: [1x, 3x, 6x]", "schedule: [1x, 6x, matched]")
     spec = spec.replace("norm: [gn, syncbn]", "norm: [gn]")
+    spec = spec.replace("pretrain: {epochs: 5}", f"pretrain: {{epochs: 5, root: {synth_dir / 'classification'}}}")
+    spec = spec.replace("overrides: [", f"overrides: [data.root={synth_dir}, ")
     (tmp_path / "spec.yaml").write_text(spec)
     matched = [a.name for a in plan_study(tmp_path / "spec.yaml", tmp_path / "study").arms if "matched" in a.name]
     assert matched == ["scratch_gn_matched_full_seed0", "scratch_gn_matched_full_seed1"]
