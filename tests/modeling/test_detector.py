@@ -143,13 +143,17 @@ def test_the_detector_normalises_8_bit_images_as_the_data_pipeline_did_with_cons
     mean, std = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
     detector = build_test_detector(**SMALL, pixel_mean=mean, pixel_std=std)
     generator = torch.Generator().manual_seed(0)
-    images = [torch.randint(0, 256, (3, 64, 48), generator=generator, dtype=torch.uint8),
-              torch.randint(0, 256, (3, 48, 64), generator=generator, dtype=torch.uint8)]  # fmt: skip
+    sizes = [(64, 48), (48, 64), (64, 48)]
+    images = [torch.randint(0, 256, (3, h, w), generator=generator, dtype=torch.uint8) for h, w in sizes]
     batch, _ = detector.transform(images)  # training mode: normalised and padded, not resized
     before = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])  # the old data pipeline
-    assert torch.equal(batch.tensors[0, :, :, :48], before(images[0]))  # to the last bit
-    assert torch.equal(batch.tensors[1, :, :48], before(images[1]))
-    assert "aten.lift_fresh.default" not in count_ops(lambda: detector.transform(images)).ops  # no constant an image
+    assert batch.image_sizes == sizes and batch.tensors.shape == (3, 3, 64, 64)
+    for image, (h, w), padded in zip(images, sizes, batch.tensors, strict=True):
+        assert torch.equal(padded[:, :h, :w], before(image))  # to the last bit
+        assert not padded[:, h:].any() and not padded[:, :, w:].any()  # zeros around it, as torchvision pads
+    ops = count_ops(lambda: detector.transform(images)).ops
+    # No mean and std made an image (torchvision's: two constants an image); one index an image size.
+    assert ops["aten.lift_fresh.default"] == len(set(sizes)) and ops["aten.div_.Tensor"] == len(set(sizes))
     assert "pixel_mean" not in detector.state_dict()  # checkpoints hold what they held before
 
 

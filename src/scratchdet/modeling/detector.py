@@ -13,6 +13,9 @@ at test time resizes the shorter side to `test_size` and maps detections back to
 
 from __future__ import annotations
 
+import bisect
+import itertools
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +25,7 @@ from torchvision.models.detection import FasterRCNN, KeypointRCNN, MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.keypoint_rcnn import KeypointRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
@@ -187,10 +191,12 @@ def check_boxes(targets: list[dict[str, Tensor]]) -> None:
         boxes = target["boxes"]
         if boxes.dim() != 2 or boxes.shape[-1] != 4:
             raise ValueError(f"target {index}: boxes must be a tensor of shape (N, 4), not {tuple(boxes.shape)}")
-    degenerate = [(t["boxes"][:, 2:] <= t["boxes"][:, :2]).any(1) for t in targets]
-    if torch.cat(degenerate).any():  # the one wait
-        index = next(i for i, image in enumerate(degenerate) if image.any())
-        box = targets[index]["boxes"][int(degenerate[index].nonzero()[0])].tolist()
+    boxes = torch.cat([t["boxes"] for t in targets])
+    degenerate = (boxes[:, 2:] <= boxes[:, :2]).any(1)
+    if degenerate.any():  # the one wait
+        first = int(degenerate.nonzero()[0])
+        index = bisect.bisect_right(list(itertools.accumulate(len(t["boxes"]) for t in targets)), first)
+        box = boxes[first].tolist()
         raise ValueError(
             f"All bounding boxes should have positive height and width. Found invalid box {box} for target at "
             f"index {index}."
@@ -213,6 +219,29 @@ class InputTransform(GeneralizedRCNNTransform):
         if not image.is_floating_point():
             image = image.to(torch.float32).mul_(1.0 / 255)
         return image.sub(self.pixel_mean).div_(self.pixel_std)
+
+    def forward(
+        self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None
+    ) -> tuple[ImageList, list[dict[str, Tensor]] | None]:
+        """In training, where the data pipeline has resized the images: torchvision's result (each image normalised,
+        then zero-padded into one batch) with a fixed number of operations per image size, not a few per image."""
+        if not (self.training and self._skip_resize) or any(image.dim() != 3 for image in images):
+            return super().forward(images, targets)
+        sizes = [(int(image.shape[-2]), int(image.shape[-1])) for image in images]
+        stride = float(self.size_divisible)
+        height = int(math.ceil(max(h for h, _ in sizes) / stride) * stride)
+        width = int(math.ceil(max(w for _, w in sizes) / stride) * stride)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for index, size in enumerate(sizes):
+            by_size.setdefault(size, []).append(index)
+        first = images[0]
+        dtype = first.dtype if first.is_floating_point() else torch.float32
+        batch = torch.zeros(len(images), first.shape[0], height, width, dtype=dtype, device=first.device)
+        for (h, w), members in by_size.items():
+            normalised = self.normalize(torch.stack([images[i] for i in members]))
+            where = torch.tensor(members, dtype=torch.int64).to(first.device, non_blocking=True)
+            batch[:, :, :h, :w].index_copy_(0, where, normalised)
+        return ImageList(batch, sizes), targets
 
 
 def _roi_pool(output_size: int, canonical_scale: int, threaded: bool) -> SeparableMultiScaleRoIAlign:

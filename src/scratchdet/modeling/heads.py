@@ -106,13 +106,10 @@ class BatchedRPN(RegionProposalNetwork):
         per_image = torch.zeros(2, num_images, dtype=owner.dtype, device=device)
         per_image.scatter_add_(1, owner.expand(2, -1), torch.stack([torch.ones_like(owner), kept.to(owner.dtype)]))
         totals, counts = per_image.tolist()  # no bincount: on a GPU it reads its input's maximum first
-        boxes_of_image, scores_of_image, start = [], [], 0
-        for total, count in zip(totals, counts, strict=True):
-            chosen = ordered[start : start + min(count, self.post_nms_top_n())]
-            boxes_of_image.append(flat_boxes[chosen])
-            scores_of_image.append(flat_scores[chosen])
-            start += total
-        return boxes_of_image, scores_of_image
+        # Each image's first min(count, post-NMS top-n) survivors, gathered at once (not an index an image).
+        kept_counts = [min(count, self.post_nms_top_n()) for count in counts]
+        chosen = ordered[_ranges(list(itertools.accumulate([0, *totals[:-1]])), kept_counts, device)]
+        return list(flat_boxes[chosen].split(kept_counts)), list(flat_scores[chosen].split(kept_counts))
 
     def batch_losses(
         self, objectness: Tensor, deltas: Tensor, anchors: Tensor, targets: list[dict[str, Tensor]]
@@ -262,18 +259,22 @@ def mask_targets(targets: list[dict[str, Tensor]], boxes: Tensor, image: Tensor,
     `project_masks_on_boxes` does, with one `roi_align` over the batch's masks on a common canvas. `boxes` (K, 4) of
     images `image` (K,) matched ground truth `matched` (K,)."""
     masks = [t["masks"] for t in targets]
-    most = max(max(m.shape[0] for m in masks), 1)
+    counts = [m.shape[0] for m in masks]
+    most = max(max(counts), 1)
     height, width = max(m.shape[-2] for m in masks), max(m.shape[-1] for m in masks)
-    canvas = boxes.new_zeros(len(masks), most, height + 1, width + 1)
+    canvas = boxes.new_zeros(len(masks) * most, height + 1, width + 1)
+    by_size: dict[tuple[int, int], list[int]] = {}
     for b, own in enumerate(masks):
-        count, h, w = own.shape
-        canvas[b, :count, :h, :w] = own
+        if own.shape[0]:
+            by_size.setdefault((own.shape[-2], own.shape[-1]), []).append(b)
+    for (h, w), members in by_size.items():  # the masks of all images of one size at once
+        group = torch.cat([masks[b] for b in members]).to(canvas.dtype)[:, None]
         # Repeat the last row and column once: roi_align then samples the border as it does on the mask alone
-        # (it clamps there), not half-way into the padding.
-        canvas[b, :count, :h, w] = own[:, :, -1]
-        canvas[b, :count, h, : w + 1] = canvas[b, :count, h - 1, : w + 1]
+        # (it clamps there), not half-way into the padding; then zeros to the canvas's size.
+        edged = F.pad(F.pad(group, (0, 1, 0, 1), mode="replicate"), (0, width - w, 0, height - h))
+        canvas.index_copy_(0, _slots([counts[b] for b in members], most, canvas.device, members), edged[:, 0])
     rois = torch.cat([(image * most + matched).to(boxes.dtype)[:, None], boxes], 1)
-    return roi_align(canvas.flatten(0, 1)[:, None], rois, (size, size), 1.0)[:, 0]
+    return roi_align(canvas[:, None], rois, (size, size), 1.0)[:, 0]
 
 
 def mask_loss(mask_logits: Tensor, labels: Tensor, targets: Tensor) -> Tensor:
@@ -301,12 +302,30 @@ def nms_calls(num_images: int, level_lengths: list[int], device: torch.device) -
 
 def _rows(rows: Tensor, counts: list[int]) -> list[Tensor]:
     """The first `counts[b]` entries of each row b of `rows` (B, S, ...)."""
-    return [row[:n] for row, n in zip(rows, counts, strict=True)]
+    return list(_first(rows, counts).split(counts))
 
 
 def _first(rows: Tensor, counts: list[int]) -> Tensor:
-    """The first `counts[b]` entries of each row b of `rows` (B, S, ...), concatenated."""
-    return torch.cat(_rows(rows, counts))
+    """The first `counts[b]` entries of each row b of `rows` (B, S, ...), concatenated: one gather whatever B (a
+    slice an image and a concatenation would dispatch B + 1 operations)."""
+    return rows.flatten(0, 1).index_select(0, _slots(counts, rows.shape[1], rows.device))
+
+
+def _slots(counts: Sequence[int], width: int, device: torch.device, rows: Sequence[int] | None = None) -> Tensor:
+    """The flat positions b * width + j, j < counts[i], of the first entries of rows b = `rows[i]` (default: 0, 1,
+    ...)."""
+    rows = range(len(counts)) if rows is None else rows
+    return _ranges([b * width for b in rows], counts, device)
+
+
+def _ranges(starts: Sequence[int], counts: Sequence[int], device: torch.device) -> Tensor:
+    """start, start + 1, ..., start + count - 1 for each (start, count), concatenated: computed on the host in a
+    few vectorised operations whatever the length, and copied once (on a GPU without waiting)."""
+    total = sum(counts)  # known here: no tensor is read (which on the CPU the host-wait count could not tell apart)
+    lengths = torch.tensor(counts, dtype=torch.int64)
+    shift = torch.tensor(starts, dtype=torch.int64) - (torch.cumsum(lengths, 0) - lengths)  # start less offset
+    position = torch.arange(total) + torch.repeat_interleave(shift, lengths, output_size=total)
+    return position.to(device, non_blocking=True)
 
 
 def _per_level(levels: Tensor, include: Tensor, pool: Any) -> Tensor:
@@ -324,14 +343,14 @@ def _read(counts: list[Tensor]) -> list[list[int]]:
 
 def padded(tensors: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
     """`tensors` (one an image, first dimension of any length) zero-padded to (B, N_max, ...), at least one entry
-    long, and a mask (B, N_max) of the entries that are real."""
-    longest = max(max(t.shape[0] for t in tensors), 1)
-    stacked = torch.nn.utils.rnn.pad_sequence(
-        [F.pad(t, (0, 0) * (t.dim() - 1) + (0, longest - t.shape[0])) for t in tensors], batch_first=True
-    )
-    lengths = torch.tensor([t.shape[0] for t in tensors])
-    valid = torch.arange(longest)[None] < lengths[:, None]
-    return stacked, valid.to(stacked.device, non_blocking=True)
+    long, and a mask (B, N_max) of the entries that are real: one concatenation and one scatter whatever B."""
+    lengths = [t.shape[0] for t in tensors]
+    longest = max(max(lengths), 1)
+    first = tensors[0]
+    stacked = first.new_zeros(len(tensors) * longest, *first.shape[1:])
+    stacked.index_copy_(0, _slots(lengths, longest, first.device), torch.cat(list(tensors)))
+    valid = torch.arange(longest)[None] < torch.tensor(lengths)[:, None]
+    return stacked.view(len(tensors), longest, *first.shape[1:]), valid.to(first.device, non_blocking=True)
 
 
 def pairwise_iou(gt: Tensor, boxes: Tensor) -> Tensor:
