@@ -10,10 +10,11 @@ FrozenBN have no running statistics: nothing to do.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import torch
 from torch import nn
+
+from scratchdet.data.batching import Batch, PackedBatch, to_device
 
 BatchNorm = nn.modules.batchnorm._BatchNorm
 
@@ -21,7 +22,7 @@ BatchNorm = nn.modules.batchnorm._BatchNorm
 @torch.no_grad()
 def recompute_bn_statistics(
     model: nn.Module,
-    batches: Iterator[tuple[list[torch.Tensor], list[dict[str, Any]]]],
+    batches: Iterator[PackedBatch | Batch],
     iterations: int,
     device: torch.device,
 ) -> int:
@@ -40,9 +41,7 @@ def recompute_bn_statistics(
     model.train()
     try:
         for _ in range(iterations):
-            images, targets = next(batches)
-            targets = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
-            model([image.to(device) for image in images], targets)
+            model(*to_device(next(batches), device))
     finally:
         for layer, momentum in zip(layers, momenta, strict=True):
             layer.momentum = momentum

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from scratchdet.data.batching import to_device
 from scratchdet.engine import distributed
 from scratchdet.engine.accounting import SeenCounts, batch_counts
 from scratchdet.engine.schedule import Schedule, set_learning_rate
@@ -179,13 +180,8 @@ class Trainer:
 
     def run_step(self) -> None:
         started = time.perf_counter()
-        images, targets = next(self.batches)
         # Asynchronous from pinned memory (the loader pins on CUDA machines): the host queues the step meanwhile.
-        images = [image.to(self.device, non_blocking=True) for image in images]
-        targets = [
-            {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in t.items()}
-            for t in targets
-        ]
+        images, targets = to_device(next(self.batches), self.device)
         data_seconds = time.perf_counter() - started
         self.last_lr = self.schedule.lr_at(self.iteration)
         set_learning_rate(self.optimizer, self.last_lr)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from scratchdet.config import Config
-from scratchdet.data.batching import TrainingBatches, collate
+from scratchdet.data.batching import TrainingBatches, pack
 from scratchdet.engine import distributed, rundir
 from scratchdet.engine.hooks import CheckpointHook, EvalHook, EvaluateFn, MetricsHook, MetricsWriter
 from scratchdet.engine.schedule import Schedule
@@ -176,7 +176,7 @@ def batch_stream(
         dataset,
         batch_sampler=sampler,
         num_workers=num_workers,
-        collate_fn=collate,
+        collate_fn=pack,  # one buffer per kind of tensor: a few copies to the device a batch
         persistent_workers=num_workers > 0,
         pin_memory=torch.cuda.is_available(),  # so that the trainer's copies to the GPU can be asynchronous
         # A generator of its own: creating the loader must not draw from the global random stream, or a
