@@ -88,7 +88,7 @@ def collate(batch: list[tuple[torch.Tensor, dict[str, Any]]]) -> Batch:
 
 class PackedBatch:
     """A training batch packed for the trip to the device: the images, and each tensor field of the targets, of
-    every item concatenated into one flat buffer, so that pinning and copying it take one transfer per kind, not one
+    every item concatenated into one buffer, so that pinning and copying it take one transfer per kind, not one
     per item and kind (on a GPU each copy costs the host several microseconds: four an image for Mask R-CNN, two
     for classification). `to(device)` gives back the lists the models take, as views into the copied buffers; the
     values are those `collate` gives (plain tensors: torchvision's tv_tensor wrappers are dropped)."""
@@ -101,7 +101,7 @@ class PackedBatch:
         self.shapes: dict[str, list[torch.Size]] = {}
         self._pack("image", images)
         for key in sorted(fields):
-            self._pack(key, [target[key] for target in targets])
+            self._pack(key, [target.get(key) for target in targets])
 
     def _pack(self, key: str, tensors: list[Any]) -> None:
         if not all(torch.is_tensor(t) for t in tensors) or len({(t.dtype, t.dim() == 0) for t in tensors}) != 1:
