@@ -17,6 +17,7 @@ import itertools
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -35,6 +36,11 @@ GPU_NMS_BOXES = 8192  # boxes of one NMS call on a GPU: a 8192 x 8192 overlap bi
 
 class BatchedRPN(RegionProposalNetwork):
     """torchvision's RPN; in training, anchors are matched and sampled and the losses computed for the batch."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The anchors of one image by (padded batch size, feature sizes, dtype, device): not state, not saved.
+        self._anchors: dict[tuple[Any, ...], Tensor] = {}
 
     @classmethod
     def like(cls, rpn: RegionProposalNetwork) -> BatchedRPN:
@@ -55,15 +61,25 @@ class BatchedRPN(RegionProposalNetwork):
             raise ValueError("training needs targets")
         levels = list(features.values())
         objectness, deltas = self.head(levels)
-        anchors = self.anchor_generator(images, levels)
+        anchors, count = self.image_anchors(images, levels), len(images.image_sizes)
         anchors_per_level = [o[0].numel() for o in objectness]
         objectness, deltas = concat_box_prediction_layers(objectness, deltas)
-        proposals = self.box_coder.decode(deltas.detach(), anchors).view(len(anchors), -1, 4)
+        # torchvision's `decode` of the anchors of each image, concatenated
+        proposals = self.box_coder.decode_single(deltas.detach(), anchors.repeat(count, 1)).view(count, -1, 4)
         boxes, _ = self.filter_proposals(proposals, objectness, images.image_sizes, anchors_per_level)
-        # Every image of a batch has the same anchors (they tile the padded batch).
-        losses = self.batch_losses(objectness.view(len(anchors), -1), deltas.view(len(anchors), -1, 4), anchors[0],
-                                   targets)  # fmt: skip
+        losses = self.batch_losses(objectness.view(count, -1), deltas.view(count, -1, 4), anchors, targets)
         return boxes, losses
+
+    def image_anchors(self, images: ImageList, levels: list[Tensor]) -> Tensor:
+        """The anchors (A, 4) of every image of the batch: they tile the padded batch, so all images have the same
+        ones. torchvision's generator makes them anew for each image of each batch (about 8 operations a level and
+        one an image); here once per padded size and feature sizes."""
+        key = (tuple(images.tensors.shape[-2:]), tuple(tuple(level.shape[-2:]) for level in levels),
+               levels[0].dtype, levels[0].device)  # fmt: skip
+        if key not in self._anchors:
+            first = ImageList(images.tensors[:1], images.image_sizes[:1])
+            self._anchors[key] = self.anchor_generator(first, [level[:1] for level in levels])[0]
+        return self._anchors[key]
 
     def filter_proposals(
         self,
@@ -319,13 +335,13 @@ def _slots(counts: Sequence[int], width: int, device: torch.device, rows: Sequen
 
 
 def _ranges(starts: Sequence[int], counts: Sequence[int], device: torch.device) -> Tensor:
-    """start, start + 1, ..., start + count - 1 for each (start, count), concatenated: computed on the host in a
-    few vectorised operations whatever the length, and copied once (on a GPU without waiting)."""
-    total = sum(counts)  # known here: no tensor is read (which on the CPU the host-wait count could not tell apart)
-    lengths = torch.tensor(counts, dtype=torch.int64)
-    shift = torch.tensor(starts, dtype=torch.int64) - (torch.cumsum(lengths, 0) - lengths)  # start less offset
-    position = torch.arange(total) + torch.repeat_interleave(shift, lengths, output_size=total)
-    return position.to(device, non_blocking=True)
+    """start, start + 1, ..., start + count - 1 for each (start, count), concatenated: computed on the host with
+    numpy (a few vectorised operations whatever the length, none of them torch's) and copied once (on a GPU without
+    waiting)."""
+    lengths = np.asarray(counts, dtype=np.int64)
+    shift = np.asarray(starts, dtype=np.int64) - (np.cumsum(lengths) - lengths)  # each range's start less its offset
+    position = np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(shift, lengths)
+    return torch.from_numpy(position).to(device, non_blocking=True)
 
 
 def _per_level(levels: Tensor, include: Tensor, pool: Any) -> Tensor:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torchvision.ops import MultiScaleRoIAlign, roi_align
@@ -88,9 +89,9 @@ def roi_format(boxes: list[Tensor]) -> Tensor:
     """torchvision's `_convert_to_roi_format`, (R, 5): each box after its image's index, with a fixed number of
     operations (torchvision's: three an image)."""
     flat = torch.cat(boxes)
-    counts = torch.tensor([own.shape[0] for own in boxes], dtype=torch.int64)
-    column = torch.repeat_interleave(torch.arange(len(boxes), dtype=flat.dtype), counts, output_size=len(flat))
-    return torch.cat([column.to(flat.device, non_blocking=True)[:, None], flat], 1)
+    image = np.repeat(np.arange(len(boxes), dtype=np.float64), [own.shape[0] for own in boxes])  # on the host
+    column = torch.from_numpy(image).to(device=flat.device, dtype=flat.dtype, non_blocking=True)
+    return torch.cat([column[:, None], flat], 1)
 
 
 class SeparableMultiScaleRoIAlign(MultiScaleRoIAlign):
