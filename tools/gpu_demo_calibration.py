@@ -251,18 +251,11 @@ def one_x(train_images: int) -> int:
     return math.ceil(EPOCHS_PER_1X * train_images / IMAGES_PER_BATCH)
 
 
-def due(iteration: int, period: int, period_from: dict[int, int]) -> bool:
-    """Whether an arm evaluates at `iteration` (before its end), as its EvalHook decides."""
-    from scratchdet.engine.hooks import period_at
-
-    current = period_at(iteration, period, period_from)
-    return current > 0 and iteration % current == 0
-
-
 def predict(train_images: int, seeds: int, jobs: int, speed: dict[str, float], root: Path) -> dict[str, float]:
     """Predicted seconds of the GPU demo from no data to the report, by part: the study is every run's start-up,
     steps and evaluations, scheduled as the local executor schedules them on `jobs` slots."""
     from scratchdet.data.synthetic import DEMO_GPU_SPEC
+    from scratchdet.engine.hooks import evaluation_due
     from scratchdet.study.jobs import job_graph, runs_of
     from scratchdet.study.local import simulated_wall_seconds
 
@@ -278,7 +271,7 @@ def predict(train_images: int, seeds: int, jobs: int, speed: dict[str, float], r
             seconds[run] = end * speed["pretrain_step"] * speed["slowdown"]
             continue
         settings = parts[0].config.eval
-        evaluations = sum(1 for i in range(start + 1, end) if due(i, settings.period, settings.period_from))
+        evaluations = sum(1 for i in range(start + 1, end) if evaluation_due(i, settings.period, settings.period_from))
         periodic += evaluations
         seconds[run] = (end - start) * speed["step"] + evaluations * speed["eval100"] + final
     resampling = len(plan.arms) * REPORT_CORE_SECONDS_PER_FINAL + periodic * REPORT_CORE_SECONDS_PER_PERIODIC

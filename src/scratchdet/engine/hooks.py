@@ -138,13 +138,13 @@ class MetricsHook(HookBase):
             self._bar.close()
 
 
-def period_at(iteration: int, period: int, period_from: Mapping[int, int]) -> int:
-    """The evaluation period in force at `iteration`: `period` until the first ITERATION of `period_from`
-    ({ITERATION: PERIOD}) it has reached, then that one's PERIOD."""
+def evaluation_due(iteration: int, period: int, period_from: Mapping[int, int]) -> bool:
+    """Whether a periodic evaluation falls at `iteration`: a multiple of the period in force there, `period` until
+    the first ITERATION of `period_from` ({ITERATION: PERIOD}) it has reached, then that one's PERIOD (0: none)."""
     for start in sorted(period_from):
         if iteration >= start:
             period = period_from[start]
-    return period
+    return period > 0 and iteration % period == 0
 
 
 class EvalHook(HookBase):
@@ -182,8 +182,7 @@ class EvalHook(HookBase):
             self.final_results = results
 
     def after_step(self) -> None:
-        period = period_at(self.trainer.iteration, self.period, self.period_from)
-        if not self.trainer.finished and period and self.trainer.iteration % period == 0:
+        if not self.trainer.finished and evaluation_due(self.trainer.iteration, self.period, self.period_from):
             self._run(final=False)
 
     def after_train(self) -> None:
