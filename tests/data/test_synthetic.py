@@ -82,3 +82,36 @@ def test_scene_difficulty_knobs(tmp_path: Path) -> None:
     data = json.loads((tmp_path / "two" / "annotations" / "instances_train.json").read_text())
     assert [c["name"] for c in data["categories"]] == ["circle", "square"]
     assert {a["category_id"] for a in data["annotations"]} == {1, 2}
+
+
+def test_generating_never_overwrites_a_folder_it_did_not_write(tmp_path: Path) -> None:
+    import json
+
+    import pytest
+
+    from scratchdet.data.synthetic import GENERATED_MARK
+    from scratchdet.data.synthetic_keypoints import generate_keypoints
+    from scratchdet.errors import ScratchdetError
+
+    tiny = SynthSpec(train_images=2, val_images=1, classification_train_per_class=0, classification_val_per_class=0)
+    coco = tmp_path / "coco"
+    (coco / "annotations").mkdir(parents=True)
+    (coco / "annotations" / "instances_train.json").write_text("{}")
+    for make in (lambda: generate(coco, tiny, workers=1, quiet=True),
+                 lambda: generate_keypoints(coco, 1, 1, workers=1, quiet=True)):  # fmt: skip
+        with pytest.raises(ScratchdetError, match=r"did not generate \(annotations\).*new or empty folder"):
+            make()
+    assert (coco / "annotations" / "instances_train.json").read_text() == "{}"  # untouched
+    # A set it generated is written again with the new spec, and complete only once it all is.
+    ours = tmp_path / "ours"
+    generate(ours, tiny, workers=1, quiet=True)
+    bigger = SynthSpec(**{**tiny.__dict__, "train_images": 3})
+    generate(ours, bigger, workers=1, quiet=True)
+    assert existing_spec(ours) == bigger
+    assert len(json.loads((ours / "annotations" / "instances_train.json").read_text())["images"]) == 3
+    # An interrupted generation (its mark, no spec yet) is redone; a set of an earlier version (a spec, no mark) too.
+    (ours / "synth.json").unlink()
+    generate(ours, tiny, workers=1, quiet=True)
+    (ours / GENERATED_MARK).unlink()
+    generate(ours, bigger, workers=1, quiet=True)
+    assert existing_spec(ours) == bigger

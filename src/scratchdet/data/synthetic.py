@@ -360,9 +360,33 @@ def _run_parallel(
         return list(tqdm(results, total=len(jobs), desc=description, disable=quiet or None))
 
 
+GENERATED_MARK = ".scratchdet-generated"  # in a folder the generators wrote: theirs to write again
+SPEC_FILE = "synth.json"
+
+
+def claim_folder(out: Path) -> None:
+    """Make `out` a folder a generator may write: new, empty, or written by a generator before (complete or
+    interrupted). Any other folder is refused: the generated annotations and images would replace a dataset's
+    own files of the same names."""
+    out = Path(out)
+    ours = (out / GENERATED_MARK).is_file() or (out / SPEC_FILE).is_file()
+    if out.is_dir() and not ours and any(out.iterdir()):
+        found = ", ".join(sorted(p.name for p in out.iterdir())[:5])
+        raise ScratchdetError(
+            f"{out} holds files that scratchdet did not generate ({found}): generating there would overwrite a "
+            "dataset's annotations and images; give a new or empty folder"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / GENERATED_MARK).touch()
+    # A set being rewritten is complete again only when its spec is (written last).
+    (out / SPEC_FILE).unlink(missing_ok=True)
+
+
 def generate(out: Path, spec: SynthSpec, workers: int | None = None, quiet: bool = False) -> None:
-    """Write the detection set (COCO JSON + PNGs) and the classification set (ImageFolder) under `out`."""
+    """Write the detection set (COCO JSON + PNGs) and the classification set (ImageFolder) under `out` (a new or
+    empty folder, or one generated before: `claim_folder`)."""
     workers = workers if workers is not None else (os.cpu_count() or 1)
+    claim_folder(out)
     (out / "annotations").mkdir(parents=True, exist_ok=True)
     for split, count in (("train", spec.train_images), ("val", spec.val_images)):
         (out / split).mkdir(exist_ok=True)
@@ -385,12 +409,12 @@ def generate(out: Path, spec: SynthSpec, workers: int | None = None, quiet: bool
             ]
         _run_parallel(_write_classification_image, jobs, workers, split, quiet)
     # Written last: its presence says the set is complete (an interrupted generation is redone).
-    atomic_write_text(out / "synth.json", json.dumps(asdict(spec), indent=2))
+    atomic_write_text(out / SPEC_FILE, json.dumps(asdict(spec), indent=2))
 
 
 def existing_spec(out: Path) -> SynthSpec | None:
     """The spec of a complete generated dataset at `out`, or None."""
     try:
-        return SynthSpec(**json.loads((out / "synth.json").read_text()))
+        return SynthSpec(**json.loads((out / SPEC_FILE).read_text()))
     except (OSError, ValueError, TypeError):
         return None

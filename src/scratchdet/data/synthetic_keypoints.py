@@ -18,7 +18,15 @@ import numpy as np
 from faster_coco_eval.core import mask as mask_utils
 from PIL import Image, ImageDraw
 
-from scratchdet.data.synthetic import SPLIT_CODES, _background, _random_colour, _run_parallel, _save_png, _to_uint8
+from scratchdet.data.synthetic import (
+    SPLIT_CODES,
+    _background,
+    _random_colour,
+    _run_parallel,
+    _save_png,
+    _to_uint8,
+    claim_folder,
+)
 from scratchdet.storage import atomic_write_text
 
 KEYPOINT_NAMES = [
@@ -156,7 +164,9 @@ def _write(args: tuple[int, str, int, int, str]) -> tuple[int, int, int, list[di
 def generate_keypoints(
     out: Path, train_images: int, val_images: int, size: int = 128, seed: int = 0, workers: int = 1, quiet: bool = False
 ) -> None:
-    """Write `out/{train,val}/*.png` and `out/annotations/person_keypoints_{train,val}.json`."""
+    """Write `out/{train,val}/*.png` and `out/annotations/person_keypoints_{train,val}.json` (a new or empty folder,
+    or one generated before: `claim_folder`)."""
+    claim_folder(out)
     (out / "annotations").mkdir(parents=True, exist_ok=True)
     for split, count in (("train", train_images), ("val", val_images)):
         (out / split).mkdir(exist_ok=True)
