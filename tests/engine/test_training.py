@@ -55,7 +55,8 @@ def test_short_training_lowers_the_loss_and_reaches_positive_box_ap(short_run: P
 
 
 def test_run_directory_is_self_describing(short_run: Path) -> None:
-    for name in ("config.yaml", "metrics.jsonl", "log.txt", "train_image_ids.json", "detections.json", "summary.json"):
+    for name in ("config.yaml", "metrics.jsonl", "log.txt", "train_image_ids.json", "data.json", "detections.json",
+                 "summary.json"):  # fmt: skip
         assert (short_run / name).is_file(), name
     assert list((short_run / "tensorboard").iterdir())
     detections = json.loads((short_run / "detections.json").read_text())
@@ -192,6 +193,33 @@ def test_a_second_run_into_the_same_directory_is_refused(short_run: Path) -> Non
 
     with pytest.raises(ScratchdetError, match="already holds a run"):
         train(config, short_run)
+
+
+def test_a_run_resumed_on_changed_data_is_refused_and_on_moved_data_continues(synth_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from scratchdet.errors import ScratchdetError, TrainingPaused
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_dir, data, ignore=shutil.ignore_patterns("classification"))
+    overrides = [*tiny_training_overrides(data), "solver.base_epochs=null", "solver.schedule=0.0000333333x",
+                 "eval.max_images=4", "eval.period=100"]  # 12 iterations  # fmt: skip
+    run_dir = tmp_path / "run"
+    with pytest.raises(TrainingPaused):
+        train(load_config("demo/mask_rcnn", overrides), run_dir, stop_at=4, quiet=True)
+    annotations = data / "annotations" / "instances_train.json"
+    original = annotations.read_bytes()
+    fewer = json.loads(original)
+    fewer["images"] = fewer["images"][:-1]  # as if regenerated with another size
+    annotations.write_text(json.dumps(fewer))
+    with pytest.raises(ScratchdetError, match=r"training annotations .*instances_train.json changed since it started"):
+        train(load_config("demo/mask_rcnn", overrides), run_dir, resume=True, quiet=True)
+    assert not (run_dir / "summary.json").exists()
+    annotations.write_bytes(original)  # the same data again, moved elsewhere: the same run goes on
+    data.rename(tmp_path / "moved")
+    moved = [o.replace(str(data), str(tmp_path / "moved")) for o in overrides]
+    train(load_config("demo/mask_rcnn", moved), run_dir, resume=True, quiet=True)
+    assert json.loads((run_dir / "summary.json").read_text())["iteration"] == 12
 
 
 def test_last_logged_iteration_reads_the_tail(tmp_path: Path) -> None:

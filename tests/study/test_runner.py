@@ -92,3 +92,44 @@ def test_an_interrupted_study_runs_only_what_is_missing(
     assert "started arms/scratch_gn_0.0000333333x_seed0 (resumed)" in messages
     timeline = read_timeline(out)  # the latest call's: the short arm alone, redoing its end
     assert timeline is not None and [r.run for r in timeline.runs] == ["arms/scratch_gn_0.0000333333x_seed0"]
+
+
+def test_a_study_whose_data_changed_is_refused_and_its_report_says_which_intervals_it_lost(
+    synth_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+    from dataclasses import replace
+
+    from scratchdet.data.synthetic import generate
+    from scratchdet.engine import rundir
+    from scratchdet.errors import ScratchdetError
+    from scratchdet.study.intervals import Evidence
+    from scratchdet.study.results import read_study
+    from tests.conftest import SMALL_SPEC
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_dir, data)
+    overrides = [*tiny_training_overrides(data), "solver.base_epochs=null", "eval.max_images=4", "eval.period=100"]
+    spec = {"base": "demo/mask_rcnn", "overrides": overrides,
+            "axes": {"init": ["scratch"], "norm": ["gn"], "schedule": SCHEDULES, "seed": [0]}}  # fmt: skip
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    out = tmp_path / "out"
+    run_study(tmp_path / "spec.yaml", out)
+    long, short = (out / "arms" / f"scratch_gn_{s}_seed0" for s in SCHEDULES)
+    forked = tmp_path / "forked"  # a fork records its parent's data before it starts: it trains on from there
+    rundir.fork(long, forked, 8, rundir.read_config(short))
+    assert (forked / "data.json").read_bytes() == (long / "data.json").read_bytes()
+    arms = read_study(out)
+    assert Evidence(arms).samples(arms[0], "bbox", "AP", None) is not None
+
+    generate(data, replace(SMALL_SPEC, train_images=60, val_images=10), workers=2, quiet=True)  # other sizes
+    with pytest.raises(ScratchdetError) as refused:
+        run_study(tmp_path / "spec.yaml", out)
+    message = str(refused.value)
+    for arm in (long, short):
+        assert f"arms/{arm.name}: the training annotations {data}/annotations/instances_train.json changed" in message
+    assert "the validation annotations" in message and "another --out" in message
+    # The report of the runs as they are: the saved detections no longer match the validation set's ground truth.
+    evidence = Evidence(read_study(out))
+    assert evidence.samples(arms[0], "bbox", "AP", None) is None
+    assert any("validation annotations" in note and "changed since" in note for note in evidence.notes)

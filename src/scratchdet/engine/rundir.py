@@ -5,6 +5,8 @@
     tensorboard/         the same scalars as event files
     log.txt              the log
     train_image_ids.json the images trained on (after subset and skipped items)
+    data.json            a digest of the data it trains and evaluates on (`data_record`): a resumed run, or a
+                         study continuing it, refuses data that changed since it started
     skipped_items.json   what `data.skip_bad_items` dropped (only when it dropped something)
     checkpoints/         model_<iteration>.pth (newest `output.keep_last`) and `last_checkpoint`
     detections.json      the final detections, COCO results format (detection runs)
@@ -20,6 +22,8 @@ below. Under torchrun rank 0 alone writes.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
 import os
@@ -60,6 +64,7 @@ TRAIN_IMAGE_IDS = "train_image_ids.json"
 SKIPPED_ITEMS = "skipped_items.json"
 BACKBONE = "backbone.pth"
 FORKED_FROM = "forked_from.json"
+DATA = "data.json"
 
 # A summary is written last, atomically: a damaged one is redone by resuming the finished run.
 _REDO = "delete it and run `scratchdet {command} --resume {run_dir}` to redo the final evaluation and write it again"
@@ -173,8 +178,94 @@ def fork(parent: Path, child: Path, iteration: int, config: Config) -> None:
         if "eval" in record and source.is_file():
             atomic_write_bytes(evaluation_file(child, record["iteration"]), source.read_bytes())
     write_metrics(child, records)
+    if (Path(parent) / DATA).is_file():  # the child goes on from the parent's data, and checks it is unchanged
+        atomic_write_bytes(Path(child) / DATA, (Path(parent) / DATA).read_bytes())
     write_json(child, FORKED_FROM, {"run": str(parent), "iteration": iteration})
     write_config(child, config)
+
+
+# ------------------------------------------------------------------------------------------------ its data
+
+
+def data_record(config: Config, command: str) -> dict[str, dict[str, str]]:
+    """What a run's results depend on besides its config: the data it trains and evaluates on, each as its path
+    and a digest of its content — the annotation files of a detection run, the image lists of a pre-training.
+    Moved data (same digest, another path) is the same data."""
+    if command == "pretrain":
+        pretrain = config.pretrain
+        folders = {"classification training images": pretrain.path(pretrain.train_dir),
+                   "classification validation images": pretrain.path(pretrain.val_dir)}  # fmt: skip
+        return {what: {"path": str(path), "sha1": _folder_digest(path)} for what, path in folders.items()}
+    data = config.data
+    files = {"training annotations": data.path(data.train_annotations),
+             "validation annotations": data.path(data.val_annotations)}  # fmt: skip
+    return {what: {"path": str(path), "sha1": file_digest(path)} for what, path in files.items()}
+
+
+MISSING = "missing"  # the digest of data that is not there
+
+
+def file_digest(path: Path) -> str:
+    """SHA-1 of a file's content (MISSING when it is not there)."""
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return MISSING
+    return _digest(Path(path).resolve(), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _digest(path: Path, size: int, modified: int) -> str:  # size and time: a rewritten file is read again
+    hasher = hashlib.sha1()
+    with open(path, "rb") as file:
+        while chunk := file.read(1 << 22):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+def _folder_digest(folder: Path) -> str:
+    """SHA-1 of the sorted relative paths of every file under `folder`: an image folder's classes and images,
+    listed without opening or even stat-ing them (a million-image folder is listed in seconds)."""
+    if not Path(folder).is_dir():
+        return MISSING
+    entries = sorted(
+        Path(directory, name).relative_to(folder).as_posix()
+        for directory, _, names in os.walk(folder)
+        for name in names
+    )
+    return hashlib.sha1("\n".join(entries).encode()).hexdigest()
+
+
+def data_changes(run_dir: Path, record: dict[str, dict[str, str]]) -> list[str]:
+    """How `record` (the data now) differs from the data `run_dir` started on; empty when it does not, or when the
+    run predates these records."""
+    path = Path(run_dir) / DATA
+    if not path.is_file():
+        return []
+    saved = read_json_file(path, f"delete it to accept the data as it is now for {run_dir}")
+    changes = []
+    for what, now in record.items():
+        then = saved.get(what) if isinstance(saved, dict) else None
+        if not isinstance(then, dict) or then.get("sha1") == now["sha1"]:
+            continue
+        moved = f" (then {then.get('path')})" if then.get("path") != now["path"] else ""
+        happened = "is missing" if now["sha1"] == MISSING else "changed since it started"
+        changes.append(f"the {what} {now['path']}{moved} {happened}")
+    return changes
+
+
+def keep_data_record(run_dir: Path, record: dict[str, dict[str, str]], *, resume: bool) -> None:
+    """Save the data a run trains on when it starts; when it resumes, refuse data changed since: one run trained
+    on two datasets (or evaluated on another validation set than its earlier evaluations) is a silent wrong
+    result. Rank 0's work (`distributed.on_main`)."""
+    changes = data_changes(run_dir, record) if resume else []
+    if changes:
+        raise ScratchdetError(
+            f"{run_dir}: {'; '.join(changes)}: continuing would mix two datasets in one run. Restore the data it "
+            "started on, or start a new run with --out"
+        )
+    if not resume or not (Path(run_dir) / DATA).is_file():
+        write_json(run_dir, DATA, record)
 
 
 # ------------------------------------------------------------------------------------------------ a run's life

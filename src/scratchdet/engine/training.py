@@ -76,6 +76,7 @@ def run_training(
     if finished is not None:
         return finished
     started = time.perf_counter()
+    distributed.on_main(lambda: rundir.keep_data_record(run_dir, rundir.data_record(config, command), resume=resume))
     seed_everything(config.seed)
     job = prepare(device)
     checkpoints = rundir.checkpointer(run_dir, job.keep_last, job.keep_iterations)

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from faster_coco_eval import COCO
 
+from scratchdet.engine import rundir
 from scratchdet.engine.rundir import evaluation_file
 from scratchdet.evaluation.bootstrap import accumulate, match_detections, resample_weights
 from scratchdet.evaluation.coco import read_evaluation
@@ -206,6 +207,13 @@ def resample_evaluation(job: ResampleTask) -> Resampled:
     return Resampled(tuple(table.image_ids), values)
 
 
+def _validation_changed(run_dir: Path, annotations: Path) -> bool:
+    """Whether the run was evaluated on other validation annotations than `annotations` holds now (its saved
+    detections would be matched against ground truth they were not scored on)."""
+    now = {"validation annotations": {"path": str(annotations), "sha1": rundir.file_digest(annotations)}}
+    return bool(rundir.data_changes(run_dir, now))
+
+
 class Evidence:
     """A study's arms, their logged metrics, and the bootstrap of their saved evaluations (loaded lazily, cached;
     `prefetch` computes many at once on every core)."""
@@ -287,6 +295,11 @@ class Evidence:
                 self.notes.add("some evaluations were not saved (RUN_DIR/evaluations): their intervals are unknown")
             elif arm.val_annotations is None or not Path(arm.val_annotations).is_file():
                 self.notes.add(f"validation annotations {arm.val_annotations} not found: intervals unknown")
+            elif arm.run_dir is not None and _validation_changed(arm.run_dir, Path(arm.val_annotations)):
+                self.notes.add(
+                    f"validation annotations {arm.val_annotations} changed since some arms were evaluated: their "
+                    "intervals are unknown"
+                )
             else:
                 digest = hashlib.sha1(path.read_bytes()).hexdigest() + str(arm.val_annotations)
                 located = (Path(arm.val_annotations), path, digest)

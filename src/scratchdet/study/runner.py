@@ -31,7 +31,7 @@ from scratchdet.engine.pretrain import pretraining_step_seconds
 from scratchdet.errors import ScratchdetError
 from scratchdet.storage import LOCK_FILE, atomic_write_text, lock_holder, try_lock
 from scratchdet.study.executor import EXECUTORS, Executor
-from scratchdet.study.jobs import JobStatus, job_graph
+from scratchdet.study.jobs import JobGraph, JobStatus, job_graph, runs_of
 from scratchdet.study.local import LocalExecutor
 from scratchdet.study.report import build_report
 from scratchdet.study.resources import Resources
@@ -165,6 +165,7 @@ def run_study(
         print(chosen.describe(graph, study_dir, estimates, source), *load_reports, sep="\n")
         return None
     _check_no_other_executor(chosen, study_dir)
+    _check_same_data(graph, study_dir)
     started = time.perf_counter()
     with _holding_study(spec_path, study_dir, plan):
         for job in graph.values():
@@ -197,6 +198,25 @@ def _check_no_other_executor(executor: Executor, study_dir: Path) -> None:
                 f"{study_dir} has jobs queued or running under --executor {name} ({', '.join(live)}): follow them "
                 f"with --executor {name}, or stop them before running the study another way"
             )
+
+
+def _check_same_data(graph: JobGraph, study_dir: Path) -> None:
+    """Refuse to continue a study whose runs started on other data than the spec names now (regenerated, another
+    size, edited annotations): finished arms would be skipped, started ones resumed, and the report would mix
+    results of two datasets as if they were one."""
+    changed = []
+    for parts in runs_of(graph).values():
+        first = parts[0]
+        if rundir.is_run(first.run_dir):
+            changes = rundir.data_changes(first.run_dir, rundir.data_record(first.config, first.command))
+            changed += [f"{first.run}: {change}" for change in changes]
+    if changed:
+        listed = "\n  ".join(changed[:10]) + (f"\n  ... and {len(changed) - 10} more" if len(changed) > 10 else "")
+        raise ScratchdetError(
+            f"{study_dir}: runs of this study started on other data than its spec names now:\n  {listed}\n"
+            "Continuing would mix results of two datasets in one report: run the study with another --out (or "
+            "restore the data)"
+        )
 
 
 @contextmanager
