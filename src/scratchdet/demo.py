@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from scratchdet.errors import ScratchdetError
 from scratchdet.storage import atomic_write_text
+
+if TYPE_CHECKING:
+    from scratchdet.data.synthetic import SynthSpec
 
 # `scratchdet --help` reads DEMO_GPU_JOBS from here: torch and the study machinery are imported where used.
 
@@ -90,7 +94,7 @@ def run_demo(
     """Generate the demo data (if absent), check it, run the demo study; returns the report's path (None with
     `check_only`). `requested_device`: auto, cpu or cuda; `data`, `out`, `jobs`: the variant's unless given."""
     from scratchdet.data.check import check_dataset
-    from scratchdet.data.synthetic import DEMO_GPU_SPEC, DEMO_SPEC, existing_spec, generate
+    from scratchdet.data.synthetic import DEMO_GPU_SPEC, DEMO_SPEC
     from scratchdet.engine import mps
     from scratchdet.study.local import LocalExecutor
     from scratchdet.study.runner import run_study
@@ -108,11 +112,7 @@ def run_demo(
         jobs = 1
     spec = DEMO_GPU_SPEC if device == "cuda" else DEMO_SPEC
     print(f"the {device.upper()} demo: configs/demo/{variant.study}, data in {data}, study in {out}, {jobs} at once")
-    if existing_spec(data) == spec:
-        print(f"demo dataset already in {data}")
-    else:
-        print(f"generating the demo dataset in {data}")
-        generate(data, spec)
+    demo_data(data, spec, out)
     for split in ("train", "val"):
         report = check_dataset(data / "annotations" / f"instances_{split}.json", data / split, quiet=True)
         print(report.format(max_problems=20))
@@ -125,3 +125,27 @@ def run_demo(
     path = run_study(demo_study(packaged, data, out, moved=data != variant.data), out, executor=LocalExecutor(jobs))
     print(f"demo finished in {time.perf_counter() - started:.0f} s")
     return path
+
+
+def demo_data(data: Path, spec: SynthSpec, out: Path) -> None:
+    """The demo's data in `data`: kept when it is this spec's, else generated — unless the study in `out` trained
+    on the set there: regenerating it would strand that study (a study refuses data changed under its runs)."""
+    from scratchdet.data.synthetic import existing_spec, generate
+
+    existing = existing_spec(data)
+    if existing == spec:
+        print(f"demo dataset already in {data}")
+        return
+    if existing is not None and (out / "study.yaml").is_file():
+        changed = ", ".join(
+            f"{field.name} {getattr(existing, field.name)} -> {getattr(spec, field.name)}"
+            for field in fields(spec)
+            if getattr(existing, field.name) != getattr(spec, field.name)
+        )
+        raise ScratchdetError(
+            f"{out} holds a demo study trained on the data in {data}, which this demo generates differently "
+            f"({changed}): delete both to run the demo afresh, or give --data and --out elsewhere (the old study's "
+            f"report: scratchdet report {out})"
+        )
+    print(f"generating the demo dataset in {data}")
+    generate(data, spec)

@@ -60,6 +60,27 @@ def test_demo_data_elsewhere_gets_a_spec_pointed_at_it(tmp_path: Path) -> None:
         demo.demo_study(packaged, tmp_path / "other", tmp_path / "out", moved=True)
 
 
+def test_the_demo_never_regenerates_data_a_study_of_it_trained_on(tmp_path: Path) -> None:
+    """A demo whose data spec changed (a new calibration's size) keeps the old data while the old study is there:
+    regenerating it would leave that study on data it was not trained on."""
+    from dataclasses import replace
+
+    from scratchdet.data.synthetic import SynthSpec, existing_spec
+
+    old = SynthSpec(train_images=2, val_images=1, classification_train_per_class=0, classification_val_per_class=0)
+    new = replace(old, train_images=3)
+    data, out = tmp_path / "data", tmp_path / "out"
+    demo.demo_data(data, old, out)
+    out.mkdir()
+    (out / "study.yaml").write_text("base: demo/mask_rcnn_gpu\n")
+    demo.demo_data(data, old, out)  # the same spec: kept
+    with pytest.raises(ScratchdetError, match=r"trained on the data in .*\(train_images 2 -> 3\): delete both"):
+        demo.demo_data(data, new, out)
+    assert existing_spec(data) == old
+    demo.demo_data(data, new, tmp_path / "elsewhere")  # no study of it there: regenerated
+    assert existing_spec(data) == new
+
+
 def test_the_demo_files_hold_what_the_calibration_writes_for_their_size() -> None:
     """Each number the calibration sets is on one line, and the committed files agree with a plan of their own
     training-set size (reduced sets, periods): a hand edit of one of them fails here."""
