@@ -268,6 +268,26 @@ class Config(_Section):
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
+    def differences(self, other: Config, ignore: tuple[str, ...] = ()) -> list[str]:
+        """Each setting that differs from `other`'s, as "key: this -> other" (dotted keys; a key in `ignore`, or
+        under one, is left out)."""
+        mine, theirs = _flat(self.model_dump(mode="json")), _flat(other.model_dump(mode="json"))
+        return [
+            f"{key}: {mine.get(key)!r} -> {theirs.get(key)!r}"
+            for key in sorted(mine.keys() | theirs.keys())
+            if mine.get(key) != theirs.get(key) and not any(key == i or key.startswith(i + ".") for i in ignore)
+        ]
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
 
 # ----------------------------------------------------------------------------------------------- loading
 

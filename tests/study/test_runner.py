@@ -94,7 +94,7 @@ def test_an_interrupted_study_runs_only_what_is_missing(
     assert timeline is not None and [r.run for r in timeline.runs] == ["arms/scratch_gn_0.0000333333x_seed0"]
 
 
-def test_a_study_whose_data_changed_is_refused_and_its_report_says_which_intervals_it_lost(
+def test_a_study_whose_data_or_base_config_changed_is_refused_and_its_report_says_which_intervals_it_lost(
     synth_dir: Path, tmp_path: Path
 ) -> None:
     import shutil
@@ -109,8 +109,11 @@ def test_a_study_whose_data_changed_is_refused_and_its_report_says_which_interva
 
     data = tmp_path / "data"
     shutil.copytree(synth_dir, data)
+    base = tmp_path / "base.yaml"  # the spec names a base config file: editing it leaves the spec's text unchanged
+    base.write_text("_base_: demo/mask_rcnn\nsolver:\n  warmup_iters: 10\n")
     overrides = [*tiny_training_overrides(data), "solver.base_epochs=null", "eval.max_images=4", "eval.period=100"]
-    spec = {"base": "demo/mask_rcnn", "overrides": overrides,
+    overrides = [o for o in overrides if not o.startswith("solver.warmup_iters=")]
+    spec = {"base": "base.yaml", "overrides": overrides,
             "axes": {"init": ["scratch"], "norm": ["gn"], "schedule": SCHEDULES, "seed": [0]}}  # fmt: skip
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
     out = tmp_path / "out"
@@ -121,6 +124,14 @@ def test_a_study_whose_data_changed_is_refused_and_its_report_says_which_interva
     assert (forked / "data.json").read_bytes() == (long / "data.json").read_bytes()
     arms = read_study(out)
     assert Evidence(arms).samples(arms[0], "bbox", "AP", None) is not None
+
+    base.write_text("_base_: demo/mask_rcnn\nsolver:\n  warmup_iters: 5\n")  # an edited base config
+    with pytest.raises(ScratchdetError, match="other data or settings") as refused:
+        run_study(tmp_path / "spec.yaml", out)
+    for arm in (long, short):
+        assert f"arms/{arm.name}: solver.warmup_iters: 10 -> 5" in str(refused.value)
+    base.write_text("_base_: demo/mask_rcnn\nsolver:\n  warmup_iters: 10\n")
+    run_study(tmp_path / "spec.yaml", out)  # as it was: nothing to do, no refusal
 
     generate(data, replace(SMALL_SPEC, train_images=60, val_images=10), workers=2, quiet=True)  # other sizes
     with pytest.raises(ScratchdetError) as refused:

@@ -165,7 +165,7 @@ def run_study(
         print(chosen.describe(graph, study_dir, estimates, source), *load_reports, sep="\n")
         return None
     _check_no_other_executor(chosen, study_dir)
-    _check_same_data(graph, study_dir)
+    _check_runs_match_the_plan(graph, study_dir)
     started = time.perf_counter()
     with _holding_study(spec_path, study_dir, plan):
         for job in graph.values():
@@ -200,22 +200,33 @@ def _check_no_other_executor(executor: Executor, study_dir: Path) -> None:
             )
 
 
-def _check_same_data(graph: JobGraph, study_dir: Path) -> None:
-    """Refuse to continue a study whose runs started on other data than the spec names now (regenerated, another
-    size, edited annotations): finished arms would be skipped, started ones resumed, and the report would mix
-    results of two datasets as if they were one."""
+# Settings a run's results do not depend on, or that another check covers (the data by its digest, each arm's init
+# by the spec): a run may differ from the plan that continues it in these.
+FREE_SETTINGS = ("description", "output", "data.root", "data.num_workers", "pretrain.root", "pretrain.num_workers",
+                 "model.init", "eval.images_per_batch", "solver.compile")  # fmt: skip
+
+
+def _check_runs_match_the_plan(graph: JobGraph, study_dir: Path) -> None:
+    """Refuse to continue a study whose started runs were trained on other data (regenerated, another size, edited
+    annotations) or with other settings (an edited base config) than the plan now gives: finished arms would be
+    skipped, started ones resumed, and the report would set results of two experiments side by side as one."""
     changed = []
     for parts in runs_of(graph).values():
         first = parts[0]
-        if rundir.is_run(first.run_dir):
-            changes = rundir.data_changes(first.run_dir, rundir.data_record(first.config, first.command))
-            changed += [f"{first.run}: {change}" for change in changes]
+        if not rundir.is_run(first.run_dir):
+            continue
+        changes = rundir.data_changes(first.run_dir, rundir.data_record(first.config, first.command))
+        try:
+            changes += rundir.read_config(first.run_dir).differences(first.config, FREE_SETTINGS)
+        except ScratchdetError as exc:  # a config this version no longer reads: not comparable, not continuable
+            changes.append(f"its config no longer loads ({exc})")
+        changed += [f"{first.run}: {change}" for change in changes]
     if changed:
-        listed = "\n  ".join(changed[:10]) + (f"\n  ... and {len(changed) - 10} more" if len(changed) > 10 else "")
+        listed = "\n  ".join(changed[:12]) + (f"\n  ... and {len(changed) - 12} more" if len(changed) > 12 else "")
         raise ScratchdetError(
-            f"{study_dir}: runs of this study started on other data than its spec names now:\n  {listed}\n"
-            "Continuing would mix results of two datasets in one report: run the study with another --out (or "
-            "restore the data)"
+            f"{study_dir}: runs of this study were trained on other data or settings than it plans now (run: what "
+            f"changed, then -> now):\n  {listed}\nContinuing would mix two experiments in one report: run the study "
+            "with another --out (or restore what changed)"
         )
 
 
