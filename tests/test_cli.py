@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from scratchdet.cli import main
+from scratchdet.data.synthetic import SynthSpec, existing_spec
 from tests.conftest import tiny_coco
 
 
@@ -52,6 +53,22 @@ def test_synth_command(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyp
     assert main(["data", "synth", "--out", str(tmp_path / "d"), *arguments]) == 0
     assert (tmp_path / "d" / "annotations" / "instances_val.json").is_file()
     assert "wrote" in capsys.readouterr().out
+    assert existing_spec(tmp_path / "d") == SynthSpec(
+        3, 2, classification_train_per_class=1, classification_val_per_class=1
+    )
+    assert (
+        main(
+            ["data", "synth", "--out", str(tmp_path / "e"), *arguments, "--objects", "1", "2", "--radius", "0.3", "0.4"]
+        )
+        == 0
+    )
+    spec = existing_spec(tmp_path / "e")
+    assert spec is not None and (spec.min_objects, spec.max_objects, spec.min_radius, spec.max_radius) == (
+        1,
+        2,
+        0.3,
+        0.4,
+    )
 
 
 def test_atomic_writes_follow_the_umask(tmp_path: Path) -> None:

@@ -43,7 +43,7 @@ def _config_show(args: argparse.Namespace) -> int:
 
 
 def _data_synth(args: argparse.Namespace) -> int:
-    from scratchdet.data.synthetic import SynthSpec, generate
+    from scratchdet.data.synthetic import SynthSpec, generate, with_difficulty
 
     if args.kind == "people":
         from scratchdet.data.synthetic_keypoints import generate_keypoints
@@ -70,12 +70,9 @@ def _data_synth(args: argparse.Namespace) -> int:
         classification_train_per_class=args.classification_train_per_class,
         classification_val_per_class=args.classification_val_per_class,
         seed=args.seed,
-        min_objects=args.objects[0],
-        max_objects=args.objects[1],
-        min_radius=args.radius[0],
-        max_radius=args.radius[1],
         categories=args.categories,
     )
+    spec = with_difficulty(spec, args.objects, args.radius)
     started = time.perf_counter()
     generate(args.out, spec, workers=args.workers)
     print(
@@ -285,13 +282,43 @@ def _report(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from scratchdet.demo import run_demo
 
-    path = run_demo(args.device, data=args.data, out=args.out, jobs=args.jobs, check_only=args.check_only)
+    path = run_demo(
+        args.device,
+        data=args.data,
+        out=args.out,
+        jobs=args.jobs,
+        objects=args.objects,
+        radius=args.radius,
+        check_only=args.check_only,
+    )
     if path is not None:
         print(f"report: {path}")
     return 0
 
 
 # -------------------------------------------------------------------------------------------- parser
+
+
+def _difficulty_arguments(parser: argparse.ArgumentParser, whose: str) -> None:
+    """--objects and --radius: the generated scenes' difficulty, `whose` defaults (SynthSpec's) when not given."""
+    from scratchdet.data import DEFAULT_OBJECTS, DEFAULT_RADIUS
+
+    parser.add_argument(
+        "--objects",
+        type=int,
+        nargs=2,
+        metavar=("MIN", "MAX"),
+        help=f"objects per scene, drawn uniformly between MIN and MAX (default: {whose}{DEFAULT_OBJECTS[0]} "
+        f"{DEFAULT_OBJECTS[1]})",
+    )
+    parser.add_argument(
+        "--radius",
+        type=float,
+        nargs=2,
+        metavar=("MIN", "MAX"),
+        help="object radius as a fraction of the image size, log-uniform between MIN and MAX; fewer, larger objects "
+        f"make easier scenes (default: {whose}{DEFAULT_RADIUS[0]:g} {DEFAULT_RADIUS[1]:g})",
+    )
 
 
 def _check_before_launch(args: argparse.Namespace) -> None:
@@ -438,23 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     synth.add_argument("--classification-train-per-class", type=int, default=150)
     synth.add_argument("--classification-val-per-class", type=int, default=30)
-    synth.add_argument(
-        "--objects",
-        type=int,
-        nargs=2,
-        default=[2, 6],
-        metavar=("MIN", "MAX"),
-        help="objects per scene, drawn uniformly between MIN and MAX (default: %(default)s)",
-    )
-    synth.add_argument(
-        "--radius",
-        type=float,
-        nargs=2,
-        default=[0.16, 0.45],
-        metavar=("MIN", "MAX"),
-        help="object radius as a fraction of the image size, log-uniform between MIN and MAX; fewer, larger objects "
-        "make easier scenes (default: %(default)s)",
-    )
+    _difficulty_arguments(synth, "")
     synth.add_argument(
         "--categories",
         type=int,
@@ -583,10 +594,16 @@ def build_parser() -> argparse.ArgumentParser:
         "for 10 minutes on one H100/H200), else the CPU demo (configs/demo/study.yaml: about 10 minutes on 2 cores)",
     )
     demo.add_argument(
-        "--data", type=Path, help="where the generated data goes (default: data/demo, GPU: data/demo_gpu)"
+        "--data",
+        type=Path,
+        help="where the generated data goes (default: data/demo, GPU: data/demo_gpu; with other scenes than the "
+        "demo's, --objects/--radius, a folder beside it named after them, e.g. data/demo_objects1-3_radius0.25-0.45)",
     )
     demo.add_argument(
-        "--out", type=Path, help="study directory; run again to resume (default: runs/demo, GPU: runs/demo_gpu)"
+        "--out",
+        type=Path,
+        help="study directory; run again to resume (default: runs/demo, GPU: runs/demo_gpu, or named after "
+        "--objects/--radius like the data)",
     )
     demo.add_argument(
         "--jobs",
@@ -594,6 +611,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="arms trained at once (default: 2 on a CPU, each on its share of the cores; on a GPU, "
         f"{DEMO_GPU_JOBS} sharing it through CUDA MPS, two cores each, or 1 where MPS is not available)",
     )
+    _difficulty_arguments(demo, "the demo's, ")
     demo.add_argument("--check-only", action="store_true", help="only generate and check the data")
     return parser
 

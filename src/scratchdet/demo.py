@@ -21,6 +21,8 @@ from scratchdet.errors import ScratchdetError
 from scratchdet.storage import atomic_write_text
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from scratchdet.data.synthetic import SynthSpec
 
 # `scratchdet --help` reads DEMO_GPU_JOBS from here: torch and the study machinery are imported where used.
@@ -89,12 +91,15 @@ def run_demo(
     data: Path | None = None,
     out: Path | None = None,
     jobs: int | None = None,
+    objects: Sequence[int] | None = None,
+    radius: Sequence[float] | None = None,
     check_only: bool = False,
 ) -> Path | None:
     """Generate the demo data (if absent), check it, run the demo study; returns the report's path (None with
-    `check_only`). `requested_device`: auto, cpu or cuda; `data`, `out`, `jobs`: the variant's unless given."""
+    `check_only`). `requested_device`: auto, cpu or cuda; `data`, `out`, `jobs`: the variant's unless given;
+    `objects`, `radius`: the scenes' difficulty (`SynthSpec`), the variant's unless given."""
     from scratchdet.data.check import check_dataset
-    from scratchdet.data.synthetic import DEMO_GPU_SPEC, DEMO_SPEC
+    from scratchdet.data.synthetic import DEMO_GPU_SPEC, DEMO_SPEC, with_difficulty
     from scratchdet.engine import mps
     from scratchdet.study.local import LocalExecutor
     from scratchdet.study.runner import run_study
@@ -102,16 +107,24 @@ def run_demo(
     started = time.perf_counter()
     device = demo_device(requested_device)
     variant = demo_variants()[device]
+    packaged_spec = DEMO_GPU_SPEC if device == "cuda" else DEMO_SPEC
+    spec = with_difficulty(packaged_spec, objects, radius)
+    default_data, default_out = demo_folders(variant, spec, packaged_spec)
     explicit_jobs = jobs
-    data, out, jobs = data or variant.data, out or variant.out, jobs or variant.jobs
+    data, out, jobs = data or default_data, out or default_out, jobs or variant.jobs
     if device == "cuda" and not explicit_jobs and not mps.available():
         print(
             f"CUDA MPS is not available here ({mps.CONTROL}): arms would time-share the GPU, no faster than one "
             "at a time, so the demo trains one at a time"
         )
         jobs = 1
-    spec = DEMO_GPU_SPEC if device == "cuda" else DEMO_SPEC
     print(f"the {device.upper()} demo: configs/demo/{variant.study}, data in {data}, study in {out}, {jobs} at once")
+    if spec != packaged_spec:
+        print(
+            f"scenes: {spec.min_objects}-{spec.max_objects} objects of radius {spec.min_radius:g}-{spec.max_radius:g} "
+            f"(the packaged demo's: {packaged_spec.min_objects}-{packaged_spec.max_objects} of "
+            f"{packaged_spec.min_radius:g}-{packaged_spec.max_radius:g})"
+        )
     demo_data(data, spec, out)
     for split in ("train", "val"):
         report = check_dataset(data / "annotations" / f"instances_{split}.json", data / split, quiet=True)
@@ -125,6 +138,15 @@ def run_demo(
     path = run_study(demo_study(packaged, data, out, moved=data != variant.data), out, executor=LocalExecutor(jobs))
     print(f"demo finished in {time.perf_counter() - started:.0f} s")
     return path
+
+
+def demo_folders(variant: DemoVariant, spec: SynthSpec, packaged: SynthSpec) -> tuple[Path, Path]:
+    """The default data and study folders: the variant's, or beside them, named after the difficulty, for scenes
+    other than the packaged ones (so that a demo on easier scenes neither regenerates nor strands the default one)."""
+    if spec == packaged:
+        return variant.data, variant.out
+    suffix = f"_objects{spec.min_objects}-{spec.max_objects}_radius{spec.min_radius:g}-{spec.max_radius:g}"
+    return variant.data.with_name(variant.data.name + suffix), variant.out.with_name(variant.out.name + suffix)
 
 
 def demo_data(data: Path, spec: SynthSpec, out: Path) -> None:

@@ -196,3 +196,28 @@ def test_the_gpu_study_shrunk_to_a_cpu_runs_every_arm_and_judges(synth_dir: Path
         assert_pinned(f"shrunk GPU study: {arm.name} box AP", arm.metric("bbox", "AP"))
     statuses = {verdict.title.split(".")[0]: verdict.label for verdict in all_verdicts(results)}
     assert statuses == PINNED_VERDICTS, statuses
+
+
+def test_a_demo_on_other_scenes_keeps_to_folders_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`scratchdet demo --objects/--radius` (easier scenes): its data and study beside the default demo's, named
+    after the scenes, so that it neither regenerates the default data nor is refused by the default study."""
+    from scratchdet.cli import main
+    from scratchdet.data.synthetic import DEMO_SPEC, with_difficulty
+
+    variant = demo.demo_variants()["cpu"]
+    assert demo.demo_folders(variant, DEMO_SPEC, DEMO_SPEC) == (variant.data, variant.out)
+    easy = with_difficulty(DEMO_SPEC, [1, 3], [0.25, 0.45])
+    assert (easy.min_objects, easy.max_objects, easy.min_radius, easy.max_radius) == (1, 3, 0.25, 0.45)
+    assert easy.categories == DEMO_SPEC.categories and easy.train_images == DEMO_SPEC.train_images
+    assert demo.demo_folders(variant, easy, DEMO_SPEC) == (
+        Path("data/demo_objects1-3_radius0.25-0.45"),
+        Path("runs/demo_objects1-3_radius0.25-0.45"),
+    )
+    fewer = with_difficulty(DEMO_SPEC, [1, 3], None)
+    assert demo.demo_folders(variant, fewer, DEMO_SPEC)[0] == Path("data/demo_objects1-3_radius0.16-0.45")
+    asked: dict[str, Any] = {}
+    monkeypatch.setattr(demo, "run_demo", lambda device, **kwargs: asked.update(kwargs))
+    assert main(["demo", "--device", "cpu", "--objects", "1", "3", "--radius", "0.25", "0.45"]) == 0
+    assert with_difficulty(DEMO_SPEC, asked["objects"], asked["radius"]) == easy
+    assert main(["demo", "--device", "cpu"]) == 0
+    assert with_difficulty(DEMO_SPEC, asked["objects"], asked["radius"]) == DEMO_SPEC

@@ -15,9 +15,9 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from faster_coco_eval.core import mask as mask_utils
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from scratchdet.data import DEFAULT_OBJECTS, DEFAULT_RADIUS
 from scratchdet.errors import ScratchdetError
 from scratchdet.storage import atomic_write_text
 
@@ -52,10 +53,10 @@ class SynthSpec:
     # Scene difficulty: objects per scene (inclusive range), their radius as a fraction of the image size, and the
     # share of scenes given one near-image-sized object. The defaults are the cluttered scenes; fewer, larger
     # objects make scenes a small CPU model can learn to its plateau within minutes.
-    min_objects: int = 2
-    max_objects: int = 6
-    min_radius: float = 0.16
-    max_radius: float = 0.45
+    min_objects: int = DEFAULT_OBJECTS[0]
+    max_objects: int = DEFAULT_OBJECTS[1]
+    min_radius: float = DEFAULT_RADIUS[0]
+    max_radius: float = DEFAULT_RADIUS[1]
     large_object_fraction: float = 0.35
     categories: int = len(DETECTION_SHAPES)  # the first N shapes of DETECTION_SHAPES
 
@@ -73,6 +74,15 @@ class SynthSpec:
                 f"object radius {self.min_radius}..{self.max_radius}: give fractions of the image size with "
                 "0 < MIN <= MAX <= 0.5 (--radius MIN MAX)"
             )
+
+
+def with_difficulty(spec: SynthSpec, objects: Sequence[int] | None, radius: Sequence[float] | None) -> SynthSpec:
+    """`spec` with the objects per scene and their radius (MIN, MAX) given (`--objects`, `--radius`)."""
+    if objects is not None:
+        spec = replace(spec, min_objects=objects[0], max_objects=objects[1])
+    if radius is not None:
+        spec = replace(spec, min_radius=radius[0], max_radius=radius[1])
+    return spec
 
 
 # The demo's scenes (`scratchdet demo`): three categories (circle, square, triangle) instead of six, so that the
