@@ -6,8 +6,9 @@
 # evaluations, for `scratchdet report` elsewhere, where under 15 MB). The demo is stopped when LIMIT seconds
 # (default 580) less RESERVE have passed since the start, leaving time for a report of what finished and to pack
 # the results. CALIBRATE=0 keeps the committed size (the numbers an earlier calibration on the same kind of GPU
-# wrote) and gives the demo the whole LIMIT.
-# Usage: [CALIBRATE=0] [BUDGET=420] [LIMIT=580] [RESERVE=60] bash bench/gpu_demo.sh
+# wrote) and gives the demo the whole LIMIT. DEMO_ARGS are passed to `scratchdet demo`, e.g. DEMO_ARGS="--objects 1 3
+# --radius 0.25 0.45" for easier scenes (kept in data/demo_gpu and runs/demo_gpu all the same).
+# Usage: [CALIBRATE=0] [BUDGET=420] [LIMIT=580] [RESERVE=60] [DEMO_ARGS=...] bash bench/gpu_demo.sh
 set -uo pipefail
 T0=$(date +%s)
 OUT=${OUT:-runs/bench/gpu_demo}
@@ -30,7 +31,8 @@ reserve=${RESERVE:-60}
 left=$(( ${LIMIT:-580} - reserve - ($(date +%s) - T0) ))
 echo "the demo starts $(( $(date +%s) - T0 )) s in; stopped after $left s"
 started=$(date +%s)
-timeout "$left" $PY -m scratchdet demo > "$OUT/demo.log" 2>&1
+# shellcheck disable=SC2086  # DEMO_ARGS is a list of arguments
+timeout "$left" $PY -m scratchdet demo --data data/demo_gpu --out runs/demo_gpu ${DEMO_ARGS:-} > "$OUT/demo.log" 2>&1
 code=$?
 echo "demo exit $code, wall $(( $(date +%s) - started )) s" | tee -a "$OUT/demo.log"
 if [ "$code" = 124 ]; then

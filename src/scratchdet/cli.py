@@ -48,6 +48,11 @@ def _data_synth(args: argparse.Namespace) -> int:
     if args.kind == "people":
         from scratchdet.data.synthetic_keypoints import generate_keypoints
 
+        if args.objects or args.radius:
+            raise ScratchdetError(
+                "--objects and --radius set the shape scenes (--kind shapes); people scenes hold one or two "
+                "figures of their own sizes"
+            )
         started = time.perf_counter()
         generate_keypoints(
             args.out,
