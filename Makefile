@@ -4,13 +4,22 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-slow demo lint clean
+.PHONY: setup test test-slow demo lint clean constraints
 
-# Re-installs only when pyproject.toml changed since the last install.
-$(STAMP): pyproject.toml
+# Re-installs only when pyproject.toml or constraints.txt changed since the last install. constraints.txt holds the
+# exact versions the suite was checked with (see its header).
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
+
+# constraints.txt anew: the newest versions pyproject.toml allows, installed into a scratch environment and frozen.
+constraints:
+	rm -rf $(VENV)-constraints && $(PYTHON) -m venv $(VENV)-constraints
+	$(VENV)-constraints/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	{ grep '^#' constraints.txt; $(VENV)-constraints/bin/python -m pip freeze --exclude-editable; } > constraints.new
+	mv constraints.new constraints.txt && rm -rf $(VENV)-constraints
+	@echo "constraints.txt rewritten: run make test (re-pin if pinned numbers moved), then commit it"
 
 setup: $(STAMP)
 
