@@ -69,6 +69,11 @@ def test_synth_command(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyp
         0.3,
         0.4,
     )
+    # The people generator has no such knobs: refused, nothing written.
+    people = ["data", "synth", "--kind", "people", "--out", str(tmp_path / "p"), "--objects", "1", "2"]
+    assert main(people) == 2
+    assert "--objects and --radius set the shape scenes" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()
 
 
 def test_atomic_writes_follow_the_umask(tmp_path: Path) -> None:
