@@ -52,8 +52,8 @@ class SynthSpec:
     seed: int = 0
     # Scene difficulty: objects per scene (inclusive range), their radius as a fraction of the image size, and the
     # share of scenes given one near-image-sized object. The defaults are the cluttered scenes; fewer, larger
-    # objects make easier ones: higher AP at every schedule, though not flatter curves (tools/demo_curves.sh: on the
-    # demo's model both inits still gain 17-20 box AP from 4 to 8 passes over 1-3 objects of radius 0.25-0.45).
+    # objects make easier ones: higher AP at every schedule, though not flat curves sooner (tools/demo_curves.sh: on
+    # the demo's model, 1-3 objects of radius 0.25-0.45, both inits still gain 7-24 box AP from 8 to 16 passes).
     min_objects: int = DEFAULT_OBJECTS[0]
     max_objects: int = DEFAULT_OBJECTS[1]
     min_radius: float = DEFAULT_RADIUS[0]
