@@ -3,7 +3,7 @@
 # `scratchdet demo --objects 1 3 --radius 0.25 0.45` trains on): the demo's study (configs/demo/study.yaml: its
 # model, pre-training and scenes of three categories) with 1x = one pass over the 2,000 training scenes (250
 # iterations) and longer schedules, one seed. Each study's report says, per init, what its longest schedule gains
-# over a shorter one. About 10-13 minutes a study of 1x, 2x, 4x on 2 cores; 4x, 8x about 15.
+# over a shorter one. About 10-13 minutes a study of 1x, 2x, 4x on 2 cores; 4x, 8x about 15; 8x, 16x about 40.
 #
 # Usage: [SCHEDULES="1x, 2x, 4x"] [OUT=runs/demo_curves] bash tools/demo_curves.sh [demo] [easy]
 #   demo: the demo's scenes (2-6 objects of radius 0.16-0.45); easy: 1-3 objects of radius 0.25-0.45
