@@ -59,10 +59,17 @@ def test_synth_command(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyp
     easier = ["--objects", "1", "2", "--radius", "0.3", "0.4"]
     assert main(["data", "synth", "--out", str(tmp_path / "e"), *arguments, *easier]) == 0
     assert existing_spec(tmp_path / "e") == replace(small, min_objects=1, max_objects=2, min_radius=0.3, max_radius=0.4)
-    # The people generator has no such knobs: refused, nothing written.
-    people = ["data", "synth", "--kind", "people", "--out", str(tmp_path / "p"), "--objects", "1", "2"]
-    assert main(people) == 2
-    assert "--objects and --radius set the shape scenes" in capsys.readouterr().err
+    assert main(["data", "synth", "--out", str(tmp_path / "c"), *arguments, "--categories", "3"]) == 0
+    assert existing_spec(tmp_path / "c") == replace(small, categories=3)
+    # The people generator has none of the shape scenes' options: each refused by name, nothing written.
+    people = ["data", "synth", "--kind", "people", "--out", str(tmp_path / "p")]
+    shape_options = [["--objects", "1", "2"], ["--radius", "0.3", "0.4"], ["--categories", "6"], arguments[4:8]]
+    for options in shape_options:
+        capsys.readouterr()
+        assert main([*people, *options]) == 2
+        refused = capsys.readouterr().err
+        assert all(flag in refused for flag in options if flag.startswith("--")), refused
+        assert "options of the shape scenes" in refused
     assert not (tmp_path / "p").exists()
 
 

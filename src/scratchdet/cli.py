@@ -48,10 +48,12 @@ def _data_synth(args: argparse.Namespace) -> int:
     if args.kind == "people":
         from scratchdet.data.synthetic_keypoints import generate_keypoints
 
-        if args.objects or args.radius:
+        # Options of the shape scenes would otherwise be silently ignored: a user would think them applied.
+        shape_only = [flag for flag, value in _shape_scene_options(args).items() if value is not None]
+        if shape_only:
             raise ScratchdetError(
-                "--objects and --radius set the shape scenes (--kind shapes); people scenes hold one or two "
-                "figures of their own sizes"
+                f"{', '.join(shape_only)}: options of the shape scenes (--kind shapes); people scenes hold one or "
+                "two stick figures of their own sizes, one category (person) and no classification set"
             )
         started = time.perf_counter()
         generate_keypoints(
@@ -68,14 +70,17 @@ def _data_synth(args: argparse.Namespace) -> int:
         )
         return 0
 
+    given = {
+        "classification_train_per_class": args.classification_train_per_class,
+        "classification_val_per_class": args.classification_val_per_class,
+        "categories": args.categories,
+    }
     spec = SynthSpec(
         train_images=args.train_images,
         val_images=args.val_images,
         image_size=args.image_size,
-        classification_train_per_class=args.classification_train_per_class,
-        classification_val_per_class=args.classification_val_per_class,
         seed=args.seed,
-        categories=args.categories,
+        **{field: value for field, value in given.items() if value is not None},
     )
     spec = with_difficulty(spec, args.objects, args.radius)
     started = time.perf_counter()
@@ -85,6 +90,17 @@ def _data_synth(args: argparse.Namespace) -> int:
         f"in {time.perf_counter() - started:.1f} s"
     )
     return 0
+
+
+def _shape_scene_options(args: argparse.Namespace) -> dict[str, object]:
+    """`data synth`'s options that only the shape scenes read, by flag; None where not given."""
+    return {
+        "--objects": args.objects,
+        "--radius": args.radius,
+        "--categories": args.categories,
+        "--classification-train-per-class": args.classification_train_per_class,
+        "--classification-val-per-class": args.classification_val_per_class,
+    }
 
 
 def _data_check(args: argparse.Namespace) -> int:
@@ -422,6 +438,7 @@ def _command(
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from scratchdet.data import DEFAULT_CLASSIFICATION_PER_CLASS, DETECTION_SHAPES
     from scratchdet.demo import DEMO_GPU_JOBS
 
     parser = argparse.ArgumentParser(
@@ -468,15 +485,23 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument(
         "--image-size", type=int, default=128, help="longer side in pixels (>=128 fills COCO's 'large' bucket)"
     )
-    synth.add_argument("--classification-train-per-class", type=int, default=150)
-    synth.add_argument("--classification-val-per-class", type=int, default=30)
+    # Options of the shape scenes default to None (not given), so that --kind people can refuse them.
+    synth.add_argument(
+        "--classification-train-per-class",
+        type=int,
+        help="images per shape in the classification set's train split "
+        f"(default: {DEFAULT_CLASSIFICATION_PER_CLASS[0]})",
+    )
+    synth.add_argument(
+        "--classification-val-per-class",
+        type=int,
+        help=f"images per shape in its val split (default: {DEFAULT_CLASSIFICATION_PER_CLASS[1]})",
+    )
     _difficulty_arguments(synth, "")
     synth.add_argument(
         "--categories",
         type=int,
-        default=6,
-        help="detection categories: the first N of circle, square, triangle, star, hexagon, cross "
-        "(default: %(default)s)",
+        help=f"detection categories: the first N of {', '.join(DETECTION_SHAPES)} (default: {len(DETECTION_SHAPES)})",
     )
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")

@@ -26,11 +26,10 @@ from faster_coco_eval.core import mask as mask_utils
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from scratchdet.data import DEFAULT_OBJECTS, DEFAULT_RADIUS
+from scratchdet.data import DEFAULT_CLASSIFICATION_PER_CLASS, DEFAULT_OBJECTS, DEFAULT_RADIUS, DETECTION_SHAPES
 from scratchdet.errors import ScratchdetError
 from scratchdet.storage import atomic_write_text
 
-DETECTION_SHAPES = ("circle", "square", "triangle", "star", "hexagon", "cross")
 CLASSIFICATION_SHAPES = (*DETECTION_SHAPES, "pentagon", "rhombus")
 TEXTURES = ("solid", "stripes", "dots")
 SPLIT_CODES = {"train": 1, "val": 2, "classification/train": 3, "classification/val": 4}
@@ -46,8 +45,8 @@ class SynthSpec:
     train_images: int = 2000
     val_images: int = 300
     image_size: int = 128
-    classification_train_per_class: int = 150
-    classification_val_per_class: int = 30
+    classification_train_per_class: int = DEFAULT_CLASSIFICATION_PER_CLASS[0]
+    classification_val_per_class: int = DEFAULT_CLASSIFICATION_PER_CLASS[1]
     classification_image_size: int = 64
     seed: int = 0
     # Scene difficulty: objects per scene (inclusive range), their radius as a fraction of the image size, and the
